@@ -1,0 +1,226 @@
+"""Saving, loading and exporting adapters.
+
+Our format is a folder with `adapter.safetensors` (trainable tensors and the frozen U, S, V, so loading
+needs no SVD and is exact) and `adapter_config.json` (format version, config, base-model identity, every
+wrapped module's name, shape and a weight fingerprint, plus free-form `extra` such as calibration results).
+`export_lora` writes the adapter at one coefficient as a standard PEFT LoRA folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from innerpissa.adapter.config import AdapterConfig
+from innerpissa.adapter.layer import InnerPiSSALinear
+from innerpissa.adapter.model import _layers_or_raise, adapter_layers, attach, target_names
+
+FORMAT = "innerpissa-adapter"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "adapter.safetensors"
+CONFIG_NAME = "adapter_config.json"
+_TENSORS = ("theta_v", "theta_u", "delta", "U", "S", "V")
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- identity checks
+
+
+def base_model_identity(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, "config", None)
+    get = (lambda k: getattr(cfg, k, None)) if cfg is not None else (lambda k: None)
+    return {
+        "name_or_path": get("name_or_path") or getattr(model, "name_or_path", None),
+        "model_type": get("model_type"),
+        "architectures": get("architectures"),
+        "num_hidden_layers": get("num_hidden_layers"),
+        "hidden_size": get("hidden_size"),
+        "vocab_size": get("vocab_size"),
+    }
+
+
+@torch.no_grad()
+def weight_fingerprint(w: torch.Tensor) -> list[float]:
+    """(sum, L2 norm) of a weight in float64: cheap evidence that U, S, V belong to this very matrix."""
+    w64 = w.detach().to(torch.float64)
+    return [float(w64.sum()), float(w64.norm())]
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Save the attached adapter to folder `path` (created; existing files replaced atomically)."""
+    layers = _layers_or_raise(model)
+    if any(layer.merged_coeff is not None for layer in layers.values()):
+        raise RuntimeError("adapter is merged into the weights; unmerge_adapter(model) before saving")
+    out = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    modules = []
+    for name, layer in layers.items():
+        for t in _TENSORS:
+            v = getattr(layer, t)
+            if v is not None:
+                tensors[f"{name}.{t}"] = v
+        d_out, d_in = layer.base_layer.weight.shape
+        modules.append({"name": name, "d_out": d_out, "d_in": d_in,
+                        "weight_fingerprint": weight_fingerprint(layer.base_layer.weight)})
+    cfg = next(iter(layers.values())).cfg
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "base_model": base_model_identity(model),
+        "modules": modules,
+        "extra": extra or {},
+    }
+    atomic_save_safetensors(tensors, out / WEIGHTS_NAME, metadata={"format": FORMAT})
+    atomic_write_json(out / CONFIG_NAME, meta)  # written last: its presence means the folder is complete
+    return out
+
+
+def read_adapter_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a saved adapter, with a clear error when the folder is not one."""
+    p = Path(path)
+    cfg_file = p / CONFIG_NAME
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{p} is not an innerpissa adapter folder (no {CONFIG_NAME}); "
+                                "give the folder written by save_adapter or `innerpissa train`")
+    meta = json.loads(cfg_file.read_text())
+    if meta.get("format") != FORMAT:
+        hint = " (it looks like a PEFT LoRA folder: load it with peft.PeftModel)" if "peft_type" in meta else ""
+        raise ValueError(f"{cfg_file} is not an innerpissa adapter{hint}")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{cfg_file} has format_version {meta['format_version']}, newer than this innerpissa "
+                         f"reads ({FORMAT_VERSION}); upgrade innerpissa")
+    return meta
+
+
+@torch.no_grad()
+def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
+    """Attach (if needed) and load a saved adapter into `model`; returns the model.
+
+    Fails naming the first module that differs when the model is not the one the adapter was trained on
+    (missing module, other shape, or, with `strict`, other weights).
+    """
+    meta = read_adapter_meta(path)
+    cfg = AdapterConfig.from_dict(meta["config"])
+    saved = {m["name"]: m for m in meta["modules"]}
+    try:
+        names = target_names(model, cfg)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"adapter at {path} does not fit this model: {e}") from e
+    for name in saved:
+        if name not in names:
+            raise ValueError(f"adapter at {path} wraps module {name!r}, which this model does not have "
+                             f"(it has e.g. {names[:3]}); was it trained on another architecture?")
+    for name in names:
+        if name not in saved:
+            raise ValueError(f"this model has module {name!r} selected by the adapter's config, but the saved "
+                             "adapter has no weights for it; was it trained on a deeper or different model?")
+        mod = model.get_submodule(name)
+        w = mod.base_layer.weight if isinstance(mod, InnerPiSSALinear) else mod.weight
+        shape = tuple(w.shape)
+        if shape != (saved[name]["d_out"], saved[name]["d_in"]):
+            raise ValueError(f"module {name} has shape {shape} here but "
+                             f"({saved[name]['d_out']}, {saved[name]['d_in']}) in the adapter at {path}")
+        if strict:
+            fp, ref = weight_fingerprint(w), saved[name]["weight_fingerprint"]
+            if abs(fp[1] - ref[1]) > 1e-4 * max(1.0, abs(ref[1])) or abs(fp[0] - ref[0]) > 1e-3 * max(1.0, ref[1]):
+                raise ValueError(f"module {name} has other weights than the model the adapter was trained on "
+                                 f"(fingerprint {fp} vs {ref}); load the same base model, or pass strict=False")
+    if not adapter_layers(model):
+        attach(model, cfg, init_svd=False)
+    tensors = load_file(str(Path(path) / WEIGHTS_NAME))
+    for name, layer in adapter_layers(model).items():
+        for t in _TENSORS:
+            dst = getattr(layer, t)
+            key = f"{name}.{t}"
+            if dst is None:
+                if key in tensors:
+                    raise ValueError(f"adapter file has {key} but the attached adapter has no {t}; config mismatch")
+                continue
+            if key not in tensors:
+                raise ValueError(f"adapter file {path} lacks tensor {key}")
+            if tuple(tensors[key].shape) != tuple(dst.shape):
+                raise ValueError(f"{key} has shape {tuple(tensors[key].shape)} in the file, {tuple(dst.shape)} here")
+            dst.copy_(tensors[key].to(dst.device, dst.dtype))
+        layer._cache = None
+    return model
+
+
+# ---------------------------------------------------------------- LoRA export
+
+
+@torch.no_grad()
+def export_lora(model: nn.Module, path: str | os.PathLike, c: float, dtype: torch.dtype = torch.float32,
+                base_model_name_or_path: str | None = None) -> Path:
+    """Write the adapter at coefficient `c` as a standard PEFT LoRA folder.
+
+    Delta W(c) = U K(c)^T V^T has rank <= r, so B = U K(c)^T, A = V^T with lora_alpha = r (scaling 1) is
+    exact. `peft.PeftModel.from_pretrained(base_model, path)` then reproduces the adapter at c, and engines
+    that serve LoRA (vLLM, llama.cpp after conversion) serve it unchanged.
+    """
+    from peft import LoraConfig
+
+    layers = _layers_or_raise(model)
+    r = next(iter(layers.values())).r
+    tensors = {}
+    for name, layer in layers.items():
+        b, a = layer.lora_factors(c)
+        tensors[f"base_model.model.{name}.lora_A.weight"] = a.to(dtype)
+        tensors[f"base_model.model.{name}.lora_B.weight"] = b.to(dtype)
+    base_id = base_model_name_or_path or base_model_identity(model)["name_or_path"]
+    lcfg = LoraConfig(r=r, lora_alpha=r, target_modules=sorted(layers), lora_dropout=0.0, bias="none",
+                      task_type="CAUSAL_LM", base_model_name_or_path=base_id)
+    cfg_dict = lcfg.to_dict()
+    cfg_dict = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg_dict.items()}
+    cfg_dict["peft_type"] = "LORA"
+    cfg_dict["task_type"] = "CAUSAL_LM"
+    out = Path(path)
+    atomic_save_safetensors(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    atomic_write_json(out / "adapter_config.json", cfg_dict)
+    atomic_write_json(out / "innerpissa_export.json", {"coefficient": float(c), "rank": r,
+                                                       "modules": sorted(layers)})
+    return out

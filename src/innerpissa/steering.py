@@ -1,0 +1,63 @@
+"""The one interface every steering method implements: "a thing that puts the model in state c".
+
+The evaluation harness sweeps any `Steerer` over its coefficients without knowing what it is: the
+InnerPiSSA adapter, a steering vector added to the residual stream, or a persona in the system prompt.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+
+class Steerer(ABC):
+    """Puts a model in steering state `c` (c = 0 is always the unsteered base model).
+
+    Subclasses implement `at(c)`, a context manager that applies the state and always undoes it, and may
+    override `system_prompt(c, default)` when the method works through the prompt (prompting baselines).
+    """
+
+    #: short name used in tables and plots
+    name: str = "steerer"
+    #: the coefficients a sweep uses when none are given
+    default_coeffs: Sequence[float] = (-1.0, -0.5, 0.0, 0.5, 1.0)
+
+    @abstractmethod
+    def at(self, c: float):  # -> ContextManager[None]
+        """Context manager: inside it, the model is in state `c`."""
+
+    def system_prompt(self, c: float, default: str) -> str:
+        """The system message to use at coefficient `c` (weight-space methods keep the default)."""
+        return default
+
+
+class NoSteering(Steerer):
+    """The bare base model at every coefficient (for evaluating the unsteered model)."""
+
+    name = "base"
+    default_coeffs = (0.0,)
+
+    @contextmanager
+    def at(self, c: float) -> Iterator[None]:
+        yield
+
+
+class AdapterSteerer(Steerer):
+    """An attached InnerPiSSA adapter: state c is `steer(model, c)`."""
+
+    name = "innerpissa"
+
+    def __init__(self, model, name: str | None = None, coeffs: Sequence[float] | None = None):
+        self.model = model
+        if name:
+            self.name = name
+        if coeffs is not None:
+            self.default_coeffs = tuple(coeffs)
+
+    @contextmanager
+    def at(self, c: float) -> Iterator[None]:
+        from innerpissa.adapter import steer
+
+        with steer(self.model, c):
+            yield

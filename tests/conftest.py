@@ -1,0 +1,38 @@
+"""Shared fixtures: the tiny random model (seconds, offline) and the embedded SmolLM2 (skipped if absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared data folder {SHARED_DATA} not present beside the repository")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def tiny():
+    from innerpissa.models import load_model
+
+    return load_model("tiny-random")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from innerpissa.models import load_model, smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+    except FileNotFoundError as e:
+        pytest.skip(f"embedded SmolLM2 unavailable: {e}")
+    return load_model("smollm2")
