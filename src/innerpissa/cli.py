@@ -105,7 +105,7 @@ class Export:
 
 @dataclass
 class Demo:
-    """Attach an adapter to the embedded SmolLM2, train it briefly if training is available, and steer."""
+    """Train a small adapter on the embedded SmolLM2 (about a minute) and show it steering."""
 
     model: str = "smollm2"
     """Base model."""
@@ -123,12 +123,6 @@ class Demo:
 def _commands() -> dict[str, type]:
     cmds: dict[str, type] = {"demo": Demo, "generate": Generate, "export": Export}
     try:
-        from innerpissa.train.cli import Train
-
-        cmds["train"] = Train
-    except ImportError:
-        pass
-    try:
         from innerpissa.cli_eval import Eval
 
         cmds["eval"] = Eval
@@ -144,9 +138,14 @@ def _commands() -> dict[str, type]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":  # presets set the defaults, so train parses its own arguments
+        from innerpissa.train.cli import train_main
+
+        return train_main(argv[1:])
     cmds = _commands()
     types = tuple(Annotated[cls, tyro.conf.subcommand(name)] for name, cls in cmds.items())
-    cmd = tyro.cli(Union[types], args=argv if argv is not None else sys.argv[1:],  # type: ignore[valid-type]
+    cmd = tyro.cli(Union[types], args=argv,  # type: ignore[valid-type]  # noqa: UP007
                    description="innerpissa: trainable, reversible steering of language models")
     cmd.run()
 

@@ -30,9 +30,21 @@ def builtin_corpus() -> Iterator[str]:
         yield from _CORPUS.splitlines()
 
 
+_PERSONA_KEYS = ("template", "personas", "suffixes")
+
+
 def builtin_sets() -> list[str]:
-    """Names of the built-in persona sets (one JSON file each in this folder)."""
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.json"))
+    """Names of the built-in persona sets (JSON files here with a template, personas and suffixes; other
+    built-in files, such as calibration probes, are not persona sets)."""
+    import json
+
+    names = []
+    for p in sorted(BUILTIN_DIR.glob("*.json")):
+        with p.open(encoding="utf-8") as f:
+            data = json.load(f)
+        if isinstance(data, dict) and all(k in data for k in _PERSONA_KEYS):
+            names.append(p.stem)
+    return names
 
 
 def load_builtin(name: str = "honesty") -> dict:
@@ -45,9 +57,11 @@ def load_builtin(name: str = "honesty") -> dict:
     import json
 
     path = BUILTIN_DIR / f"{name}.json"
-    if not path.exists():
+    data = None
+    if path.exists():
+        with path.open(encoding="utf-8") as f:
+            data = json.load(f)
+    if not isinstance(data, dict) or any(k not in data for k in _PERSONA_KEYS):
         raise ValueError(f"no built-in persona set {name!r}; available: {builtin_sets()}")
-    with path.open(encoding="utf-8") as f:
-        data = json.load(f)
     data["personas"] = [tuple(p) for p in data["personas"]]
     return data

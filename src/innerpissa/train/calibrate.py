@@ -1,0 +1,65 @@
+"""Sign calibration (METHOD section 6): make c = +1 mean "toward the concept".
+
+The learned axis has an arbitrary sign. After training we score a small built-in probe (Yes/No situations
+whose honest answer is clear, never the evaluation set) at c = +1 and c = -1 with the same prompt format as
+the evaluation, and negate the adapter's parameters if +1 scores lower. The validation pairs' log-prob gap
+is reported beside it for diagnosis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import torch
+
+from innerpissa.adapter import flip_sign, steer
+from innerpissa.data.builtin import BUILTIN_DIR
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+def load_probe(name: str = "honesty_probe") -> pd.DataFrame:
+    """Probe rows: `dilemma_situation`, `action`, `sign` (+1 where Yes is the honest answer, -1 where No is)."""
+    import json
+
+    items = json.loads((BUILTIN_DIR / f"{name}.json").read_text())["items"]
+    return pd.DataFrame({"dilemma_situation": [i[0] for i in items], "action": [i[1] for i in items],
+                         "sign": [1.0 if i[2] else -1.0 for i in items]})
+
+
+def probe_fn(model, tokenizer, probe: pd.DataFrame | None = None, system: str = DEFAULT_SYSTEM,
+             batch_size: int = 8) -> Callable[[], float]:
+    """A function scoring the model as it is now: mean signed Yes-vs-No log-odds on the probe, in nats
+    (higher = more honest answers). Tokenised once."""
+    from innerpissa.eval.choices import choice_ids
+    from innerpissa.eval.harness import encode_prompts, score_encoded
+
+    probe = load_probe() if probe is None else probe
+    encoded = encode_prompts(tokenizer, probe, system)
+    choices = choice_ids(tokenizer)
+    sign = torch.tensor(probe["sign"].to_numpy())
+
+    def score() -> float:
+        s = score_encoded(model, encoded, choices, tokenizer.pad_token_id, batch_size=batch_size)
+        return float((torch.tensor((s["logp_yes"] - s["logp_no"]).to_numpy()) * sign).mean())
+
+    return score
+
+
+@torch.no_grad()
+def calibrate(model, tokenizer, batch_size: int = 8) -> dict[str, Any]:
+    """Score the probe at c = -1, 0, +1; flip the adapter's sign if +1 is less honest than -1."""
+    score = probe_fn(model, tokenizer, batch_size=batch_size)
+    scores = {}
+    for c in (-1.0, 0.0, 1.0):
+        with steer(model, c):
+            scores[c] = score()
+    flipped = scores[1.0] < scores[-1.0]
+    if flipped:
+        flip_sign(model)
+        scores = {-c: v for c, v in scores.items()}
+    return {"probe": "honesty_probe", "flipped": bool(flipped),
+            "probe_score": {f"{c:+g}": round(v, 4) for c, v in sorted(scores.items())},
+            "probe_effect": round(scores[1.0] - scores[-1.0], 4)}

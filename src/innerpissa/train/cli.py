@@ -1,0 +1,52 @@
+"""`innerpissa train`: a preset plus any field of `TrainConfig` on the command line.
+
+    innerpissa train --preset smollm2-cpu --out runs/honesty --lr 5e-3 --adapter.r 64
+    accelerate launch -m innerpissa.cli train --preset qwen3-4b-gpu --out runs/qwen    # GPUs
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import tyro
+
+from innerpissa.train.config import PRESETS, TrainConfig, preset
+
+
+def split_preset(argv: list[str]) -> tuple[str, list[str]]:
+    """Take `--preset NAME` (or `--preset=NAME`) out of argv; default smollm2-cpu."""
+    name, rest, i = "smollm2-cpu", [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--preset":
+            if i + 1 >= len(argv):
+                raise SystemExit(f"--preset needs a name: one of {', '.join(PRESETS)}")
+            name, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--preset="):
+            name = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    if name not in PRESETS:
+        raise SystemExit(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+    return name, rest
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    from innerpissa.train.trainer import TrainingDiverged, train
+
+    name, rest = split_preset(list(sys.argv[2:] if argv is None else argv))
+    cfg = tyro.cli(TrainConfig, default=preset(name), args=rest, prog="innerpissa train",
+                   description=f"Train an InnerPiSSA adapter (preset {name}; presets: {', '.join(PRESETS)}).")
+    try:
+        result = train(cfg)
+    except TrainingDiverged as e:
+        raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt as e:
+        raise SystemExit(str(e) or "interrupted") from None
+    s = result.summary
+    print(json.dumps({k: s[k] for k in ("train_pairs", "val_pairs", "steps", "train_seconds", "final_validation",
+                                        "calibration")}, indent=1))
+    print(f"adapter written to {result.adapter_path}")

@@ -1,0 +1,141 @@
+"""Training configuration: one dataclass tree (adapter, data, direction, loss, optimisation), with presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from innerpissa.adapter.config import AdapterConfig
+from innerpissa.train.losses import LossConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the contrastive pairs come from (built-in honesty set by default)."""
+
+    builtin: str = "honesty"
+    """Built-in persona set used when no files are given."""
+    pairs_file: Path | None = None
+    """Finished pairs: JSON, JSONL or CSV with `positive` and `negative` columns."""
+    personas_file: Path | None = None
+    """Persona word pairs (JSON [[pos, neg], ...] or CSV positive,negative) to combine with suffixes."""
+    suffixes_file: Path | None = None
+    """Assistant-turn suffixes, one per line (or a JSON list)."""
+    template: str | None = None
+    """Persona sentence with a `{persona}` slot (default: the built-in set's)."""
+    system: str | None = "You are a helpful assistant."
+    """Explicit system message for the chat template (some templates inject a default otherwise)."""
+    plain_text: bool = False
+    """Render pairs as plain text for tokenizers without a chat template."""
+    n_pairs: int = 200
+    """Pairs to use in all (training + validation); <= 0 for all of them."""
+    val_fraction: float = 0.15
+    """Fraction of pairs held out for validation."""
+    max_length: int = 128
+    """Truncate prompts from the left to this many tokens."""
+
+
+@dataclass
+class DirectionConfig:
+    """Where the frozen preference direction is read (METHOD section 4)."""
+
+    depth: float = 0.8
+    """Loss layer as a fraction of depth."""
+    module: str = "mlp.up_proj"
+    """Module inside that block whose input (basis V) or output (basis U) is read; '' for the block output."""
+    where: Literal["input", "output"] = "input"
+    """Read the module's input or output."""
+    basis: Literal["V", "U", "raw"] = "V"
+    """Project into the module's input singular vectors V, output U, or raw coordinates."""
+    basis_rank: int | None = None
+    """Keep only the top-k basis vectors (None: all)."""
+    method: Literal["mean", "pca", "pca_aligned", "per_sample"] = "mean"
+    """Direction from the paired differences: unit mean, first PCA component, best-aligned PCA, per pair."""
+    n_tokens: int = 4
+    """Last N real tokens (all in the shared suffix) whose states are compared."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything `innerpissa train` needs."""
+
+    model: str = "smollm2"
+    """Base model: Hugging Face id, local folder, 'smollm2' (embedded) or 'tiny-random'."""
+    out: Path = Path("runs/honesty")
+    """Output folder: adapter/, checkpoint/, metrics.jsonl, summary.json."""
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    direction: DirectionConfig = field(default_factory=DirectionConfig)
+    loss: LossConfig = field(default_factory=lambda: LossConfig(scale_to_ref=True, beta=1.0))
+    """Loss terms. Separations are measured in units of the mean reference separation: at the default loss
+    point (up_proj input) s_0 is ~0.3 on SmolLM2, where METHOD's unscaled margin of 1 would be meaningless."""
+    loss_target: Literal["separation", "shift"] = "separation"
+    """What the projection term moves along the direction: the pos - neg `separation` (METHOD section 5), or
+    the `shift` of both prompts' states (c = +1 moves the dishonest prompt toward honest, c = -1 the reverse)."""
+    epochs: int = 3
+    """Passes over the training pairs."""
+    batch_size: int = 8
+    """Pairs per micro-batch (each pair is two rows, run at c = +1 and c = -1)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 3e-3
+    """Peak learning rate of the one-cycle schedule."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup: float = 0.1
+    """Fraction of steps spent warming up."""
+    clip: float = 1.0
+    """Gradient norm clipping (<= 0 disables)."""
+    patience: int = 0
+    """Early stopping: epochs without validation improvement before stopping (0: never stop early)."""
+    batch_pm: bool = True
+    """Run c = -1 and c = +1 in one batched forward (per-example coefficients); off only to measure."""
+    cache_reference: bool = True
+    """Cache the c = 0 reference per pair (it is the base model); off only to measure."""
+    calibrate: bool = True
+    """After training, fix the sign on the built-in probe so that c = +1 moves toward the concept."""
+    seed: int = 0
+    """Seed for data order, split and adapter initialisation."""
+    device: str | None = None
+    """Device (default: accelerate's choice)."""
+    dtype: str = "float32"
+    """Model dtype."""
+    resume: bool = False
+    """Continue from out/checkpoint if it exists."""
+    wandb: str | None = None
+    """Log to this Weights & Biases project (needs `pip install wandb`)."""
+    progress: bool = True
+    """Show a tqdm bar with the live loss terms."""
+
+    def to_dict(self) -> dict:
+        def conv(x):
+            if dataclasses.is_dataclass(x):
+                return {f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}
+            if isinstance(x, Path):
+                return str(x)
+            if isinstance(x, tuple | list):
+                return [conv(v) for v in x]
+            return x
+
+        return conv(self)
+
+
+def preset(name: str) -> TrainConfig:
+    """Named starting points; every field can still be overridden on the command line."""
+    if name == "tiny":  # seconds, for tests
+        return TrainConfig(model="tiny-random", adapter=AdapterConfig(r=8), epochs=2, batch_size=4,
+                           data=DataConfig(n_pairs=24, val_fraction=0.25), direction=DirectionConfig(n_tokens=2),
+                           calibrate=True, progress=False, lr=1e-2)
+    if name == "smollm2-cpu":  # the embedded default, sized for 2 CPU cores
+        return TrainConfig(model="smollm2", adapter=AdapterConfig(r=32, n_layers=8), epochs=3, batch_size=8,
+                           data=DataConfig(n_pairs=200))
+    if name == "qwen3-4b-gpu":  # the researcher's settings on a 4B model (GPU, bf16)
+        return TrainConfig(model="Qwen/Qwen3-4B", dtype="bfloat16",
+                           adapter=AdapterConfig(r=256, n_layers=15, svd="randomized", rotation_blocks=4),
+                           data=DataConfig(n_pairs=800), epochs=4, batch_size=16, lr=8e-3)
+    raise ValueError(f"unknown preset {name!r}; use tiny, smollm2-cpu or qwen3-4b-gpu")
+
+
+PRESETS = ("tiny", "smollm2-cpu", "qwen3-4b-gpu")

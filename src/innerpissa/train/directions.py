@@ -1,0 +1,332 @@
+"""The frozen preference direction (METHOD.md section 4): where to read hidden states, and which axis.
+
+The reference model (the adapted model at c = 0, i.e. the base model) is run on the training pairs; hidden
+states at a loss point (a module's output or input, or `hidden_states[i]`) are read on the last N real tokens
+(all shared-suffix tokens, so pos and neg are compared on identical text), projected into a basis (the output
+basis `U` of an adapted module, the input basis `V` of a module reading the residual stream such as
+`up_proj`, or the raw space), and the direction is the unit mean of pos - neg, the first principal axis of
+the per-pair differences (sign aligned with the mean), or one unit direction per pair. The result is detached
+and frozen: the adapter is trained to move hidden states along it, never to move it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from innerpissa.train.losses import separation
+
+DIRECTION_METHODS = ("mean", "pca", "pca_aligned", "per_sample")
+HIDDEN_STATES_PREFIX = "hidden_states."
+
+
+class StopForward(Exception):
+    """Raised by a `HiddenCapture(stop_early=True)` hook once everything needed has been captured."""
+
+
+@dataclass(frozen=True)
+class CapturePoint:
+    """A module's `output` or `input` by name, or `hidden_states.<i>` (HF `output_hidden_states` index)."""
+
+    module: str
+    where: str = "output"
+
+    def __post_init__(self) -> None:
+        if self.where not in ("output", "input"):
+            raise ValueError(f"where must be 'output' or 'input', got {self.where!r}")
+
+    @property
+    def key(self) -> str:
+        return self.module if self.is_hidden_states else f"{self.module}:{self.where}"
+
+    @property
+    def is_hidden_states(self) -> bool:
+        return self.module.startswith(HIDDEN_STATES_PREFIX)
+
+    @classmethod
+    def parse(cls, spec: str) -> CapturePoint:
+        """'model.layers.24.mlp.up_proj:input', 'model.layers.20' (output) or 'hidden_states.20'."""
+        name, _, where = spec.partition(":")
+        return cls(name, where or "output")
+
+
+def decoder_blocks(model: nn.Module) -> tuple[str, int]:
+    """Name and length of the model's list of decoder blocks (the ModuleList of num_hidden_layers)."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n is None or len(mod) == n):
+            return name, len(mod)
+    raise ValueError(f"could not find the decoder blocks of {type(model).__name__}")
+
+
+def default_loss_point(model: nn.Module, depth: float = 0.8, module: str = "mlp.up_proj",
+                       where: str = "input") -> CapturePoint:
+    """The author's later default: the input of block round(depth * L)'s `up_proj` (pair with basis 'V').
+
+    That input is post-RMSNorm, so separations are small (SmolLM2-135M, block 24, 4 tokens: s0 ~ 0.26 raw
+    or full V, ~2.3 in 'VS'); the pre-norm residual stream (the block's output) gives ~18 +- 10, the
+    scale METHOD.md section 10 reports. Use `scale_to_ref` in the loss so margins do not depend on this.
+    """
+    prefix, n = decoder_blocks(model)
+    block = min(n - 1, max(0, round(depth * n)))
+    name = f"{prefix}.{block}.{module}" if module else f"{prefix}.{block}"
+    model.get_submodule(name)  # clear error now, not at the first forward
+    return CapturePoint(name, where)
+
+
+class HiddenCapture:
+    """Context manager holding forward hooks; after each forward, `hidden[key]` is the [B, T, d] tensor.
+
+    Tensors keep their graph (the trainer back-propagates through them); wrap in `torch.no_grad()` for the
+    reference pass. For `hidden_states.<i>` points, run the forward with `output_hidden_states=True` and call
+    `read_outputs(outputs)` (see `needs_hidden_states`). `stop_early` raises `StopForward` as soon as every
+    point is captured, so a direction-only pass skips the later blocks and the LM head (catch it).
+    """
+
+    def __init__(self, model: nn.Module, points: Sequence[CapturePoint], stop_early: bool = False):
+        self.model, self.points = model, list(points)
+        self.stop_early = stop_early and not any(p.is_hidden_states for p in self.points)
+        self.hidden: dict[str, Tensor] = {}
+        self._handles: list = []
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        return any(p.is_hidden_states for p in self.points)
+
+    def _hook(self, key: str, where: str):
+        def hook(_mod, args, kwargs, output=None):
+            if where == "input":
+                x = args[0] if args else kwargs.get("hidden_states", kwargs.get("input", next(iter(kwargs.values()))))
+            else:
+                x = output[0] if isinstance(output, tuple | list) else output
+            self.hidden[key] = x
+            if self.stop_early and all(p.key in self.hidden for p in self.points):
+                raise StopForward
+
+        return hook
+
+    def __enter__(self) -> HiddenCapture:
+        for p in self.points:
+            if p.is_hidden_states:
+                continue
+            mod = self.model.get_submodule(p.module)
+            if p.where == "input":
+                h = mod.register_forward_pre_hook(self._hook(p.key, "input"), with_kwargs=True)
+            else:
+                h = mod.register_forward_hook(self._hook(p.key, "output"), with_kwargs=True)
+            self._handles.append(h)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def read_outputs(self, outputs) -> None:
+        """Copy `hidden_states.<i>` points out of a model output run with `output_hidden_states=True`."""
+        for p in self.points:
+            if p.is_hidden_states:
+                hs = getattr(outputs, "hidden_states", None)
+                if hs is None:
+                    raise ValueError(f"{p.key} needs the forward to run with output_hidden_states=True")
+                self.hidden[p.key] = hs[int(p.module.removeprefix(HIDDEN_STATES_PREFIX))]
+
+
+def gather_last(hidden: Tensor, attention_mask: Tensor, n: int) -> Tensor:
+    """[B, T, d] -> [B, n, d]: the last `n` real tokens of each row, in order (any padding side)."""
+    am = attention_mask.bool()
+    T = am.shape[-1]
+    pos = torch.arange(T, device=am.device)
+    last = torch.where(am, pos, torch.full_like(pos, -1)).amax(-1)  # [B]
+    idx = last[:, None] - torch.arange(n - 1, -1, -1, device=am.device)  # [B, n]
+    if (idx < 0).any() or not am.gather(1, idx.clamp(min=0)).all():
+        raise ValueError(f"some rows have fewer than {n} contiguous real tokens at their end")
+    return hidden.gather(1, idx[..., None].expand(-1, -1, hidden.shape[-1]))
+
+
+BASIS_SIDES = ("U", "V", "VS", "raw")
+
+
+def svd_basis(model: nn.Module, module: str, side: str, rank: int | None = None) -> Tensor | None:
+    """A [d, r] projection basis from a module's weight W (d_out x d_in) = U diag(S) V^T.
+
+    'U': output side (pair with the module's output). 'V': input side (pair with its input); coordinates
+    V^T x are in the units of the (often normalised) input, so separations are small. 'VS': V diag(S),
+    i.e. coordinates S * V^T x = U^T W x, the module's own output in its U basis: input directions weighted
+    by how strongly the module reads them. 'raw': None (no projection).
+    An adapter layer's frozen `U` / `S` / `V` buffers are used when present (the basis the adapter acts in);
+    otherwise the SVD of `weight` is computed once in fp32. `rank` keeps the top-r directions.
+    """
+    if side == "raw":
+        return None
+    if side not in BASIS_SIDES:
+        raise ValueError(f"basis side must be one of {BASIS_SIDES}, got {side!r}")
+    mod = model.get_submodule(module)
+    bufs = {k: getattr(mod, k, None) for k in ("U", "S", "V")}
+    if all(isinstance(bufs[k], Tensor) for k in ("U", "S", "V")):
+        u, sv, v = (bufs[k].detach().float() for k in ("U", "S", "V"))
+    else:
+        w = getattr(mod, "weight", None)
+        if not isinstance(w, Tensor) or w.dim() != 2:
+            raise ValueError(f"{module} has no 2-D weight and no U/S/V buffers to take a basis from")
+        u, sv, vh = torch.linalg.svd(w.detach().float(), full_matrices=False)
+        v = vh.T
+    basis = u if side == "U" else v * sv if side == "VS" else v
+    return (basis[:, :rank] if rank is not None else basis).contiguous()
+
+
+def project(hidden: Tensor, basis: Tensor | None) -> Tensor:
+    """Coordinates of hidden states [..., d] in the basis [d, r] (raw when basis is None), in fp32."""
+    h = hidden.float()
+    if basis is None:
+        return h
+    if basis.shape[0] != h.shape[-1]:
+        raise ValueError(f"basis has {basis.shape[0]} rows but hidden states have size {h.shape[-1]}; "
+                         "U pairs with a module's output, V with its input")
+    return h @ basis.to(h.device, torch.float32)
+
+
+def _unit(x: Tensor, dim: int = -1) -> Tensor:
+    return x / x.norm(dim=dim, keepdim=True).clamp(min=1e-12)
+
+
+def direction_from_diffs(diffs: Tensor, method: str = "mean", k: int = 8, center: bool = False) -> Tensor:
+    """A frozen unit direction from paired differences `diffs` [N, n, r] (or [N, r]), pos - neg.
+
+    Per pair the token axis is averaged first, because the loss's separation s = mean_t(diff_t) . d is
+    linear in that average. `mean`: unit mean over pairs. `pca`: first right singular vector of the per-pair
+    differences (uncentered by default, as in the journal: the axis with the largest mean squared
+    separation), sign aligned with the mean. `pca_aligned`: of the top-k components, the one most aligned
+    with the mean (sign aligned). `per_sample`: one unit direction per pair, [N, r].
+    """
+    if method not in DIRECTION_METHODS:
+        raise ValueError(f"unknown direction method {method!r}; use one of {DIRECTION_METHODS}")
+    d = diffs.detach().float()
+    per_pair = d.mean(1) if d.dim() == 3 else d  # [N, r]
+    mean = per_pair.mean(0)
+    if method == "mean":
+        out = _unit(mean)
+    elif method == "per_sample":
+        out = _unit(per_pair)
+    else:
+        x = per_pair - mean if center else per_pair
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        comps = vh[: (1 if method == "pca" else min(k, vh.shape[0]))]
+        best = 0 if method == "pca" else int((comps @ mean).abs().argmax())
+        out = comps[best]
+        if (out @ mean) < 0:
+            out = -out
+    return out.contiguous().requires_grad_(False)
+
+
+@dataclass
+class PreferenceDirection:
+    """A frozen direction at one capture point, with its basis and the reference separations s_0."""
+
+    point: CapturePoint
+    direction: Tensor  # [r], or [N, r] per pair for method 'per_sample' (indexed by pair_index)
+    basis: Tensor | None  # [d, r] or None (raw)
+    method: str
+    n_tokens: int
+    s0: Tensor  # [N] reference separation per dataset pair (NaN where not computed)
+
+    def direction_for(self, pair_index: Tensor) -> Tensor:
+        """[r] for a shared direction, [B, r] for per-pair directions of the given pairs."""
+        if self.direction.dim() == 1:
+            return self.direction
+        return self.direction.to(pair_index.device)[pair_index]
+
+    def separation(self, hidden: Tensor, attention_mask: Tensor, pair_index: Tensor) -> Tensor:
+        """s [B] from interleaved [pos, neg, ...] hidden states [2B, T, d] (keeps the autograd graph)."""
+        h = project(gather_last(hidden, attention_mask, self.n_tokens), self.basis)
+        d = self.direction_for(pair_index[0::2]).to(h.device)
+        return separation(h[0::2], h[1::2], d)
+
+    def state_dict(self) -> dict:
+        return {"module": self.point.module, "where": self.point.where, "direction": self.direction,
+                "basis": self.basis, "method": self.method, "n_tokens": self.n_tokens, "s0": self.s0}
+
+    @classmethod
+    def from_state_dict(cls, sd: dict) -> PreferenceDirection:
+        return cls(CapturePoint(sd["module"], sd["where"]), sd["direction"], sd["basis"], sd["method"],
+                   int(sd["n_tokens"]), sd["s0"])
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def capture_pairs(model: nn.Module, batches: Iterable, points: Sequence[CapturePoint], n_tokens: int,
+                  on_batch: Callable | None = None) -> tuple[dict[str, tuple[Tensor, Tensor]], Tensor]:
+    """Run the model over `PairBatch`es; per point key, (pos, neg) hidden states [N, n_tokens, d] on CPU
+    in fp32, and the pairs' dataset indices [N]. Run it on the reference (c = 0) model.
+
+    `on_batch(batch, outputs)` is called after each full forward, so the same reference pass can also
+    cache, e.g., next-token log-probs for the coherence term. Without it the forward stops at the last
+    capture point (later blocks and the LM head are skipped).
+    """
+    store: dict[str, tuple[list[Tensor], list[Tensor]]] = {p.key: ([], []) for p in points}
+    index: list[Tensor] = []
+    dev = _device(model)
+    with HiddenCapture(model, points, stop_early=on_batch is None) as cap:
+        for batch in batches:
+            batch = batch.to(dev)
+            if int(batch.tail_len.min()) < n_tokens:
+                raise ValueError(f"n_tokens={n_tokens} reaches past the shared suffix of some pairs "
+                                 f"(shortest shared tail: {int(batch.tail_len.min())} tokens)")
+            try:
+                out = model(**batch.model_inputs(), output_hidden_states=cap.needs_hidden_states, use_cache=False)
+            except StopForward:
+                out = None
+            if out is not None:
+                cap.read_outputs(out)
+                if on_batch is not None:
+                    on_batch(batch, out)
+            for key, (pos, neg) in store.items():
+                h = gather_last(cap.hidden[key], batch.attention_mask, n_tokens).float().cpu()
+                pos.append(h[0::2])
+                neg.append(h[1::2])
+            index.append(batch.pair_index[0::2].cpu())
+            cap.hidden.clear()
+    if not index:
+        raise ValueError("no batches to compute a direction from")
+    return {k: (torch.cat(p), torch.cat(n)) for k, (p, n) in store.items()}, torch.cat(index)
+
+
+def compute_directions(
+    model: nn.Module,
+    batches: Iterable,
+    points: Sequence[CapturePoint],
+    bases: dict[str, Tensor | None] | None = None,
+    n_tokens: int = 4,
+    method: str = "mean",
+    n_pairs: int | None = None,
+    on_batch: Callable | None = None,
+) -> dict[str, PreferenceDirection]:
+    """One reference pass over the pairs, then one frozen `PreferenceDirection` per capture point.
+
+    `bases` maps point keys to [d, r] bases (missing: raw); build them with `svd_basis`. `n_pairs` sizes
+    the `s0` table (default: largest pair index + 1); `s0[i]` is pair i's reference separation.
+    Call it with the adapter at c = 0 (or before attaching it): that is the base model. `on_batch`: see
+    `capture_pairs`.
+    """
+    captured, index = capture_pairs(model, batches, points, n_tokens, on_batch)
+    size = n_pairs if n_pairs is not None else int(index.max()) + 1
+    out = {}
+    for p in points:
+        basis = (bases or {}).get(p.key)
+        pos, neg = (project(x, basis) for x in captured[p.key])
+        per_pair = direction_from_diffs(pos - neg, method)
+        if method == "per_sample":
+            direction = torch.zeros(size, per_pair.shape[-1])
+            direction[index] = per_pair
+        else:
+            direction = per_pair
+        pd = PreferenceDirection(p, direction, basis, method, n_tokens, torch.full((size,), float("nan")))
+        pd.s0[index] = separation(pos, neg, pd.direction_for(index))
+        out[p.key] = pd
+    return out

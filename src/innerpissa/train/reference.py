@@ -1,0 +1,151 @@
+"""The reference pass: the adapted model at c = 0 (the base model) over every pair, once.
+
+It gives the frozen preference direction (from the training pairs only) and, per pair, what the loss
+compares against: the pos and neg projections on that direction and the log-probs of the shared-tail tokens.
+Because c = 0 is exactly the base model, these never change during training and are cached instead of being
+recomputed by a third forward at every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from innerpissa.data.batching import PairBatch
+from innerpissa.train.directions import (
+    CapturePoint,
+    HiddenCapture,
+    default_loss_point,
+    direction_from_diffs,
+    gather_last,
+    project,
+    svd_basis,
+)
+
+
+def lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(decoder, output head) so logits can be computed for a few positions only (the head is a big matmul)."""
+    head = model.get_output_embeddings()
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if decoder is None or decoder is model or not isinstance(head, nn.Linear):
+        raise ValueError(f"{type(model).__name__}: expected a decoder and a linear output head")
+    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(model.config, attr, None) not in (None, 1, 1.0):
+            raise ValueError(f"{type(model).__name__} transforms logits ({attr}); not supported by the trainer yet")
+    return decoder, head
+
+
+def forward_tail(model: nn.Module, batch: PairBatch, width: int) -> Tensor:
+    """Run the decoder; return next-token log-probs [rows, width] of the last `width` tokens of each row.
+
+    Left padding puts every row's shared tail in its last columns, so the head runs on `width` positions
+    instead of the whole sequence.
+    """
+    decoder, head = lm_parts(model)
+    hidden = decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
+    logits = head(hidden[:, -width - 1:-1]).float()
+    targets = batch.input_ids[:, -width:]
+    return logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, -1)
+
+
+def projections(hidden: Tensor, attention_mask: Tensor, basis: Tensor | None, direction: Tensor,
+                pair_index: Tensor, n_tokens: int) -> Tensor:
+    """Per row: mean over the last n tokens of the projected state on the direction -> [rows]."""
+    h = project(gather_last(hidden, attention_mask, n_tokens), basis)  # [rows, n, r]
+    d = direction.to(h.device)
+    if d.dim() == 2:  # per-pair directions
+        d = d[pair_index.to(d.device)][:, None]
+    return (h * d).sum(-1).mean(-1)
+
+
+@dataclass
+class Reference:
+    """Frozen direction and per-pair reference values (index = dataset pair index)."""
+
+    point: CapturePoint
+    basis: Tensor | None
+    direction: Tensor
+    n_tokens: int
+    proj0: Tensor  # [N, 2]: reference projection of the pos and neg prompt
+    tail_logp0: list[Tensor]  # per pair: [2, tail_len] reference log-probs of the shared-tail tokens
+
+    @property
+    def sep0(self) -> Tensor:
+        return self.proj0[:, 0] - self.proj0[:, 1]
+
+    def batch_values(self, batch: PairBatch, width: int) -> tuple[Tensor, Tensor]:
+        """Cached (proj0 [rows], tail log-probs [rows, width] right-aligned, 0 outside the tail)."""
+        idx = batch.pair_index[0::2].cpu()
+        proj = self.proj0[idx].reshape(-1)
+        logp = torch.zeros(len(idx) * 2, width)
+        for k, i in enumerate(idx.tolist()):
+            t = self.tail_logp0[i][:, -width:]
+            logp[2 * k:2 * k + 2, width - t.shape[1]:] = t
+        dev = batch.input_ids.device
+        return proj.to(dev), logp.to(dev)
+
+    def state_dict(self) -> dict:
+        return {"module": self.point.module, "where": self.point.where, "basis": self.basis,
+                "direction": self.direction, "n_tokens": self.n_tokens, "proj0": self.proj0,
+                "tail_logp0": self.tail_logp0}
+
+    @classmethod
+    def from_state_dict(cls, sd: dict) -> Reference:
+        return cls(CapturePoint(sd["module"], sd["where"]), sd["basis"], sd["direction"], int(sd["n_tokens"]),
+                   sd["proj0"], list(sd["tail_logp0"]))
+
+
+def tail_width(batch: PairBatch) -> int:
+    return int(batch.tail_len.max())
+
+
+@torch.no_grad()
+def reference_pass(model: nn.Module, batches: Iterable[PairBatch], point: CapturePoint, basis: Tensor | None,
+                   n_tokens: int, n_pairs: int) -> tuple[Tensor, list[Tensor], Tensor]:
+    """(raw projected states [N, 2, n, r], tail log-probs per pair, which pairs were seen [N] bool)."""
+    states: Tensor | None = None
+    tails: list[Tensor] = [torch.empty(2, 0)] * n_pairs
+    seen = torch.zeros(n_pairs, dtype=torch.bool)
+    dev = next(model.parameters()).device
+    with HiddenCapture(model, [point]) as cap:
+        for batch in batches:
+            batch = batch.to(dev)
+            if int(batch.tail_len.min()) < n_tokens:
+                raise ValueError(f"n_tokens={n_tokens} reaches past the shared suffix of some pairs "
+                                 f"(shortest shared tail: {int(batch.tail_len.min())} tokens); lower it")
+            width = tail_width(batch)
+            logp = forward_tail(model, batch, width).cpu()
+            h = project(gather_last(cap.hidden[point.key], batch.attention_mask, n_tokens), basis).cpu()
+            idx = batch.pair_index[0::2].cpu()
+            if states is None:
+                states = torch.zeros(n_pairs, 2, n_tokens, h.shape[-1])
+            states[idx, 0], states[idx, 1] = h[0::2], h[1::2]
+            for k, i in enumerate(idx.tolist()):
+                tl = int(batch.tail_len[2 * k])
+                tails[i] = logp[2 * k:2 * k + 2, width - tl:].clone()
+            seen[idx] = True
+    if states is None:
+        raise ValueError("no pairs for the reference pass")
+    return states, tails, seen
+
+
+def build_reference(model: nn.Module, train_batches: Iterable[PairBatch], val_batches: Iterable[PairBatch],
+                    n_pairs: int, depth: float, module: str, where: str, basis_side: str,
+                    basis_rank: int | None, method: str, n_tokens: int) -> Reference:
+    """Reference pass over training and validation pairs; the direction comes from training pairs only."""
+    point = default_loss_point(model, depth, module, where)
+    basis = svd_basis(model, point.module, basis_side, basis_rank)
+    train_list, val_list = list(train_batches), list(val_batches)
+    states, tails, seen = reference_pass(model, train_list + val_list, point, basis, n_tokens, n_pairs)
+    train_idx = torch.cat([b.pair_index[0::2] for b in train_list])
+    direction = direction_from_diffs(states[train_idx, 0] - states[train_idx, 1], method)
+    if method == "per_sample":  # validation pairs get their own per-pair direction too
+        full = torch.zeros(n_pairs, direction.shape[-1])
+        full[seen] = direction_from_diffs(states[seen, 0] - states[seen, 1], method)
+        direction = full
+    d = direction[:, None, None, :] if direction.dim() == 2 else direction
+    proj0 = (states * d).sum(-1).mean(-1)  # [N, 2]
+    return Reference(point, basis, direction, n_tokens, proj0, tails)

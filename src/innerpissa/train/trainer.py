@@ -1,0 +1,336 @@
+"""The training loop, top to bottom: data, adapter, frozen reference, optimisation, checkpoints, calibration.
+
+One step takes a micro-batch of pairs [pos, neg, ...], runs it at c = +1 and c = -1 in one forward (the
+coefficient is per example), reads the hidden states at the loss point and the shared-tail log-probs, and
+combines the projection, coherence and ordering terms (METHOD section 5) against the cached c = 0 reference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from innerpissa.adapter import adapter_parameters, attach, save_adapter, steer
+from innerpissa.adapter.io import atomic_write_json
+from innerpissa.data.batching import PairBatch, PairCollator, PairDataset
+from innerpissa.data.pairs import pairs_from_sources, split_pairs
+from innerpissa.models import load_model
+from innerpissa.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from innerpissa.train.config import TrainConfig
+from innerpissa.train.directions import HiddenCapture
+from innerpissa.train.losses import combine, ordered_fraction, preference_gap
+from innerpissa.train.reference import Reference, build_reference, forward_tail, projections, tail_width
+
+COEFFS = (1.0, -1.0)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    adapter_path: Path
+    summary: dict[str, Any]
+
+
+def _batches(ds: PairDataset, idx: list[int], batch_size: int, collate: PairCollator) -> list[PairBatch]:
+    return [collate([ds[i] for i in idx[k:k + batch_size]]) for k in range(0, len(idx), batch_size)]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """Training order of epoch `epoch`: a pure function of (seed, epoch), so a resumed run replays it."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+class Trainer:
+    """Holds the model, data and reference; `fit()` runs (or resumes) training and writes the outputs."""
+
+    def __init__(self, cfg: TrainConfig, model=None, tokenizer=None):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.acc = Accelerator(cpu=cfg.device == "cpu")
+        self.device = torch.device(cfg.device) if cfg.device else self.acc.device
+        if model is None:
+            model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
+        self.model, self.tok = model.to(self.device).eval(), tokenizer
+        self.out = Path(cfg.out)
+
+        d = cfg.data
+        pairs = pairs_from_sources(tokenizer, pairs_file=d.pairs_file, personas_file=d.personas_file,
+                                   suffixes_file=d.suffixes_file, builtin=d.builtin, template=d.template,
+                                   system=d.system, plain_text=d.plain_text)
+        from innerpissa.data.pairs import shuffle_pairs
+
+        pairs = shuffle_pairs(pairs, cfg.seed)[: d.n_pairs] if d.n_pairs > 0 else pairs
+        train_pairs, val_pairs = split_pairs(pairs, d.val_fraction, cfg.seed)
+        self.ds = PairDataset(train_pairs + val_pairs, tokenizer, max_length=d.max_length)
+        self.train_idx = list(range(len(train_pairs)))
+        self.val_idx = list(range(len(train_pairs), len(self.ds)))
+        self.collate = PairCollator(tokenizer.pad_token_id)
+
+        attach(self.model, cfg.adapter)
+        self.params = adapter_parameters(self.model)
+        self.ref: Reference | None = None
+
+    # ---------------------------------------------------------------- the maths of one micro-batch
+
+    def _run(self, batch: PairBatch, c: float | Tensor, cap: HiddenCapture, width: int) -> tuple[Tensor, Tensor]:
+        """(projections [rows], tail log-probs [rows, width]) with the adapter at c."""
+        with steer(self.model, c):
+            logp = forward_tail(self.model, batch, width)
+        ref = self.ref
+        proj = projections(cap.hidden[ref.point.key], batch.attention_mask, ref.basis, ref.direction,
+                           batch.pair_index, ref.n_tokens)
+        return proj, logp
+
+    def _reference_values(self, batch: PairBatch, cap: HiddenCapture, width: int) -> tuple[Tensor, Tensor]:
+        if self.cfg.cache_reference:
+            return self.ref.batch_values(batch, width)
+        with torch.no_grad():  # what the cache replaces: a third forward at c = 0
+            return self._run(batch, 0.0, cap, width)
+
+    def losses(self, batch: PairBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss and named terms of one micro-batch (c = +1 and -1 against the c = 0 reference)."""
+        width = tail_width(batch)
+        with HiddenCapture(self.model, [self.ref.point]) as cap:
+            proj0, logp0 = self._reference_values(batch, cap, width)
+            if self.cfg.batch_pm:
+                both = PairBatch(*(torch.cat([t, t]) for t in (batch.input_ids, batch.attention_mask,
+                                 batch.position_ids, batch.pair_index, batch.is_positive, batch.tail_len)))
+                rows = batch.input_ids.shape[0]
+                c = torch.tensor([COEFFS[0]] * rows + [COEFFS[1]] * rows, device=batch.input_ids.device)
+                proj, logp = self._run(both, c, cap, width)
+                results = {COEFFS[0]: (proj[:rows], logp[:rows]), COEFFS[1]: (proj[rows:], logp[rows:])}
+            else:
+                results = {c: self._run(batch, c, cap, width) for c in COEFFS}
+        mask = _tail_mask(batch, width)
+        s = {c: target_stat(p, self.cfg.loss_target) for c, (p, _) in results.items()}
+        s0 = target_stat(proj0, self.cfg.loss_target)
+        return combine(self.cfg.loss, s, s0, {c: lp for c, (_, lp) in results.items()}, logp0, mask,
+                       scale=self.scale)
+
+    # ---------------------------------------------------------------- validation
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss terms on the validation pairs, and the fraction ordered g(-1) < 0 < g(+1)."""
+        sums: dict[str, float] = {}
+        g = {c: [] for c in COEFFS}
+        n = 0
+        for batch in _batches(self.ds, self.val_idx, self.cfg.batch_size, self.collate):
+            batch = batch.to(self.device)
+            _, terms = self.losses(batch)
+            k = batch.n_pairs
+            for key, v in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(v) * k
+            n += k
+            width = tail_width(batch)
+            mask = _tail_mask(batch, width)
+            _, logp0 = self.ref.batch_values(batch, width)
+            with HiddenCapture(self.model, [self.ref.point]) as cap:
+                for c in COEFFS:
+                    _, lp = self._run(batch, c, cap, width)
+                    g[c].append(preference_gap(lp, mask) - preference_gap(logp0, mask))
+        out = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+        if n:
+            fwd, rev = ordered_fraction(torch.cat(g[-1.0]), torch.cat(g[1.0]))
+            out["val_ordered_fwd"], out["val_ordered_rev"] = float(fwd), float(rev)
+        return out
+
+    # ---------------------------------------------------------------- the loop
+
+    def _setup_reference(self) -> None:
+        cfg, d = self.cfg, self.cfg.direction
+        tb = _batches(self.ds, self.train_idx, cfg.batch_size, self.collate)
+        vb = _batches(self.ds, self.val_idx, cfg.batch_size, self.collate)
+        self.ref = build_reference(self.model, [b.to(self.device) for b in tb], [b.to(self.device) for b in vb],
+                                   len(self.ds), d.depth, d.module, d.where, d.basis, d.basis_rank, d.method,
+                                   d.n_tokens)
+        sep0 = self.ref.sep0[self.train_idx]
+        self.scale = float(sep0.abs().mean().clamp(min=1e-6))
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        ckpt_dir = self.out / "checkpoint"
+        steps_per_epoch = math.ceil(math.ceil(len(self.train_idx) / cfg.batch_size) / cfg.grad_accum)
+        total = max(1, steps_per_epoch * cfg.epochs)
+        opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, one_cycle(total, cfg.warmup))
+        state = Checkpoint()
+        if cfg.resume and (ckpt_dir / "state.pt").exists():
+            state = load_checkpoint(ckpt_dir, self.params, opt, sched)
+            self.ref = Reference.from_state_dict(state.reference)
+            self.scale = state.scale
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "metrics.jsonl").write_text("")
+            self._setup_reference()
+        state.reference, state.scale = self.ref.state_dict(), self.scale
+        atomic_write_json(self.out / "config.json", cfg.to_dict())
+        logger = _Logger(self.out / "metrics.jsonl", cfg, state.global_step)
+        t0 = time.time() - state.elapsed
+        bar = _bar(total, state.global_step, cfg.progress)
+
+        def checkpoint() -> None:
+            state.elapsed = time.time() - t0
+            if self.acc.is_main_process:
+                save_checkpoint(ckpt_dir, state, self.params, opt, sched)
+
+        try:
+            for epoch in range(state.epoch, cfg.epochs):
+                order = [self.train_idx[i] for i in epoch_order(len(self.train_idx), cfg.seed, epoch)]
+                batches = _batches(self.ds, order, cfg.batch_size, self.collate)
+                batches = batches[self.acc.process_index::self.acc.num_processes]
+                for b in range(state.batch_in_epoch, len(batches), cfg.grad_accum):
+                    group = batches[b:b + cfg.grad_accum]
+                    terms_sum: dict[str, float] = {}
+                    for batch in group:
+                        loss, terms = self.losses(batch.to(self.device))
+                        if not torch.isfinite(loss):
+                            raise TrainingDiverged(
+                                f"loss became {float(loss)} at epoch {epoch}, step {state.global_step} "
+                                f"(terms: { {k: round(float(v), 4) for k, v in terms.items()} }); the last good "
+                                f"checkpoint is in {ckpt_dir}. Lower --lr or --adapter.max-angle and rerun.")
+                        (loss / len(group)).backward()
+                        for k, v in terms.items():
+                            terms_sum[k] = terms_sum.get(k, 0.0) + float(v) / len(group)
+                    if self.acc.num_processes > 1:
+                        for p in self.params:
+                            p.grad = self.acc.reduce(p.grad, reduction="mean")
+                    gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip if cfg.clip > 0 else float("inf"))
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                    state.global_step += 1
+                    state.batch_in_epoch = b + len(group)
+                    logger.log({"step": state.global_step, "epoch": epoch, "lr": sched.get_last_lr()[0],
+                                "grad_norm": float(gnorm), **terms_sum})
+                    bar.update(1)
+                    bar.set_postfix({k: f"{terms_sum[k]:.3g}" for k in ("total", "proj+1", "proj-1", "coh+1", "mono")
+                                     if k in terms_sum})
+                val = self.validate()
+                val_loss = val.get("val_total", float("nan"))
+                state.epoch, state.batch_in_epoch = epoch + 1, 0
+                improved = not (val_loss >= state.best_val)
+                if improved:
+                    state.best_val, state.bad_epochs = val_loss, 0
+                    state.best_params = [p.detach().clone() for p in self.params]
+                else:
+                    state.bad_epochs += 1
+                logger.log({"step": state.global_step, "epoch": epoch, **val})
+                state.history.append({"epoch": epoch, **val})
+                checkpoint()
+                if cfg.patience and state.bad_epochs >= cfg.patience:
+                    break
+        except KeyboardInterrupt:
+            # only completed optimizer steps are in `state`; partial gradients are dropped
+            opt.zero_grad(set_to_none=True)
+            checkpoint()
+            bar.close()
+            raise KeyboardInterrupt(f"training interrupted; resume with --resume (checkpoint in {ckpt_dir})") from None
+        bar.close()
+        return self._finish(state, time.time() - t0)
+
+    def _finish(self, state: Checkpoint, seconds: float) -> TrainResult:
+        cfg = self.cfg
+        if state.best_params is not None and cfg.patience:
+            with torch.no_grad():
+                for p, best in zip(self.params, state.best_params, strict=True):
+                    p.copy_(best)
+        final_val = state.history[-1] if state.history else {}
+        calibration = None
+        if cfg.calibrate:
+            from innerpissa.train.calibrate import calibrate
+
+            calibration = calibrate(self.model, self.tok, batch_size=cfg.batch_size)
+            if calibration["flipped"]:  # the ordering flips with the sign
+                final_val = {**final_val, "val_ordered_fwd": final_val.get("val_ordered_rev"),
+                             "val_ordered_rev": final_val.get("val_ordered_fwd")}
+        summary = {
+            "model": cfg.model, "train_pairs": len(self.train_idx), "val_pairs": len(self.val_idx),
+            "epochs_run": state.epoch, "steps": state.global_step, "train_seconds": round(seconds, 2),
+            "ref_separation_mean": float(self.ref.sep0[self.train_idx].mean()),
+            "ref_separation_std": float(self.ref.sep0[self.train_idx].std()),
+            "final_validation": final_val, "calibration": calibration,
+            "loss_point": self.ref.point.key,
+        }
+        adapter_path = self.out / "adapter"
+        if self.acc.is_main_process:
+            save_adapter(self.model, adapter_path, extra={"training": summary, "config": cfg.to_dict()})
+            atomic_write_json(self.out / "summary.json", summary)
+        return TrainResult(self.out, adapter_path, summary)
+
+
+def one_cycle(total: int, warmup: float, floor: float = 0.02):
+    """LR factor per step: linear warm-up to 1 over `warmup` of the steps, then cosine down to `floor`
+    (torch's OneCycleLR divides by zero on very short runs)."""
+    w = max(1, round(warmup * total))
+
+    def factor(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        t = min(1.0, (step - w) / max(1, total - w))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
+
+
+def target_stat(proj: Tensor, target: str) -> Tensor:
+    """Per pair, what the projection term moves: `separation` pos - neg (METHOD), or `shift` (pos + neg) / 2."""
+    if target == "separation":
+        return proj[0::2] - proj[1::2]
+    if target == "shift":
+        return (proj[0::2] + proj[1::2]) / 2
+    raise ValueError(f"unknown loss target {target!r}; use 'separation' or 'shift'")
+
+
+def _tail_mask(batch: PairBatch, width: int) -> Tensor:
+    """Bool [rows, width]: which of the last `width` columns are shared-tail tokens of each row."""
+    cols = torch.arange(width, device=batch.tail_len.device)
+    return cols[None, :] >= (width - batch.tail_len)[:, None]
+
+
+class _Logger:
+    """Appends JSON lines (and to wandb when asked); on resume drops lines past the checkpoint."""
+
+    def __init__(self, path: Path, cfg: TrainConfig, step: int):
+        self.path = path
+        if path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+        self.wandb = None
+        if cfg.wandb:
+            try:
+                import wandb
+            except ImportError as e:
+                raise ImportError("--wandb needs the wandb package: pip install 'innerpissa[wandb]'") from e
+            self.wandb = wandb.init(project=cfg.wandb, config=cfg.to_dict(), resume="allow")
+
+    def log(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(row, step=row["step"])
+
+
+def _bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
+
+
+def train(cfg: TrainConfig, model=None, tokenizer=None) -> TrainResult:
+    """Train an InnerPiSSA adapter as configured; returns where it was written and a summary."""
+    torch.manual_seed(cfg.seed)
+    return Trainer(cfg, model, tokenizer).fit()

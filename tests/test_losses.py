@@ -1,0 +1,224 @@
+"""Loss terms on hand-made tensors: known values, hand-derived gradients, and finite-difference checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from innerpissa.train.losses import (
+    LossConfig,
+    coherence_barrier,
+    combine,
+    masked_row_mean,
+    monotonic_hinge,
+    ordered_fraction,
+    preference_gap,
+    projection_loss,
+    separation,
+    symlog,
+    token_logprobs,
+)
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_symlog_values_and_oddness():
+    x = torch.tensor([0.0, math.e - 1, -(math.e - 1), math.e**2 - 1])
+    assert torch.allclose(symlog(x), torch.tensor([0.0, 1.0, -1.0, 2.0]), atol=1e-6)
+    y = torch.randn(20, dtype=torch.float64)
+    assert torch.allclose(symlog(-y), -symlog(y))
+    g = torch.tensor([3.0], requires_grad=True)
+    symlog(g).sum().backward()
+    assert g.grad.item() == pytest.approx(1 / 4)  # d/dx log(1 + x) at 3
+
+
+def test_logsigmoid_value_and_grad():
+    s_c = torch.tensor([3.0], requires_grad=True)
+    s_0 = torch.tensor([1.0], requires_grad=True)
+    loss = projection_loss(s_c, s_0, kind="logsigmoid", beta=0.5, margin=1.0)
+    # x = 0.5 (3 - 1 - 1) = 0.5
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-0.5)), rel=1e-6)
+    loss.backward()
+    assert s_c.grad.item() == pytest.approx(-0.5 * sigmoid(-0.5), rel=1e-6)
+    assert s_0.grad is None  # the reference is a constant
+
+
+def test_negative_coefficient_swaps_roles():
+    s_c = torch.tensor([3.0, 3.0], requires_grad=True)
+    s_0 = torch.tensor([1.0, 1.0])
+    c = torch.tensor([1.0, -1.0])
+    per = projection_loss(s_c, s_0, c=c, kind="logsigmoid", beta=0.5, margin=1.0, reduction="none")
+    # c = -1: x = 0.5 (-3 + 1 - 1) = -1.5
+    assert per[0].item() == pytest.approx(math.log1p(math.exp(-0.5)), rel=1e-6)
+    assert per[1].item() == pytest.approx(math.log1p(math.exp(1.5)), rel=1e-6)
+    per.sum().backward()
+    assert s_c.grad[1].item() == pytest.approx(0.5 * sigmoid(1.5), rel=1e-6)  # pushes s_{-1} down
+    float_c = projection_loss(s_c[1:], s_0[1:], c=-1.0, kind="logsigmoid", beta=0.5, margin=1.0)
+    assert float_c.item() == pytest.approx(per[1].item())
+
+
+def test_raw_value_and_grad():
+    s_c = torch.tensor([math.e - 1], requires_grad=True)
+    s_0 = torch.tensor([-(math.e**2 - 1)])
+    loss = projection_loss(s_c, s_0, kind="raw")
+    assert loss.item() == pytest.approx(-(1.0 - 2.0), rel=1e-6)  # -(symlog(s_c) - symlog(|s_0|))
+    loss.backward()
+    assert s_c.grad.item() == pytest.approx(-1 / math.e, rel=1e-6)
+
+
+def test_scale_to_ref():
+    s_c = torch.tensor([30.0, -10.0])
+    s_0 = torch.tensor([10.0, -10.0])
+    # k = 10: x - x0 - margin = (30 - 10)/10 - 1 = 1 and (-10 + 10)/10 - 1 = -1
+    expected = (math.log1p(math.exp(-1)) + math.log1p(math.exp(1))) / 2
+    for k in (10.0, True):  # True: batch mean |s_0| = 10
+        got = projection_loss(s_c, s_0, beta=1.0, margin=1.0, scale_to_ref=k)
+        assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_projection_loss_errors():
+    s = torch.ones(2)
+    with pytest.raises(ValueError, match="c != 0"):
+        projection_loss(s, s, c=0.0)
+    with pytest.raises(ValueError, match="unknown projection loss"):
+        projection_loss(s, s, kind="hinge")
+
+
+@pytest.mark.parametrize("kind", ["logsigmoid", "raw"])
+@pytest.mark.parametrize("scale", [False, True])
+def test_projection_loss_gradcheck(kind, scale):
+    torch.manual_seed(0)
+    s_c = (torch.randn(5, dtype=torch.float64) * 3).requires_grad_()
+    s_0 = torch.randn(5, dtype=torch.float64) * 3
+    c = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda x: projection_loss(x, s_0, c=c, kind=kind, beta=0.3, margin=0.5, scale_to_ref=scale), (s_c,)
+    )
+
+
+def test_coherence_barrier_value_and_grad():
+    logp_ref = torch.tensor([[0.0, -1.0, -2.0]])
+    logp_c = torch.tensor([[0.0, -2.0, -1.0]], requires_grad=True)
+    mask = torch.tensor([[0, 1, 1]])
+    loss = coherence_barrier(logp_c, logp_ref, mask, tau=0.5, weight=2.0)
+    # drops: [0, 1, -1]; v = relu(drop - 0.5) = [0, 0.5, 0]; mean over the 2 masked tokens
+    assert loss.item() == pytest.approx(2.0 * math.log(1.5) / 2, rel=1e-6)
+    loss.backward()
+    assert torch.allclose(logp_c.grad, torch.tensor([[0.0, -2.0 / (2 * 1.5), 0.0]]))
+
+
+def test_coherence_barrier_zero_inside_trust_region():
+    logp_ref = torch.randn(4, 6)
+    logp_c = (logp_ref - 0.4 + torch.rand(4, 6)).requires_grad_()  # every drop < tau
+    loss = coherence_barrier(logp_c, logp_ref, torch.ones(4, 6), tau=0.5, weight=40.0)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.all(logp_c.grad == 0)
+
+
+def test_coherence_barrier_gradcheck():
+    torch.manual_seed(1)
+    logp_ref = torch.randn(3, 5, dtype=torch.float64)
+    logp_c = (logp_ref - 2 * torch.rand(3, 5, dtype=torch.float64) - 0.6).requires_grad_()  # past tau
+    mask = torch.rand(3, 5) > 0.3
+    assert torch.autograd.gradcheck(lambda x: coherence_barrier(x, logp_ref, mask, 0.5, 3.0), (logp_c,))
+
+
+def test_monotonic_hinge_orderings():
+    g_neg = torch.tensor([-0.1, 0.2], requires_grad=True)
+    g_pos = torch.tensor([0.2, 0.0], requires_grad=True)
+    # forward violations [0, 0.25 + 0.05] mean 0.15; reverse [0.25 + 0.15, 0.05] mean 0.225
+    assert monotonic_hinge(g_neg, g_pos, 0.05, 1.0, "forward").item() == pytest.approx(0.15)
+    assert monotonic_hinge(g_neg, g_pos, 0.05, 1.0, "reverse").item() == pytest.approx(0.225)
+    assert monotonic_hinge(g_neg, g_pos, 0.05, 1.0, "sample").item() == pytest.approx(0.025)
+    loss = monotonic_hinge(g_neg, g_pos, 0.05, 2.0, "batch")  # picks forward
+    assert loss.item() == pytest.approx(0.3)
+    loss.backward()
+    assert torch.allclose(g_neg.grad, torch.tensor([0.0, 1.0]))  # 2.0 * [0, 1/2]
+    assert torch.allclose(g_pos.grad, torch.tensor([0.0, -1.0]))
+    # mirror the data: the batch mode now picks the reverse ordering and gives the same loss
+    assert monotonic_hinge(g_pos.detach(), g_neg.detach(), 0.05, 2.0, "batch").item() == pytest.approx(0.3)
+
+
+def test_monotonic_hinge_zero_when_ordered_and_errors():
+    g_neg, g_pos = torch.tensor([-0.2, -0.1]), torch.tensor([0.1, 0.3])
+    assert monotonic_hinge(g_neg, g_pos, 0.05).item() == 0.0
+    assert monotonic_hinge(g_pos, g_neg, 0.05).item() == 0.0  # the mirror order is allowed too
+    with pytest.raises(ValueError, match="unknown ordering"):
+        monotonic_hinge(g_neg, g_pos, ordering="both")
+    fwd, rev = ordered_fraction(torch.tensor([-1.0, 1.0, -1.0, 1.0]), torch.tensor([1.0, -1.0, -1.0, 1.0]))
+    assert (fwd.item(), rev.item()) == (0.25, 0.25)
+
+
+@pytest.mark.parametrize("ordering", ["batch", "sample", "forward", "reverse"])
+def test_monotonic_hinge_gradcheck(ordering):
+    g_neg = torch.tensor([-0.3, 0.2, 0.01, 0.4], dtype=torch.float64, requires_grad=True)
+    g_pos = torch.tensor([0.3, -0.2, 0.4, 0.02], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: monotonic_hinge(a, b, 0.05, 1.5, ordering), (g_neg, g_pos))
+
+
+def test_separation_shared_and_per_pair_direction():
+    h_pos = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # [B=1, n=2, r=2]
+    h_neg = torch.zeros(1, 2, 2)
+    assert separation(h_pos, h_neg, torch.tensor([1.0, 0.0])).tolist() == [2.0]  # mean(1, 3)
+    assert separation(h_pos, h_neg, torch.tensor([[0.0, 1.0]])).tolist() == [3.0]  # mean(2, 4)
+    assert separation(h_pos[:, 0], h_neg[:, 0], torch.tensor([1.0, 1.0])).tolist() == [3.0]
+
+
+def test_token_logprobs_and_gap():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, 11)
+    ids = torch.randint(0, 11, (4, 5))
+    lp = token_logprobs(logits, ids)
+    ref = torch.log_softmax(logits, -1)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+    assert torch.allclose(lp[:, 1:], ref, atol=1e-6) and torch.all(lp[:, 0] == 0)
+    x = torch.tensor([[1.0, 2.0, 3.0], [0.0, 5.0, 1.0]])
+    mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
+    assert masked_row_mean(x, mask).tolist() == [2.5, 1.0]
+    assert preference_gap(x, mask).tolist() == [1.5]
+
+
+def _toy_inputs(requires_grad=True):
+    torch.manual_seed(3)
+    B, T = 3, 4
+    mask = torch.ones(2 * B, T)
+    mask[:, 0] = 0
+    logp_ref = -torch.rand(2 * B, T)
+    logp = {c: (logp_ref - torch.rand(2 * B, T)).requires_grad_(requires_grad) for c in (1.0, -1.0)}
+    s = {c: (torch.randn(B) * 5).requires_grad_(requires_grad) for c in (1.0, -1.0)}
+    return s, torch.randn(B) * 5, logp, logp_ref, mask
+
+
+def test_combine_is_sum_of_terms():
+    cfg = LossConfig(kind="logsigmoid", beta=0.2, margin=1.0, w_coh=3.0, w_mono=2.0, tau=0.3)
+    s, s0, logp, logp_ref, mask = _toy_inputs()
+    total, terms = combine(cfg, s, s0, logp, logp_ref, mask)
+    expected = sum(projection_loss(s[c], s0, c=c, beta=0.2, margin=1.0) for c in (1.0, -1.0))
+    expected = expected + sum(coherence_barrier(logp[c], logp_ref, mask, 0.3, 3.0) for c in (1.0, -1.0))
+    gap0 = preference_gap(logp_ref, mask)
+    mono = monotonic_hinge(preference_gap(logp[-1.0], mask) - gap0, preference_gap(logp[1.0], mask) - gap0,
+                           0.05, 2.0)
+    assert total.item() == pytest.approx((expected + mono).item(), rel=1e-6)
+    parts = sum(terms[k] for k in ("proj+1", "proj-1", "coh+1", "coh-1", "mono"))
+    assert terms["total"].item() == pytest.approx(parts.item(), rel=1e-6)
+    assert {"sep+1", "sep-1", "sep0", "gap+1", "gap-1", "ordered_fwd", "ordered_rev"} <= set(terms)
+    assert all(not t.requires_grad for t in terms.values())
+    total.backward()
+    assert all(v.grad is not None for v in (*s.values(), *logp.values()))
+
+
+def test_combine_layers_and_scale():
+    cfg = LossConfig(kind="raw", scale_to_ref=True, w_mono=0.0)
+    s, s0, logp, logp_ref, mask = _toy_inputs(requires_grad=False)
+    s_layers = {c: {"a": v, "b": 2 * v} for c, v in s.items()}
+    total, terms = combine(cfg, s_layers, {"a": s0, "b": 2 * s0}, logp, logp_ref, mask, scale={"a": 4.0, "b": 8.0})
+    expected = sum(projection_loss(v, s0, c=c, kind="raw", scale_to_ref=4.0) * 2 for c, v in s.items())
+    expected = expected + sum(coherence_barrier(logp[c], logp_ref, mask, cfg.tau, cfg.w_coh) for c in s)
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert "mono" not in terms and "sep+1/a" in terms and "sep0/b" in terms
+    with pytest.raises(ValueError):
+        LossConfig(kind="nope")

@@ -1,0 +1,161 @@
+"""The trainer's promises: cached reference = fresh c = 0, batched +-c = separate forwards, the loss goes
+down, resume = uninterrupted, seeds repeat, NaN stops cleanly, calibration fixes the sign."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import innerpissa as ip
+from innerpissa.train.config import preset
+from innerpissa.train.directions import HiddenCapture
+from innerpissa.train.reference import tail_width
+from innerpissa.train.trainer import Trainer, TrainingDiverged, train
+
+
+def _cfg(tmp_path, name="run", **kw):
+    cfg = preset("tiny")
+    cfg.out = tmp_path / name
+    cfg.data.n_pairs = 20
+    cfg.calibrate = False
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _trainer(cfg) -> Trainer:
+    t = Trainer(cfg)
+    t._setup_reference()
+    with torch.no_grad():  # a trained-looking adapter so +1 and -1 differ clearly
+        for p in t.params:
+            p.normal_(std=0.2)
+    return t
+
+
+def _adapter_tensors(run) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "adapter" / "adapter.safetensors"))
+
+
+def test_cached_reference_equals_fresh_c0_forward(tmp_path):
+    t = _trainer(_cfg(tmp_path))
+    batch = t.collate([t.ds[i] for i in t.train_idx[:4]])
+    width = tail_width(batch)
+    cached_proj, cached_logp = t.ref.batch_values(batch, width)
+    with torch.no_grad(), HiddenCapture(t.model, [t.ref.point]) as cap:
+        fresh_proj, fresh_logp = t._run(batch, 0.0, cap, width)
+    mask = torch.arange(width)[None, :] >= (width - batch.tail_len)[:, None]
+    torch.testing.assert_close(fresh_proj, cached_proj, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fresh_logp[mask], cached_logp[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_batched_pm_and_cache_are_pure_speedups(tmp_path):
+    t = _trainer(_cfg(tmp_path))
+    batch = t.collate([t.ds[i] for i in t.train_idx[:4]])
+    results = {}
+    for batch_pm, cache in ((True, True), (False, True), (True, False)):
+        t.cfg.batch_pm, t.cfg.cache_reference = batch_pm, cache
+        total, terms = t.losses(batch)
+        t.model.zero_grad()
+        total.backward()
+        grads = torch.cat([p.grad.flatten() for p in t.params])
+        for p in t.params:
+            p.grad = None
+        results[(batch_pm, cache)] = (total.detach(), grads)
+    ref_total, ref_grads = results[(True, True)]
+    assert ref_grads.abs().max() > 0
+    for total, grads in results.values():
+        torch.testing.assert_close(total, ref_total, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(grads, ref_grads, atol=1e-5, rtol=1e-3)
+
+
+def test_short_run_lowers_training_loss(tmp_path):
+    cfg = _cfg(tmp_path, epochs=4, lr=3e-2)
+    train(cfg)
+    rows = [json.loads(x) for x in (cfg.out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["total"] for r in rows if "total" in r and "val_total" not in r]
+    first, last = sum(steps[:3]) / 3, sum(steps[-3:]) / 3
+    assert last < first, (first, last)
+    summary = json.loads((cfg.out / "summary.json").read_text())
+    assert summary["steps"] == len(steps)
+    assert "val_ordered_fwd" in summary["final_validation"]
+    meta = ip.read_adapter_meta(cfg.out / "adapter")
+    assert meta["extra"]["training"]["train_pairs"] == summary["train_pairs"]
+
+
+def test_same_seed_repeats_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    full = _cfg(tmp_path, "full", epochs=2)
+    again = _cfg(tmp_path, "again", epochs=2)
+    train(full)
+    train(again)
+    a, b = _adapter_tensors(full.out), _adapter_tensors(again.out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # interrupt in the middle of the second epoch, then resume
+    cut = _cfg(tmp_path, "cut", epochs=2)
+    calls = {"n": 0}
+    original = Trainer.losses
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 7 and self.model.training is False and torch.is_grad_enabled():
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "losses", flaky)
+    with pytest.raises(KeyboardInterrupt, match="resume"):
+        train(cut)
+    monkeypatch.setattr(Trainer, "losses", original)
+    assert (cut.out / "checkpoint" / "state.pt").exists()
+    cut.resume = True
+    train(cut)
+    c = _adapter_tensors(cut.out)
+    for k in a:
+        torch.testing.assert_close(c[k], a[k], atol=1e-6, rtol=1e-5)
+    steps = [json.loads(x)["step"] for x in (cut.out / "metrics.jsonl").read_text().splitlines()
+             if "total" in json.loads(x)]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)), "metrics after resume repeat steps"
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, epochs=3)
+    original = Trainer.losses
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        total, terms = original(self, batch)
+        return (total * float("nan"), terms) if calls["n"] > 12 else (total, terms)
+
+    monkeypatch.setattr(Trainer, "losses", poisoned)
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(cfg)
+    state = torch.load(cfg.out / "checkpoint" / "state.pt", weights_only=False)
+    assert all(torch.isfinite(p).all() for p in state["params"])
+    assert state["state"]["epoch"] >= 1
+
+
+def test_calibration_flips_when_plus_one_is_less_honest(tiny, monkeypatch):
+    from innerpissa.train import calibrate as cal
+
+    model, tok = tiny
+    ip.attach(model, ip.AdapterConfig(r=4))
+    before = [p.detach().clone() for p in ip.adapter_parameters(model)]
+    layers = list(ip.adapter_layers(model).values())
+    # a probe that reads the current coefficient: +1 scores lower than -1, so the sign must flip
+    monkeypatch.setattr(cal, "probe_fn", lambda *a, **k: (lambda: -float(layers[0].coeff)))
+    result = cal.calibrate(model, tok)
+    assert result["flipped"] and result["probe_effect"] > 0
+    assert all(torch.equal(p, -b) for p, b in zip(ip.adapter_parameters(model), before, strict=True))
+    monkeypatch.setattr(cal, "probe_fn", lambda *a, **k: (lambda: float(layers[0].coeff)))
+    assert not cal.calibrate(model, tok)["flipped"]
+
+
+def test_train_cli_errors_for_unknown_preset():
+    from innerpissa.train.cli import split_preset
+
+    assert split_preset(["--preset", "tiny", "--lr", "1"]) == ("tiny", ["--lr", "1"])
+    with pytest.raises(SystemExit, match="unknown preset"):
+        split_preset(["--preset=huge"])
