@@ -93,6 +93,8 @@ def weight_fingerprint(w: torch.Tensor) -> list[float]:
 def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Save the attached adapter to folder `path` (created; existing files replaced atomically)."""
     layers = _layers_or_raise(model)
+    if not all(isinstance(layer, InnerPiSSALinear) for layer in layers.values()):
+        raise TypeError("save_adapter writes InnerPiSSA adapters; this model carries other steerable layers")
     if any(layer.merged_coeff is not None for layer in layers.values()):
         raise RuntimeError("adapter is merged into the weights; unmerge_adapter(model) before saving")
     out = Path(path)

@@ -89,26 +89,79 @@ def top_r_svd(w: Tensor, r: int, kind: str, oversample: int, niter: int, seed: i
     return u[:, :r].contiguous(), s[:r].contiguous(), v[:, :r].contiguous()
 
 
-# ---------------------------------------------------------------- the layer
+# ---------------------------------------------------------------- the layers
 
 
-class InnerPiSSALinear(nn.Module):
+class SteerableLinear(nn.Module):
+    """A frozen `nn.Linear` plus a delta that scales with a coefficient `c` (float, or one per batch row).
+
+    Subclasses give `delta_out(x, c)` (the extra output) and `delta_weight(c)` (the same as a dense matrix);
+    this class owns the coefficient, the c = 0 shortcut, merging and the sign flip, so `steer`,
+    `merge_adapter` and the trainer treat every kind of steerable layer alike.
+    """
+
+    def __init__(self, base_layer: nn.Linear):
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"{type(self).__name__} wraps nn.Linear, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.coeff: Coeff = 0.0
+        self.merged_coeff: float | None = None
+
+    def delta_out(self, x: Tensor, c: Coeff) -> Tensor:
+        raise NotImplementedError
+
+    def delta_weight(self, c: float) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base_layer(x)
+        c = self.coeff
+        if self.merged_coeff is not None:
+            return out  # the delta is already inside base_layer.weight
+        if isinstance(c, Tensor):
+            if c.dim() != 1 or c.shape[0] != x.shape[0]:
+                raise ValueError(f"per-example coefficient must have shape [batch={x.shape[0]}], got {tuple(c.shape)}")
+            c = c.to(device=x.device)
+        elif c == 0:
+            return out
+        return out + self.delta_out(x, c).to(out.dtype)
+
+    def flip_sign(self) -> None:
+        """Negate the learnable parameters: the layer at c becomes the old layer at -c."""
+        with torch.no_grad():
+            for p in self.parameters(recurse=False):
+                p.neg_()
+
+    @torch.no_grad()
+    def merge(self, c: float) -> None:
+        if self.merged_coeff is not None:
+            raise RuntimeError(f"layer already merged at c={self.merged_coeff}; unmerge first")
+        w = self.base_layer.weight
+        w.add_(self.delta_weight(c).to(w.dtype))
+        self.merged_coeff = float(c)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged_coeff is None:
+            return
+        w = self.base_layer.weight
+        w.sub_(self.delta_weight(self.merged_coeff).to(w.dtype))
+        self.merged_coeff = None
+
+
+class InnerPiSSALinear(SteerableLinear):
     """Wraps a frozen `nn.Linear` (kept as `base_layer`) with an InnerPiSSA delta scaled by `coeff`."""
 
     def __init__(self, base_layer: nn.Linear, cfg: AdapterConfig, seed: int = 0, init_svd: bool = True):
-        super().__init__()
-        if not isinstance(base_layer, nn.Linear):
-            raise TypeError(f"InnerPiSSA wraps nn.Linear, got {type(base_layer).__name__}")
+        super().__init__(base_layer)
         d_out, d_in = base_layer.weight.shape
         if cfg.r > min(d_in, d_out):
             raise ValueError(f"rank r={cfg.r} exceeds min(d_in={d_in}, d_out={d_out}) of this layer; lower r")
-        self.base_layer = base_layer
         self.cfg = cfg
         self.r = cfg.r
         dtype = getattr(torch, cfg.dtype)
         dev = base_layer.weight.device
-        self.coeff: Coeff = 0.0
-        self.merged_coeff: float | None = None
         self._cache: tuple | None = None
 
         if init_svd:
@@ -165,49 +218,16 @@ class InnerPiSSALinear(nn.Module):
         with torch.no_grad():
             return self.U @ self.mixing(float(c)).T, self.V.T.clone()
 
-    def flip_sign(self) -> None:
-        """Negate the learnable parameters: the adapter at c becomes the old adapter at -c."""
-        with torch.no_grad():
-            for p in self.parameters(recurse=False):
-                p.neg_()
-
-    # -- forward
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.base_layer(x)
-        c = self.coeff
-        if self.merged_coeff is not None:
-            return out  # the delta is already inside base_layer.weight
+    def delta_out(self, x: Tensor, c: Coeff) -> Tensor:
+        """(x V) K(c) U^T, with K per example when c is a tensor [B]."""
         if isinstance(c, Tensor):
-            if c.dim() != 1 or c.shape[0] != x.shape[0]:
-                raise ValueError(f"per-example coefficient must have shape [batch={x.shape[0]}], got {tuple(c.shape)}")
-            k = self.mixing(c.to(device=x.device))  # [B, r, r]
+            k = self.mixing(c)  # [B, r, r]
             z = x.to(self.V.dtype) @ self.V
             z = (z.unsqueeze(1) @ k).squeeze(1) if z.dim() == 2 else z @ k
         else:
-            if c == 0:
-                return out
             k = self.mixing(c) if torch.is_grad_enabled() else self._mixing_cached(float(c))
             z = x.to(self.V.dtype) @ self.V @ k
-        return out + (z @ self.U.T).to(out.dtype)
-
-    # -- merge
-
-    @torch.no_grad()
-    def merge(self, c: float) -> None:
-        if self.merged_coeff is not None:
-            raise RuntimeError(f"layer already merged at c={self.merged_coeff}; unmerge first")
-        w = self.base_layer.weight
-        w.add_(self.delta_weight(c).to(w.dtype))
-        self.merged_coeff = float(c)
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged_coeff is None:
-            return
-        w = self.base_layer.weight
-        w.sub_(self.delta_weight(self.merged_coeff).to(w.dtype))
-        self.merged_coeff = None
+        return z @ self.U.T
 
     def extra_repr(self) -> str:
         d_out, d_in = self.base_layer.weight.shape

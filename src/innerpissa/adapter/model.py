@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from innerpissa.adapter.config import AdapterConfig, select_blocks
-from innerpissa.adapter.layer import Coeff, InnerPiSSALinear
+from innerpissa.adapter.layer import Coeff, InnerPiSSALinear, SteerableLinear
 
 
 def find_blocks(model: nn.Module) -> tuple[str, int]:
@@ -40,7 +40,7 @@ def target_names(model: nn.Module, cfg: AdapterConfig) -> list[str]:
         if name.endswith(".base_layer") or not name.startswith(prefixes):
             continue
         if any(name == p + s or name.endswith("." + s) for s in cfg.target_modules for p in prefixes):
-            if not isinstance(mod, nn.Linear | InnerPiSSALinear):
+            if not isinstance(mod, nn.Linear | SteerableLinear):
                 raise TypeError(
                     f"module {name} is a {type(mod).__name__}, not nn.Linear; InnerPiSSA needs nn.Linear "
                     "projections (GPT-2's Conv1D is not supported: use a Llama/Qwen/Gemma/Mistral-style model)"
@@ -77,12 +77,12 @@ def attach(model: nn.Module, config: AdapterConfig | None = None, init_svd: bool
     return model
 
 
-def adapter_layers(model: nn.Module) -> dict[str, InnerPiSSALinear]:
-    """All InnerPiSSA layers of the model by module name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, InnerPiSSALinear)}
+def adapter_layers(model: nn.Module) -> dict[str, SteerableLinear]:
+    """All coefficient-steered layers of the model (InnerPiSSA, or a baseline's) by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, SteerableLinear)}
 
 
-def _layers_or_raise(model: nn.Module) -> dict[str, InnerPiSSALinear]:
+def _layers_or_raise(model: nn.Module) -> dict[str, SteerableLinear]:
     layers = adapter_layers(model)
     if not layers:
         raise RuntimeError("model has no InnerPiSSA adapter; call innerpissa.attach(model, config) or load_adapter first")
@@ -90,7 +90,10 @@ def _layers_or_raise(model: nn.Module) -> dict[str, InnerPiSSALinear]:
 
 
 def adapter_config(model: nn.Module) -> AdapterConfig:
-    return next(iter(_layers_or_raise(model).values())).cfg
+    layer = next(iter(_layers_or_raise(model).values()))
+    if not isinstance(layer, InnerPiSSALinear):
+        raise TypeError(f"the attached layers are {type(layer).__name__}, not an InnerPiSSA adapter")
+    return layer.cfg
 
 
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:

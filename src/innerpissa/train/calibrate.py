@@ -59,7 +59,7 @@ def calibrate(model, tokenizer, batch_size: int = 8) -> dict[str, Any]:
     flipped = scores[1.0] < scores[-1.0]
     if flipped:
         flip_sign(model)
-        scores = {-c: v for c, v in scores.items()}
+        scores = {-c + 0.0: v for c, v in scores.items()}
     return {"probe": "honesty_probe", "flipped": bool(flipped),
             "probe_score": {f"{c:+g}": round(v, 4) for c, v in sorted(scores.items())},
             "probe_effect": round(scores[1.0] - scores[-1.0], 4)}

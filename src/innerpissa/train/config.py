@@ -65,6 +65,8 @@ class TrainConfig:
     """Base model: Hugging Face id, local folder, 'smollm2' (embedded) or 'tiny-random'."""
     out: Path = Path("runs/honesty")
     """Output folder: adapter/, checkpoint/, metrics.jsonl, summary.json."""
+    method: Literal["innerpissa", "lora"] = "innerpissa"
+    """What to train: the InnerPiSSA adapter, or the LoRA-scaled-by-c baseline (same loss, same layers)."""
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     data: DataConfig = field(default_factory=DataConfig)
     direction: DirectionConfig = field(default_factory=DirectionConfig)

@@ -25,7 +25,7 @@ from innerpissa.models import load_model
 from innerpissa.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from innerpissa.train.config import TrainConfig
 from innerpissa.train.directions import HiddenCapture
-from innerpissa.train.losses import combine, ordered_fraction, preference_gap
+from innerpissa.train.losses import combine
 from innerpissa.train.reference import Reference, build_reference, forward_tail, projections, tail_width
 
 COEFFS = (1.0, -1.0)
@@ -79,7 +79,12 @@ class Trainer:
         self.val_idx = list(range(len(train_pairs), len(self.ds)))
         self.collate = PairCollator(tokenizer.pad_token_id)
 
-        attach(self.model, cfg.adapter)
+        if cfg.method == "lora":  # the LoRA-scaled-by-c baseline, trained with the same loss
+            from innerpissa.baselines.lora import attach_lora
+
+            attach_lora(self.model, cfg.adapter)
+        else:
+            attach(self.model, cfg.adapter)
         self.params = adapter_parameters(self.model)
         self.ref: Reference | None = None
 
@@ -124,29 +129,17 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Loss terms on the validation pairs, and the fraction ordered g(-1) < 0 < g(+1)."""
+        """Loss terms on the validation pairs, pair-weighted; `val_ordered_fwd` is the fraction of pairs
+        ordered g(-1) < 0 < g(+1) (the batch fractions weighted by batch size are exactly that)."""
         sums: dict[str, float] = {}
-        g = {c: [] for c in COEFFS}
         n = 0
         for batch in _batches(self.ds, self.val_idx, self.cfg.batch_size, self.collate):
-            batch = batch.to(self.device)
-            _, terms = self.losses(batch)
+            _, terms = self.losses(batch.to(self.device))
             k = batch.n_pairs
             for key, v in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(v) * k
             n += k
-            width = tail_width(batch)
-            mask = _tail_mask(batch, width)
-            _, logp0 = self.ref.batch_values(batch, width)
-            with HiddenCapture(self.model, [self.ref.point]) as cap:
-                for c in COEFFS:
-                    _, lp = self._run(batch, c, cap, width)
-                    g[c].append(preference_gap(lp, mask) - preference_gap(logp0, mask))
-        out = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
-        if n:
-            fwd, rev = ordered_fraction(torch.cat(g[-1.0]), torch.cat(g[1.0]))
-            out["val_ordered_fwd"], out["val_ordered_rev"] = float(fwd), float(rev)
-        return out
+        return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
 
     # ---------------------------------------------------------------- the loop
 
@@ -266,8 +259,9 @@ class Trainer:
             "loss_point": self.ref.point.key,
         }
         adapter_path = self.out / "adapter"
-        if self.acc.is_main_process:
+        if self.acc.is_main_process and cfg.method == "innerpissa":
             save_adapter(self.model, adapter_path, extra={"training": summary, "config": cfg.to_dict()})
+        if self.acc.is_main_process:
             atomic_write_json(self.out / "summary.json", summary)
         return TrainResult(self.out, adapter_path, summary)
 

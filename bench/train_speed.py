@@ -1,0 +1,89 @@
+"""Training step cost on the embedded SmolLM2 with the default preset.
+
+    .venv/bin/python bench/train_speed.py [--steps 8] [--preset smollm2-cpu]
+
+Times the same micro-batches (round-robin, median per step) four ways:
+- `default`: +1 and -1 in one batched forward, the c = 0 reference from the cache;
+- `no_batch_pm`: +1 and -1 as two forwards;   - `no_cache`: a third forward at c = 0 every step;
+- `bare`: a plain forward + backward of the base model over the same tokens, twice (the +1 and -1 rows),
+  with a trivial loss on the same parameters: what any trainer of this adapter must at least pay.
+Prints seconds per step, ratios, and the extrapolated time per epoch and per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from innerpissa.adapter import steer  # noqa: E402
+from innerpissa.data.batching import PairBatch  # noqa: E402
+from innerpissa.train.config import preset  # noqa: E402
+from innerpissa.train.trainer import Trainer, _batches  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="smollm2-cpu")
+    ap.add_argument("--steps", type=int, default=8)
+    args = ap.parse_args()
+
+    cfg = preset(args.preset)
+    cfg.progress = False
+    t0 = time.perf_counter()
+    tr = Trainer(cfg)
+    tr._setup_reference()
+    setup = time.perf_counter() - t0
+    batches = _batches(tr.ds, tr.train_idx, cfg.batch_size, tr.collate)[: args.steps]
+
+    def step_default(b: PairBatch) -> None:
+        loss, _ = tr.losses(b)
+        loss.backward()
+
+    def step_with(batch_pm: bool, cache: bool):
+        def run(b: PairBatch) -> None:
+            tr.cfg.batch_pm, tr.cfg.cache_reference = batch_pm, cache
+            try:
+                step_default(b)
+            finally:
+                tr.cfg.batch_pm, tr.cfg.cache_reference = True, True
+        return run
+
+    def step_bare(b: PairBatch) -> None:
+        rows = torch.cat([b.input_ids, b.input_ids]), torch.cat([b.attention_mask, b.attention_mask])
+        with steer(tr.model, 1.0):  # same parameters in the graph, same tokens as the +-1 batch
+            out = tr.model(input_ids=rows[0], attention_mask=rows[1], use_cache=False)
+        out.logits[:, -1].float().logsumexp(-1).mean().backward()
+
+    modes = {"default": step_default, "no_batch_pm": step_with(False, True), "no_cache": step_with(True, False),
+             "bare": step_bare}
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for b in batches:
+        for m, fn in modes.items():
+            t = time.perf_counter()
+            fn(b)
+            times[m].append(time.perf_counter() - t)
+            tr.model.zero_grad(set_to_none=True)
+            for p in tr.params:
+                p.grad = None
+    med = {m: statistics.median(v) for m, v in times.items()}
+    steps_per_epoch = math.ceil(len(tr.train_idx) / cfg.batch_size)
+    print(f"preset={args.preset} train_pairs={len(tr.train_idx)} batch={cfg.batch_size} pairs "
+          f"epochs={cfg.epochs} threads={torch.get_num_threads()} timed_steps={len(batches)}")
+    print(f"setup (model, data, SVD, reference pass): {setup:.1f}s")
+    for m in modes:
+        print(f"{m:12s} {med[m]:6.2f} s/step  ratio to default {med[m] / med['default']:.2f}  "
+              f"epoch ~{med[m] * steps_per_epoch / 60:.1f} min")
+    print(f"default / bare forward+backward: {med['default'] / med['bare']:.2f}")
+    total = setup + med["default"] * steps_per_epoch * cfg.epochs * 1.1  # +10%: validation each epoch
+    print(f"extrapolated full default run: ~{total / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
