@@ -12,8 +12,6 @@ is `innerpissa compare`; this script exists to choose its settings.
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
 import json
 import os
 import time
@@ -21,22 +19,6 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-
-
-def apply_override(cfg, key: str, value: str) -> None:
-    *path, last = key.split(".")
-    obj = cfg
-    for p in path:
-        obj = getattr(obj, p)
-    if not any(f.name == last for f in dataclasses.fields(obj)):
-        raise SystemExit(f"unknown setting {key}")
-    try:
-        v = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        v = value
-    setattr(obj, last, v)
-    if hasattr(obj, "__post_init__"):
-        obj.__post_init__()
 
 
 def per_dilemma_d(df, coeff: float) -> tuple[np.ndarray, np.ndarray]:
@@ -67,14 +49,13 @@ def main() -> None:
     from innerpissa.models import load_model
     from innerpissa.steering import AdapterSteerer
     from innerpissa.train.config import preset
+    from innerpissa.train.overrides import apply_overrides
     from innerpissa.train.trainer import train
 
     cfg = preset("smollm2-cpu")
     cfg.out = args.out
     cfg.progress = False
-    for kv in args.set:
-        k, _, v = kv.partition("=")
-        apply_override(cfg, k, v)
+    apply_overrides(cfg, dict(kv.partition("=")[::2] for kv in args.set))
     t0 = time.time()
     if not args.skip_train:
         res = train(cfg)

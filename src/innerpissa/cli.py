@@ -17,6 +17,9 @@ from typing import Annotated, Union
 
 import tyro
 
+from innerpissa.cli_eval import EvalConfig, eval_main
+from innerpissa.compare import Compare
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -120,21 +123,16 @@ class Demo:
         run_demo(self)
 
 
+@dataclass
+class Eval(EvalConfig):
+    """Evaluate the base model, or an adapter over its coefficients, on DailyDilemmas."""
+
+    def run(self) -> None:
+        eval_main(self)
+
+
 def _commands() -> dict[str, type]:
-    cmds: dict[str, type] = {"demo": Demo, "generate": Generate, "export": Export}
-    try:
-        from innerpissa.cli_eval import Eval
-
-        cmds["eval"] = Eval
-    except ImportError:
-        pass
-    try:
-        from innerpissa.compare import Compare
-
-        cmds["compare"] = Compare
-    except ImportError:
-        pass
-    return cmds
+    return {"demo": Demo, "eval": Eval, "compare": Compare, "generate": Generate, "export": Export}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     cmds = _commands()
     types = tuple(Annotated[cls, tyro.conf.subcommand(name)] for name, cls in cmds.items())
     cmd = tyro.cli(Union[types], args=argv,  # type: ignore[valid-type]  # noqa: UP007
-                   description="innerpissa: trainable, reversible steering of language models")
+                   prog="innerpissa", description="innerpissa: trainable, reversible steering of language models. "
+                   "Also: `innerpissa train --preset smollm2-cpu` (see `innerpissa train --help`).")
     cmd.run()
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from innerpissa.adapter import adapter_parameters, attach, save_adapter, steer
-from innerpissa.adapter.io import atomic_write_json
+from innerpissa.adapter import adapter_layers, adapter_parameters, attach, save_adapter, steer
+from innerpissa.adapter.io import atomic_save_safetensors, atomic_write_json
 from innerpissa.data.batching import PairBatch, PairCollator, PairDataset
-from innerpissa.data.pairs import pairs_from_sources, split_pairs
+from innerpissa.data.pairs import pairs_from_sources, shuffle_pairs, split_pairs
 from innerpissa.models import load_model
 from innerpissa.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from innerpissa.train.config import TrainConfig
@@ -46,6 +46,18 @@ def _batches(ds: PairDataset, idx: list[int], batch_size: int, collate: PairColl
     return [collate([ds[i] for i in idx[k:k + batch_size]]) for k in range(0, len(idx), batch_size)]
 
 
+def make_pairs(cfg: TrainConfig, tokenizer) -> tuple[list, list]:
+    """The (train, validation) contrastive pairs of a run: a pure function of the data config and seed, so
+    every method of a comparison gets exactly the same pairs."""
+    d = cfg.data
+    pairs = pairs_from_sources(tokenizer, pairs_file=d.pairs_file, personas_file=d.personas_file,
+                               suffixes_file=d.suffixes_file, builtin=d.builtin, template=d.template,
+                               system=d.system, plain_text=d.plain_text)
+    if d.n_pairs > 0:
+        pairs = shuffle_pairs(pairs, cfg.seed)[: d.n_pairs]
+    return split_pairs(pairs, d.val_fraction, cfg.seed)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """Training order of epoch `epoch`: a pure function of (seed, epoch), so a resumed run replays it."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -66,15 +78,8 @@ class Trainer:
         self.model, self.tok = model.to(self.device).eval(), tokenizer
         self.out = Path(cfg.out)
 
-        d = cfg.data
-        pairs = pairs_from_sources(tokenizer, pairs_file=d.pairs_file, personas_file=d.personas_file,
-                                   suffixes_file=d.suffixes_file, builtin=d.builtin, template=d.template,
-                                   system=d.system, plain_text=d.plain_text)
-        from innerpissa.data.pairs import shuffle_pairs
-
-        pairs = shuffle_pairs(pairs, cfg.seed)[: d.n_pairs] if d.n_pairs > 0 else pairs
-        train_pairs, val_pairs = split_pairs(pairs, d.val_fraction, cfg.seed)
-        self.ds = PairDataset(train_pairs + val_pairs, tokenizer, max_length=d.max_length)
+        train_pairs, val_pairs = make_pairs(cfg, tokenizer)
+        self.ds = PairDataset(train_pairs + val_pairs, tokenizer, max_length=cfg.data.max_length)
         self.train_idx = list(range(len(train_pairs)))
         self.val_idx = list(range(len(train_pairs), len(self.ds)))
         self.collate = PairCollator(tokenizer.pad_token_id)
@@ -261,6 +266,10 @@ class Trainer:
         adapter_path = self.out / "adapter"
         if self.acc.is_main_process and cfg.method == "innerpissa":
             save_adapter(self.model, adapter_path, extra={"training": summary, "config": cfg.to_dict()})
+        elif self.acc.is_main_process:  # baselines: the calibrated parameters, by module name
+            adapter_path = self.out / "lora.safetensors"
+            atomic_save_safetensors({f"{n}.{k}": v for n, layer in adapter_layers(self.model).items()
+                                     for k, v in layer.named_parameters(recurse=False)}, adapter_path)
         if self.acc.is_main_process:
             atomic_write_json(self.out / "summary.json", summary)
         return TrainResult(self.out, adapter_path, summary)
