@@ -17,7 +17,7 @@ from typing import Annotated, Union
 
 import tyro
 
-from innerpissa.cli_eval import EvalConfig, eval_main
+from innerpissa.cli_eval import EvalConfig
 from innerpissa.compare import Compare
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -123,16 +123,8 @@ class Demo:
         run_demo(self)
 
 
-@dataclass
-class Eval(EvalConfig):
-    """Evaluate the base model, or an adapter over its coefficients, on DailyDilemmas."""
-
-    def run(self) -> None:
-        eval_main(self)
-
-
 def _commands() -> dict[str, type]:
-    return {"demo": Demo, "eval": Eval, "compare": Compare, "generate": Generate, "export": Export}
+    return {"demo": Demo, "eval": EvalConfig, "compare": Compare, "generate": Generate, "export": Export}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -65,6 +65,8 @@ class Compare:
     """Bootstrap resamples for confidence intervals."""
     data_dir: Path | None = None
     """DailyDilemmas folder (default: $INNERPISSA_DILEMMAS_DIR or ../shared/data/daily_dilemmas)."""
+    device: str | None = None
+    """Device for the model (default: cuda when available, else cpu)."""
     overrides: dict[str, str] = field(default_factory=dict)
     """Extra training settings as dotted keys, e.g. {'loss.w_coh': '10'} (applied to InnerPiSSA and LoRA)."""
 
@@ -83,6 +85,7 @@ def _train_cfg(cmp: Compare, method: str, seed: int):
     cfg.adapter.seed = seed
     cfg.data.n_pairs = cmp.n_pairs
     cfg.progress = False
+    cfg.device = cmp.device
     if cmp.epochs is not None:
         cfg.epochs = cmp.epochs
     apply_overrides(cfg, cmp.overrides)
@@ -133,10 +136,11 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     from innerpissa.baselines.registry import build_baseline
     from innerpissa.data.dilemmas import load_dilemmas, sample_dilemmas, save_sample
     from innerpissa.eval.choices import choice_ids
-    from innerpissa.eval.harness import evaluate
+    from innerpissa.eval.harness import DEFAULT_SYSTEM, evaluate
     from innerpissa.eval.report import headline_table, markdown_table, write_report
     from innerpissa.eval.summary import coeff_table, method_table, seed_table
     from innerpissa.models import load_model
+    from innerpissa.steering import NoSteering
     from innerpissa.train.calibrate import probe_fn
     from innerpissa.train.trainer import make_pairs
 
@@ -149,7 +153,8 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     out = Path(cmp.out)
     out.mkdir(parents=True, exist_ok=True)
     base_cfg = _train_cfg(cmp, "innerpissa", cmp.seeds[0])
-    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype)
+    device = cmp.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=device)
     data = load_dilemmas(cmp.data_dir)
     rows = sample_dilemmas(data, cmp.n_dilemmas, cmp.sample_seed, cmp.target, cmp.labelled_only, cmp.n_neutral)
     axes = [cmp.target] + [a for a in sorted({c.removeprefix("label:") for c in rows.columns if c.startswith("label:")})
@@ -160,6 +165,10 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
 
     frames, trained_info = [], {}
     probe = probe_fn(model, tok)
+    # c = 0 is the base model for every method (the adapter skips its delta, hooks add 0, the persona prompt
+    # keeps the default system message): score it once and share it, instead of once per method and seed
+    base = evaluate(model, tok, rows, NoSteering(), [0.0], batch_size=cmp.batch_size, axes=axes,
+                    cache_dir=out / "cache", progress=False)
     for seed in cmp.seeds:
         train_pairs, _ = make_pairs(_train_cfg(cmp, "innerpissa", seed), tok)
         act_cache: dict = {}
@@ -181,8 +190,12 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
                     trained_info[f"{method}/seed{seed}"] = {"calibration": calibrate_sign(steerer, probe)}
                 tag = steerer.fingerprint() if hasattr(steerer, "fingerprint") else ""
                 coeffs = sorted(set(steerer.default_coeffs) | {0.0})
-            res = evaluate(model, tok, rows, steerer, coeffs, seed=seed, batch_size=cmp.batch_size, axes=axes,
+            shared_zero = steerer.system_prompt(0.0, DEFAULT_SYSTEM) == DEFAULT_SYSTEM
+            scored = [c for c in coeffs if c != 0 or not shared_zero]
+            res = evaluate(model, tok, rows, steerer, scored, seed=seed, batch_size=cmp.batch_size, axes=axes,
                            cache_dir=out / "cache", cache_tag=tag, progress=False)
+            if shared_zero:
+                res = pd.concat([base.assign(method=steerer.name, seed=seed), res], ignore_index=True)
             res["train_seconds"] = trained_info.get(f"{method}/seed{seed}", {}).get("train_seconds", 0.0) or 0.0
             frames.append(res)
             if adapter_layers(model):

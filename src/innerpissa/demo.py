@@ -1,27 +1,43 @@
-"""`make demo`: the whole workflow on the embedded model, small enough for 2 CPU cores."""
+"""`make demo`: the whole workflow on the embedded model, small enough for 2 CPU cores (a few minutes).
+
+Train a small adapter (64 pairs, 2 epochs), show greedy answers at c = -1, 0, +1, then evaluate it on a
+small random sample of DailyDilemmas and print the table and the plot's path. The full-size settings are
+the `smollm2-cpu` preset and `innerpissa compare` (see docs/RESULTS.md).
+"""
 
 from __future__ import annotations
 
 import time
-
-import torch
+from pathlib import Path
 
 
 def run_demo(args) -> None:
-    from innerpissa.adapter import AdapterConfig, adapter_parameters, attach
+    from innerpissa.adapter import load_adapter
     from innerpissa.cli import DEMO_PROMPTS, generate_text
+    from innerpissa.cli_eval import EvalConfig, eval_main
     from innerpissa.models import load_model
+    from innerpissa.train.config import preset
+    from innerpissa.train.trainer import train
 
+    out = Path(args.out)
+    cfg = preset("smollm2-cpu")
+    cfg.model, cfg.out = args.model, out / "train"
+    cfg.data.n_pairs, cfg.epochs, cfg.adapter.n_layers = 64, 2, 6
     t0 = time.time()
-    model, tok = load_model(args.model)
-    print(f"loaded {args.model} in {time.time() - t0:.1f}s")
-    attach(model, AdapterConfig(r=32))
-    # Until training lands, show the mechanics with a fixed, visibly large random adapter.
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in adapter_parameters(model):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    print(f"training an InnerPiSSA adapter on {cfg.model}: {cfg.data.n_pairs} honesty pairs, {cfg.epochs} epochs "
+          f"(the full preset uses 200 pairs and 3 epochs)")
+    result = train(cfg)
+    cal = result.summary["calibration"]
+    print(f"trained in {time.time() - t0:.0f}s; validation pairs ordered g(-1)<0<g(+1): "
+          f"{result.summary['final_validation'].get('val_ordered_fwd', float('nan')):.0%}; "
+          f"probe effect (honesty of +1 minus -1): {cal['probe_effect']:+.3f} nats (sign flipped: {cal['flipped']})")
+
+    model, tok = load_model(cfg.model)
+    load_adapter(model, result.adapter_path)
     for prompt in DEMO_PROMPTS:
         print(f"\n### {prompt}")
         for c in (-1.0, 0.0, 1.0):
             print(f"  c={c:+.0f}: {generate_text(model, tok, prompt, c, args.max_new_tokens)}")
+    print("\nevaluating on 32 random DailyDilemmas (64 rows) at c = -1, 0, +1 ...")
+    eval_main(EvalConfig(adapter=result.adapter_path, model=cfg.model, coeffs=(-1.0, 0.0, 1.0), n_dilemmas=32,
+                         out=out / "eval", examples=False, n_boot=300, batch_size=8))

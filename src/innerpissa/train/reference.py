@@ -140,7 +140,7 @@ def build_reference(model: nn.Module, train_batches: Iterable[PairBatch], val_ba
     basis = svd_basis(model, point.module, basis_side, basis_rank)
     train_list, val_list = list(train_batches), list(val_batches)
     states, tails, seen = reference_pass(model, train_list + val_list, point, basis, n_tokens, n_pairs)
-    train_idx = torch.cat([b.pair_index[0::2] for b in train_list])
+    train_idx = torch.cat([b.pair_index[0::2] for b in train_list]).cpu()
     direction = direction_from_diffs(states[train_idx, 0] - states[train_idx, 1], method)
     if method == "per_sample":  # validation pairs get their own per-pair direction too
         full = torch.zeros(n_pairs, direction.shape[-1])
