@@ -32,13 +32,7 @@ from innerpissa.train.directions import CapturePoint, HiddenCapture
 TRAINED = [n for n in available_baselines() if n != "prompting"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on shared cores: one thread avoids OpenMP oversubscription (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,7 @@ import pytest
 
 from innerpissa.compare import Compare, run_compare
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_compare_two_methods_end_to_end_and_resume(tmp_path, shared_data):

@@ -22,13 +22,7 @@ needs_data = pytest.mark.skipif(not DD.is_dir(), reason=f"DailyDilemmas data not
 AXES = ["Virtue/Truthfulness", "MFT/Care"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on shared cores: one thread avoids OpenMP oversubscription (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ from innerpissa.train.directions import HiddenCapture
 from innerpissa.train.reference import tail_width
 from innerpissa.train.trainer import Trainer, TrainingDiverged, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _cfg(tmp_path, name="run", **kw):
     cfg = preset("tiny")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +116,7 @@ class Trainer:
         with HiddenCapture(self.model, [self.ref.point]) as cap:
             proj0, logp0 = self._reference_values(batch, cap, width)
             if self.cfg.batch_pm:
-                both = PairBatch(*(torch.cat([t, t]) for t in (batch.input_ids, batch.attention_mask,
-                                 batch.position_ids, batch.pair_index, batch.is_positive, batch.tail_len)))
+                both = PairBatch(**{f.name: torch.cat([getattr(batch, f.name)] * 2) for f in fields(PairBatch)})
                 rows = batch.input_ids.shape[0]
                 c = torch.tensor([COEFFS[0]] * rows + [COEFFS[1]] * rows, device=batch.input_ids.device)
                 proj, logp = self._run(both, c, cap, width)
