@@ -23,6 +23,7 @@ TRAINED = ("innerpissa", "lora")
 # baselines whose sign is arbitrary (an eigenvector or a random draw) are calibrated on the probe
 SIGN_AMBIGUOUS = ("pca", "random")
 DEFAULT_METHODS = ("innerpissa", "lora", "prompting", "pca", "mean_diff", "random", "sspace")
+ALL_METHODS = (*DEFAULT_METHODS, "sft", "steering_vectors")
 
 
 @dataclass
@@ -34,7 +35,9 @@ class Compare:
     preset: str = "smollm2-cpu"
     """Training preset for InnerPiSSA and LoRA (model, adapter, loss, epochs)."""
     methods: tuple[str, ...] = DEFAULT_METHODS
-    """Methods to compare: innerpissa, lora, prompting, pca, mean_diff, random, sspace, steering_vectors."""
+    """Methods to compare: innerpissa, lora, prompting, pca, mean_diff, random, sspace, and the optional
+    sft (supervised LoRA on the model's own persona-conditioned answers: an upper reference that needs
+    generation, so it is not in the default list) and steering_vectors (the external package)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Training seeds (pairs, split and initialisation); prompting has no seed and runs once."""
     n_pairs: int = 200
@@ -144,11 +147,9 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     from innerpissa.train.calibrate import probe_fn
     from innerpissa.train.trainer import make_pairs
 
-    unknown = [m for m in cmp.methods if m not in (*TRAINED, "prompting", "pca", "mean_diff", "random", "sspace",
-                                                   "steering_vectors")]
+    unknown = [m for m in cmp.methods if m not in ALL_METHODS]
     if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; choose from innerpissa, lora, prompting, pca, mean_diff, "
-                         "random, sspace, steering_vectors")
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
     t_start = time.time()
     out = Path(cmp.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +182,14 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
                 trained_info[f"{method}/seed{seed}"] = {"train_seconds": summary.get("train_seconds"),
                                                         "calibration": summary.get("calibration")}
                 coeffs = list(cmp.adapter_coeffs)
+            elif method == "sft":
+                from innerpissa.baselines.sft import build_sft
+
+                cfg = _train_cfg(cmp, "lora", seed)
+                steerer, sft_info = build_sft(model, tok, train_pairs, cfg.adapter, system=cfg.data.system,
+                                              seed=seed, coeffs=cmp.adapter_coeffs)
+                trained_info[f"sft/seed{seed}"] = {"sft": sft_info}
+                tag, coeffs = steerer.fingerprint(), list(cmp.adapter_coeffs)
             else:
                 kw = {"cache": act_cache}
                 if cmp.baseline_coeffs is not None and method != "prompting":

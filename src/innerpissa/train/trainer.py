@@ -196,7 +196,7 @@ class Trainer:
                         loss, terms = self.losses(batch.to(self.device))
                         if not torch.isfinite(loss):
                             raise TrainingDiverged(
-                                f"loss became {float(loss)} at epoch {epoch}, step {state.global_step} "
+                                f"loss became {float(loss.detach())} at epoch {epoch}, step {state.global_step} "
                                 f"(terms: { {k: round(float(v), 4) for k, v in terms.items()} }); the last good "
                                 f"checkpoint is in {ckpt_dir}. Lower --lr or --adapter.max-angle and rerun.")
                         (loss / len(group)).backward()
