@@ -103,17 +103,14 @@ def _trained_steerer(cmp: Compare, method: str, seed: int, model, tok):
     from innerpissa.train.trainer import train
 
     cfg = _train_cfg(cmp, method, seed)
-    done = (cfg.out / "summary.json").exists()
-    if not done:
+    if not (cfg.out / "summary.json").exists():
         cfg.resume = (cfg.out / "checkpoint" / "state.pt").exists()
         train(cfg, model, tok)  # attaches to `model`
-        summary = json.loads((cfg.out / "summary.json").read_text())
+    elif method == "innerpissa":
+        load_adapter(model, cfg.out / "adapter")
     else:
-        summary = json.loads((cfg.out / "summary.json").read_text())
-        if method == "innerpissa":
-            load_adapter(model, cfg.out / "adapter")
-        else:
-            _load_lora(model, cfg)
+        _load_lora(model, cfg)
+    summary = json.loads((cfg.out / "summary.json").read_text())
     tag = f"{summary.get('train_seconds')}|{summary.get('calibration')}"
     return AdapterSteerer(model, name=method, coeffs=cmp.adapter_coeffs), summary, tag
 
