@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import torch
@@ -42,6 +42,20 @@ class SignedSteerer(Steerer):
 
     def signed(self, c: float) -> float:
         return self.sign * float(c)
+
+    @contextmanager
+    def at(self, c: float) -> Iterator[None]:
+        """State c: the untouched model at (signed) c = 0, else whatever `applied(signed c)` does."""
+        c = self.signed(c)
+        if c == 0.0:
+            yield
+            return
+        with self.applied(c):
+            yield
+
+    def applied(self, c: float) -> AbstractContextManager[None]:
+        """Context manager putting the model in state c (c already signed, never 0)."""
+        raise NotImplementedError
 
     def fingerprint(self) -> str:
         """A short hash of what state c does (tensors, texts and the sign): pass it as the harness's

@@ -112,11 +112,7 @@ class SteeringVectorsSteerer(SignedSteerer):
         return fingerprint((self.sign * vs[k] for k in sorted(vs)), "steering_vectors", self.aggregator, sorted(vs))
 
     @contextmanager
-    def at(self, c: float) -> Iterator[None]:
-        c = self.signed(c)
-        if c == 0.0:
-            yield
-            return
+    def applied(self, c: float) -> Iterator[None]:
         dtype = next(self.model.parameters()).dtype
         with self.vector.to(dtype=dtype).apply(self.model, multiplier=c):
             yield

@@ -104,11 +104,7 @@ class SFTSteerer(SignedSteerer):
         return fingerprint([*self.plus, *self.minus], "sft", self.sign)
 
     @contextmanager
-    def at(self, c: float) -> Iterator[None]:
-        c = self.signed(c)
-        if c == 0.0:
-            yield
-            return
+    def applied(self, c: float) -> Iterator[None]:
         with torch.no_grad():
             for p, v in zip(adapter_parameters(self.model), self.plus if c > 0 else self.minus, strict=True):
                 p.copy_(v)
@@ -117,8 +113,8 @@ class SFTSteerer(SignedSteerer):
 
 
 def build_sft(model: nn.Module, tok, pairs: Sequence[ContrastivePair], adapter: AdapterConfig,
-              system: str | None = "You are a helpful assistant.", max_new_tokens: int = 24, epochs: int = 2, lr: float = 1e-3, seed: int = 0,
-              coeffs=None) -> tuple[SFTSteerer, dict]:
+              system: str | None = "You are a helpful assistant.", max_new_tokens: int = 24, epochs: int = 2,
+              lr: float = 1e-3, seed: int = 0, coeffs=None) -> tuple[SFTSteerer, dict]:
     """Generate persona-conditioned continuations, train LoRA+ and LoRA-, return the steerer (LoRA attached)."""
     pos = greedy_continuations(model, tok, [p.positive for p in pairs], max_new_tokens)
     neg = greedy_continuations(model, tok, [p.negative for p in pairs], max_new_tokens)

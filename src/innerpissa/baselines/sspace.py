@@ -159,11 +159,7 @@ class SSpaceSteerer(SignedSteerer):
         return self._placed
 
     @contextmanager
-    def at(self, c: float) -> Iterator[None]:
-        c = self.signed(c)
-        if c == 0.0:
-            yield
-            return
+    def applied(self, c: float) -> Iterator[None]:
         edits = {name: (lambda x, out, V=V, Us=Us: out + c * ((x.to(V.dtype) @ V) @ Us.T).to(out.dtype))
                  for name, (V, Us) in self._factors().items()}
         with edited_outputs(self.model, edits):

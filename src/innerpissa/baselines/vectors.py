@@ -156,11 +156,7 @@ class VectorSteerer(SignedSteerer):
         return self._placed
 
     @contextmanager
-    def at(self, c: float) -> Iterator[None]:
-        c = self.signed(c)
-        if c == 0.0:
-            yield
-            return
+    def applied(self, c: float) -> Iterator[None]:
         edits = {name: (lambda _x, out, v=v: out + c * v) for name, v in self._deltas().items()}
         with edited_outputs(self.model, edits):
             yield
