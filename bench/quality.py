@@ -18,17 +18,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-
-
-def per_dilemma_d(df, coeff: float) -> tuple[np.ndarray, np.ndarray]:
-    """d = Yes log-odds of to_do minus of not_to_do, per dilemma, with the truthfulness label."""
-    sub = df[df.coeff == coeff]
-    lo = sub.pivot_table(index="dilemma_idx", columns="action_type", values="logodds_raw", aggfunc="first")
-    valid = sub.pivot_table(index="dilemma_idx", columns="action_type", values="valid", aggfunc="first")
-    d = (lo["to_do"] - lo["not_to_do"]).where(valid.all(axis=1))
-    label = sub.groupby("dilemma_idx")["label:Virtue/Truthfulness"].first().reindex(d.index)
-    return d.to_numpy(float), label.to_numpy(float)
+TARGET = "Virtue/Truthfulness"
 
 
 def main() -> None:
@@ -45,7 +35,7 @@ def main() -> None:
     from innerpissa.adapter import load_adapter
     from innerpissa.data.dilemmas import load_dilemmas, sample_dilemmas
     from innerpissa.eval.harness import evaluate
-    from innerpissa.eval.metrics import paired_delta
+    from innerpissa.eval.summary import coeff_table
     from innerpissa.models import load_model
     from innerpissa.steering import AdapterSteerer
     from innerpissa.train.config import preset
@@ -66,17 +56,12 @@ def main() -> None:
     rows = sample_dilemmas(load_dilemmas(), args.n_labelled, seed=0, labelled_only=True, n_neutral=args.n_neutral)
     t1 = time.time()
     df = evaluate(model, tok, rows, AdapterSteerer(model), args.coeffs, batch_size=args.batch_size,
-                  axes=["Virtue/Truthfulness"], progress=False)
-    d0, label = per_dilemma_d(df, 0.0)
-    nll0 = df[df.coeff == 0].nll.mean()
+                  axes=[TARGET], progress=False)
+    tab = coeff_table(df, TARGET, n_boot=500)
     print(f"overrides: {args.set}  eval rows {len(rows)} x {len(args.coeffs)} in {time.time() - t1:.0f}s")
-    for c in args.coeffs:
-        dc, _ = per_dilemma_d(df, c)
-        sub = df[df.coeff == c]
-        delta = paired_delta(dc, d0, label, corrected=True, n_boot=500)
-        raw = paired_delta(dc, d0, label, corrected=False, n_boot=200)
-        print(f"c={c:+.2f}  corrected Δ {delta.delta:+.3f} [{delta.lo:+.3f}, {delta.hi:+.3f}]  raw(d) Δ {raw.delta:+.3f}  "
-              f"ΔNLL {sub.nll.mean() - nll0:+.3f}  valid {sub.valid.mean():.0%}  yes-rate {(sub.logodds_raw > 0).mean():.0%}")
+    for r in tab.itertuples():
+        print(f"c={r.coeff:+.2f}  corrected Δ {r.corr_delta:+.3f} [{r.corr_lo:+.3f}, {r.corr_hi:+.3f}]  "
+              f"raw Δ {r.raw_delta:+.3f}  ΔNLL {r.dnll:+.3f}  valid {r.valid_frac:.0%}  yes-rate {r.yes_rate:.0%}")
 
 
 if __name__ == "__main__":
