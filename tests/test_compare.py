@@ -38,3 +38,19 @@ def test_compare_two_methods_end_to_end_and_resume(tmp_path, shared_data):
 def test_compare_rejects_unknown_method(tmp_path):
     with pytest.raises(SystemExit, match="unknown method"):
         run_compare(Compare(out=tmp_path, methods=("innerpissa", "telepathy")))
+
+
+def test_compare_lora_baseline_is_reused_exactly(tmp_path, shared_data):
+    cmp = Compare(out=tmp_path / "cmp", preset="tiny", methods=("lora",), seeds=(0,), n_pairs=12, epochs=1,
+                  n_dilemmas=4, adapter_coeffs=(-1.0, 0.0, 1.0), n_boot=20, data_dir=shared_data / "daily_dilemmas",
+                  overrides={"adapter.r": "4"})
+    first = pd.read_csv(run_compare(cmp)["rows"])
+    saved = tmp_path / "cmp" / "train" / "lora_seed0" / "lora.safetensors"
+    assert saved.exists()
+    # drop the score cache: the second run must rebuild the LoRA from its saved, calibrated weights
+    for f in (tmp_path / "cmp" / "cache").glob("lora__*"):
+        f.unlink()
+    again = pd.read_csv(run_compare(cmp)["rows"])
+    pd.testing.assert_frame_equal(first, again, check_exact=False, atol=1e-6)
+    by_c = first.pivot_table(index=["dilemma_idx", "action_type"], columns="coeff", values="logp_yes")
+    assert (by_c[1.0] - by_c[0.0]).abs().max() > 0, "the trained LoRA does not change the model at c = 1"
