@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Union
@@ -41,13 +42,9 @@ def generate_text(model, tok, prompt: str, c: float, max_new_tokens: int = 40, s
     else:
         ids = tok(prompt, return_tensors="pt")
     ids = {k: v.to(model.device) for k, v in ids.items()}
-    with torch.no_grad():
-        if adapter_layers(model):
-            with steer(model, c):
-                out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
-        else:
-            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    state = steer(model, c) if adapter_layers(model) else nullcontext()
+    with torch.no_grad(), state:
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 

@@ -211,7 +211,8 @@ class InnerPiSSALinear(SteerableLinear):
     @torch.no_grad()
     def delta_weight(self, c: float) -> Tensor:
         """Dense Delta W(c) = U K(c)^T V^T  [d_out, d_in], rank <= r."""
-        return self.U @ self.mixing(float(c)).T @ self.V.T
+        b, a = self.lora_factors(c)
+        return b @ a
 
     def lora_factors(self, c: float) -> tuple[Tensor, Tensor]:
         """(B [d_out, r], A [r, d_in]) with B A = Delta W(c): the adapter at c as an ordinary LoRA."""

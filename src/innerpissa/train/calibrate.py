@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from innerpissa.adapter import flip_sign, steer
+from innerpissa.adapter import flip_sign
 from innerpissa.data.builtin import BUILTIN_DIR
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -50,16 +50,13 @@ def probe_fn(model, tokenizer, probe: pd.DataFrame | None = None, system: str = 
 
 @torch.no_grad()
 def calibrate(model, tokenizer, batch_size: int = 8) -> dict[str, Any]:
-    """Score the probe at c = -1, 0, +1; flip the adapter's sign if +1 is less honest than -1."""
-    score = probe_fn(model, tokenizer, batch_size=batch_size)
-    scores = {}
-    for c in (-1.0, 0.0, 1.0):
-        with steer(model, c):
-            scores[c] = score()
-    flipped = scores[1.0] < scores[-1.0]
-    if flipped:
-        flip_sign(model)
-        scores = {-c + 0.0: v for c, v in scores.items()}
-    return {"probe": "honesty_probe", "flipped": bool(flipped),
-            "probe_score": {f"{c:+g}": round(v, 4) for c, v in sorted(scores.items())},
-            "probe_effect": round(scores[1.0] - scores[-1.0], 4)}
+    """Score the probe at c = -1, 0, +1; flip the adapter's sign if +1 is less honest than -1.
+
+    The same `calibrate_sign` every baseline goes through, with the adapter's parameter negation as the flip.
+    """
+    from innerpissa.baselines.calibrate import calibrate_sign
+    from innerpissa.steering import AdapterSteerer
+
+    result = calibrate_sign(AdapterSteerer(model), probe_fn(model, tokenizer, batch_size=batch_size),
+                            flip=lambda: flip_sign(model))
+    return {"probe": "honesty_probe", **result}
