@@ -100,7 +100,12 @@ def smollm2_path() -> Path:
             model.hf_quantizer = None
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+        if target.exists() and not (target / "config.json").exists():
+            shutil.rmtree(target)  # an incomplete folder (not ours): replace it
+        if target.exists():  # another process finished the same conversion first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
