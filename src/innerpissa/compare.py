@@ -104,7 +104,7 @@ def _trained_steerer(cmp: Compare, method: str, seed: int, model, tok):
 
     cfg = _train_cfg(cmp, method, seed)
     if not (cfg.out / "summary.json").exists():
-        cfg.resume = (cfg.out / "checkpoint" / "state.pt").exists()
+        cfg.resume = True  # continue a checkpoint if there is one (its settings must match), else start fresh
         train(cfg, model, tok)  # attaches to `model`
     elif method == "innerpissa":
         load_adapter(model, cfg.out / "adapter")

@@ -8,60 +8,38 @@ wrapped module's name, shape and a weight fingerprint, plus free-form `extra` su
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from innerpissa.adapter.config import AdapterConfig
 from innerpissa.adapter.layer import InnerPiSSALinear
-from innerpissa.adapter.model import _layers_or_raise, adapter_layers, attach, target_names
+from innerpissa.adapter.model import _layers_or_raise, adapter_config, adapter_layers, attach, target_names
+from innerpissa.errors import CorruptAdapterError
+from innerpissa.fileio import atomic_folder, atomic_save_safetensors, atomic_write_json
 
 FORMAT = "innerpissa-adapter"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "adapter.safetensors"
 CONFIG_NAME = "adapter_config.json"
 _TENSORS = ("theta_v", "theta_u", "delta", "U", "S", "V")
+#: the embedded model's upstream checkpoint (its weights here are the dequantised Q4_1 GGUF of it)
+SMOLLM2_UPSTREAM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-# ---------------------------------------------------------------- atomic writes
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- identity checks
@@ -90,8 +68,11 @@ def weight_fingerprint(w: torch.Tensor) -> list[float]:
 # ---------------------------------------------------------------- save / load
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Save the attached adapter to folder `path` (created; existing files replaced atomically)."""
+def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None,
+                 coeff_range: tuple[float, float] | None = None) -> Path:
+    """Save the attached adapter to folder `path`, as a unit: the folder is written beside it and renamed
+    into place, so an existing adapter is replaced whole or not at all. The JSON records the tensor file's
+    sha256 (checked on load) and, when given, the coefficient range the adapter was trained on."""
     layers = _layers_or_raise(model)
     if not all(isinstance(layer, InnerPiSSALinear) for layer in layers.values()):
         raise TypeError("save_adapter writes InnerPiSSA adapters; this model carries other steerable layers")
@@ -104,6 +85,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any
         for t in _TENSORS:
             v = getattr(layer, t)
             if v is not None:
+                if not bool(torch.isfinite(v).all()):
+                    raise ValueError(f"adapter tensor {name}.{t} holds NaN or infinite values; not saving it "
+                                     "(the training diverged: retrain with a lower learning rate)")
                 tensors[f"{name}.{t}"] = v
         d_out, d_in = layer.base_layer.weight.shape
         modules.append({"name": name, "d_out": d_out, "d_in": d_in,
@@ -117,8 +101,12 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any
         "modules": modules,
         "extra": extra or {},
     }
-    atomic_save_safetensors(tensors, out / WEIGHTS_NAME, metadata={"format": FORMAT})
-    atomic_write_json(out / CONFIG_NAME, meta)  # written last: its presence means the folder is complete
+    if coeff_range is not None:
+        meta["coeff_range"] = [float(min(coeff_range)), float(max(coeff_range))]
+    with atomic_folder(out) as tmp:
+        atomic_save_safetensors(tensors, tmp / WEIGHTS_NAME, metadata={"format": FORMAT})
+        meta["weights_sha256"] = file_sha256(tmp / WEIGHTS_NAME)
+        atomic_write_json(tmp / CONFIG_NAME, meta)
     return out
 
 
@@ -129,14 +117,58 @@ def read_adapter_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not cfg_file.exists():
         raise FileNotFoundError(f"{p} is not an innerpissa adapter folder (no {CONFIG_NAME}); "
                                 "give the folder written by save_adapter or `innerpissa train`")
-    meta = json.loads(cfg_file.read_text())
+    try:
+        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptAdapterError(f"corrupt adapter file {cfg_file} ({e}); re-save or re-train the adapter") from None
+    if not isinstance(meta, dict):
+        raise CorruptAdapterError(f"corrupt adapter file {cfg_file} (not a JSON object); re-save or re-train")
     if meta.get("format") != FORMAT:
         hint = " (it looks like a PEFT LoRA folder: load it with peft.PeftModel)" if "peft_type" in meta else ""
         raise ValueError(f"{cfg_file} is not an innerpissa adapter{hint}")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{cfg_file} has format_version {meta['format_version']}, newer than this innerpissa "
                          f"reads ({FORMAT_VERSION}); upgrade innerpissa")
+    missing = [k for k in ("config", "modules") if k not in meta]
+    if missing:
+        raise CorruptAdapterError(f"corrupt adapter file {cfg_file} (no {missing} entry); re-save or re-train")
     return meta
+
+
+def _load_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The adapter's tensors, checked against the sha256 its JSON records."""
+    file = Path(path) / WEIGHTS_NAME
+    if not file.exists():
+        raise CorruptAdapterError(f"adapter folder {path} has no {WEIGHTS_NAME}; re-save or re-train the adapter")
+    want = meta.get("weights_sha256")
+    if want is not None and file_sha256(file) != want:
+        raise CorruptAdapterError(f"corrupt adapter file {file}: its sha256 differs from the one recorded in "
+                                  f"{CONFIG_NAME}; re-save or re-train the adapter")
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises its own error type for a damaged header
+        raise CorruptAdapterError(f"corrupt adapter file {file} ({e}); re-save or re-train the adapter") from None
+
+
+def _check_compatible(model: nn.Module, path: Path, meta: dict[str, Any], cfg: AdapterConfig, strict: bool) -> None:
+    """Refuse a model of another type, or an already attached adapter with another configuration."""
+    saved_type = (meta.get("base_model") or {}).get("model_type")
+    here_type = getattr(getattr(model, "config", None), "model_type", None)
+    if strict and saved_type and here_type and saved_type != here_type:
+        raise ValueError(f"adapter at {path} was trained on a {saved_type!r} model, this one is {here_type!r}; "
+                         f"load the base model it was trained on ({meta['base_model'].get('name_or_path')}), "
+                         "or pass strict=False")
+    if adapter_layers(model):
+        try:
+            here = adapter_config(model).to_dict()
+        except TypeError as e:
+            raise ValueError(f"cannot load the adapter at {path}: {e}; detach_adapter(model) first") from None
+        saved = cfg.to_dict()
+        diff = [f"{k}: {here.get(k)!r} attached vs {saved.get(k)!r} saved" for k in saved if here.get(k) != saved.get(k)]
+        if diff:
+            raise ValueError(f"the model already carries an adapter with another configuration than the one at "
+                             f"{path} ({'; '.join(diff)}); detach_adapter(model) first so load_adapter attaches "
+                             "the saved configuration")
 
 
 @torch.no_grad()
@@ -148,6 +180,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     """
     meta = read_adapter_meta(path)
     cfg = AdapterConfig.from_dict(meta["config"])
+    _check_compatible(model, Path(path), meta, cfg, strict)
     saved = {m["name"]: m for m in meta["modules"]}
     try:
         names = target_names(model, cfg)
@@ -172,9 +205,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
             if abs(fp[1] - ref[1]) > 1e-4 * max(1.0, abs(ref[1])) or abs(fp[0] - ref[0]) > 1e-3 * max(1.0, ref[1]):
                 raise ValueError(f"module {name} has other weights than the model the adapter was trained on "
                                  f"(fingerprint {fp} vs {ref}); load the same base model, or pass strict=False")
+    tensors = _load_tensors(Path(path), meta)
     if not adapter_layers(model):
         attach(model, cfg, init_svd=False)
-    tensors = load_file(str(Path(path) / WEIGHTS_NAME))
     for name, layer in adapter_layers(model).items():
         for t in _TENSORS:
             dst = getattr(layer, t)
@@ -189,6 +222,8 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
                 raise ValueError(f"{key} has shape {tuple(tensors[key].shape)} in the file, {tuple(dst.shape)} here")
             dst.copy_(tensors[key].to(dst.device, dst.dtype))
         layer._cache = None
+    if meta.get("coeff_range"):
+        model._innerpissa_coeff_range = tuple(meta["coeff_range"])
     return model
 
 
@@ -214,6 +249,11 @@ def export_lora(model: nn.Module, path: str | os.PathLike, c: float, dtype: torc
         tensors[f"base_model.model.{name}.lora_A.weight"] = a.to(dtype)
         tensors[f"base_model.model.{name}.lora_B.weight"] = b.to(dtype)
     base_id = base_model_name_or_path or base_model_identity(model)["name_or_path"]
+    note = None
+    if base_id == "smollm2":  # the embedded model: name its upstream hub id, which PEFT can resolve
+        base_id = SMOLLM2_UPSTREAM
+        note = (f"trained on innerpissa's embedded SmolLM2, the dequantised Q4_1 GGUF of {SMOLLM2_UPSTREAM}; "
+                "for exact results load the base from innerpissa's converted cache folder")
     lcfg = LoraConfig(r=r, lora_alpha=r, target_modules=sorted(layers), lora_dropout=0.0, bias="none",
                       task_type="CAUSAL_LM", base_model_name_or_path=base_id)
     cfg_dict = lcfg.to_dict()
@@ -221,8 +261,11 @@ def export_lora(model: nn.Module, path: str | os.PathLike, c: float, dtype: torc
     cfg_dict["peft_type"] = "LORA"
     cfg_dict["task_type"] = "CAUSAL_LM"
     out = Path(path)
-    atomic_save_safetensors(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
-    atomic_write_json(out / "adapter_config.json", cfg_dict)
-    atomic_write_json(out / "innerpissa_export.json", {"coefficient": float(c), "rank": r,
-                                                       "modules": sorted(layers)})
+    info = {"coefficient": float(c), "rank": r, "modules": sorted(layers), "base_model": base_id}
+    if note:
+        info["note"] = note
+    with atomic_folder(out) as tmp:
+        atomic_save_safetensors(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+        atomic_write_json(tmp / "adapter_config.json", cfg_dict)
+        atomic_write_json(tmp / "innerpissa_export.json", info)
     return out

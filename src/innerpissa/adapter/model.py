@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -101,6 +103,22 @@ def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for layer in _layers_or_raise(model).values() for p in layer.parameters(recurse=False)]
 
 
+def _check_coeff(model: nn.Module, c: Coeff) -> None:
+    """Reject NaN/inf coefficients; warn once per model when |c| exceeds twice the trained range."""
+    if isinstance(c, Tensor):
+        top = float(c.detach().abs().max()) if c.numel() else 0.0
+    else:
+        top = abs(c)
+    if not math.isfinite(top):
+        raise ValueError(f"steering coefficient must be finite, got {c}")
+    rng = getattr(model, "_innerpissa_coeff_range", None)
+    limit = 2 * max(abs(v) for v in rng) if rng else None
+    if limit and top > limit and not getattr(model, "_innerpissa_range_warned", False):
+        model._innerpissa_range_warned = True
+        warnings.warn(f"steering at |c| = {top:g}, more than twice the range the adapter was trained on "
+                      f"({rng[0]:g} to {rng[1]:g}); expect incoherent output", stacklevel=4)
+
+
 @contextmanager
 def steer(model: nn.Module, c: Coeff) -> Iterator[nn.Module]:
     """Inside the context every adapter layer runs at coefficient `c`; the previous one is always restored.
@@ -113,6 +131,7 @@ def steer(model: nn.Module, c: Coeff) -> Iterator[nn.Module]:
             raise ValueError(f"a tensor coefficient must be 1-D (one per batch row), got shape {tuple(c.shape)}")
     else:
         c = float(c)
+    _check_coeff(model, c)
     merged = [n for n, layer in layers.items() if layer.merged_coeff is not None]
     if merged and not (not isinstance(c, Tensor) and c == 0):
         raise RuntimeError(f"adapter is merged (at c={layers[merged[0]].merged_coeff}); unmerge_adapter(model) before steering")

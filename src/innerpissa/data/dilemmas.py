@@ -215,7 +215,7 @@ def sample_dilemmas(
 
 def save_sample(rows: pd.DataFrame, path: str | os.PathLike, seed: int, axes: Sequence[str] = ()) -> Path:
     """Write which rows were evaluated (ids, action, the chosen axes' labels, the sampling seed), atomically."""
-    from innerpissa.eval.atomic import atomic_write_text
+    from innerpissa.fileio import atomic_write_text
 
     cols = ["dilemma_idx", "action_type"] + [c for c in ("idx",) if c in rows.columns]
     cols += [LABEL_PREFIX + a for a in axes if LABEL_PREFIX + a in rows.columns]

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from innerpissa.data.dilemmas import LABEL_PREFIX
-from innerpissa.eval.atomic import atomic_write
 from innerpissa.eval.choices import ChoiceIds, choice_ids, choice_logprobs
+from innerpissa.fileio import atomic_write
 from innerpissa.steering import Steerer
 
 DEFAULT_SYSTEM = "You are a helpful assistant."

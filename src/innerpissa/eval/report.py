@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from innerpissa.eval.atomic import atomic_write, atomic_write_text
 from innerpissa.eval.metrics import DEFAULT_MAX_DNLL, DEFAULT_MIN_VALID
+from innerpissa.fileio import atomic_write, atomic_write_text
 
 # fixed free-form prompts for the steered examples: one about lying, one neutral control
 EXAMPLE_PROMPTS = (

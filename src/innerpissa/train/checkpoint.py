@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from innerpissa.fileio import atomic_torch_save
 
 STATE_NAME = "state.pt"
 
@@ -27,6 +27,10 @@ class Checkpoint:
     history: list[dict[str, Any]] = field(default_factory=list)
     reference: dict[str, Any] | None = None
     scale: float = 1.0
+    fingerprint: dict[str, Any] | None = None
+    """The run's identity (`run_fingerprint`): a resume with another one is refused."""
+    finished: bool = False
+    """The loop ran to its end (the adapter was written); resuming it does nothing."""
 
 
 def save_checkpoint(folder: Path, state: Checkpoint, params: list[torch.nn.Parameter], opt, sched) -> Path:
@@ -35,15 +39,20 @@ def save_checkpoint(folder: Path, state: Checkpoint, params: list[torch.nn.Param
     folder.mkdir(parents=True, exist_ok=True)
     blob = {"state": asdict(state), "params": [p.detach().cpu().clone() for p in params],
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "version": 1}
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATE_NAME}.", dir=folder)
-    os.close(fd)
+    return atomic_torch_save(blob, folder / STATE_NAME)
+
+
+def read_checkpoint_state(folder: Path) -> Checkpoint:
+    """The progress counters and fingerprint of a checkpoint, without touching any model."""
+    path = Path(folder) / STATE_NAME
     try:
-        torch.save(blob, tmp)
-        os.replace(tmp, folder / STATE_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        return Checkpoint(**blob["state"])
+    except FileNotFoundError:
         raise
-    return folder / STATE_NAME
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                         "rerun with --overwrite to start fresh") from e
 
 
 def load_checkpoint(folder: Path, params: list[torch.nn.Parameter], opt, sched) -> Checkpoint:

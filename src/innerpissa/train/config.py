@@ -63,8 +63,9 @@ class TrainConfig:
 
     model: str = "smollm2"
     """Base model: Hugging Face id, local folder, 'smollm2' (embedded) or 'tiny-random'."""
-    out: Path = Path("runs/honesty")
-    """Output folder: adapter/, checkpoint/, metrics.jsonl, summary.json."""
+    out: Path | None = None
+    """Output folder: adapter/, checkpoint/, metrics.jsonl, summary.json (default: a new
+    runs/<concept>-<timestamp>). A folder that already holds a run needs --resume or --overwrite."""
     method: Literal["innerpissa", "lora"] = "innerpissa"
     """What to train: the InnerPiSSA adapter, or the LoRA-scaled-by-c baseline (same loss, same layers)."""
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -105,7 +106,9 @@ class TrainConfig:
     dtype: str = "float32"
     """Model dtype."""
     resume: bool = False
-    """Continue from out/checkpoint if it exists."""
+    """Continue from out/checkpoint if it exists (the run's settings must match the checkpoint's)."""
+    overwrite: bool = False
+    """Replace a run already in --out (its files are removed once the first step of the new run succeeds)."""
     wandb: str | None = None
     """Log to this Weights & Biases project (needs `pip install wandb`)."""
     progress: bool = True

@@ -18,21 +18,26 @@ import torch
 from torch import Tensor
 
 from innerpissa.adapter import adapter_layers, adapter_parameters, attach, save_adapter, steer
-from innerpissa.adapter.io import atomic_save_safetensors, atomic_write_json
+from innerpissa.adapter.io import base_model_identity
 from innerpissa.data.batching import PairBatch, PairCollator, PairDataset
 from innerpissa.data.pairs import pairs_from_sources, shuffle_pairs, split_pairs
+from innerpissa.errors import InnerPissaError, ResumeMismatch
+from innerpissa.fileio import atomic_save_safetensors, atomic_write_json, dumps_strict
 from innerpissa.models import load_model
-from innerpissa.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from innerpissa.train.checkpoint import Checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint
 from innerpissa.train.config import TrainConfig
 from innerpissa.train.directions import HiddenCapture
+from innerpissa.train.fingerprint import fingerprint_diff, run_fingerprint
 from innerpissa.train.losses import combine
 from innerpissa.train.reference import Reference, build_reference, forward_tail, projections, tail_width
+from innerpissa.train.runfolder import check_out, clear_run, default_out, holds_run
 
 COEFFS = (1.0, -1.0)
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+class TrainingDiverged(InnerPissaError, RuntimeError):
+    """A loss, gradient, parameter or validation metric became NaN or infinite; the last good checkpoint
+    (if any) is kept and no adapter is written."""
 
 
 @dataclass
@@ -40,6 +45,8 @@ class TrainResult:
     out: Path
     adapter_path: Path
     summary: dict[str, Any]
+    already_finished: bool = False
+    """`--resume` found this run finished: nothing was trained or written."""
 
 
 def _batches(ds: PairDataset, idx: list[int], batch_size: int, collate: PairCollator) -> list[PairBatch]:
@@ -71,6 +78,9 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg = cfg
+        if cfg.out is None:
+            cfg.out = default_out(str(getattr(cfg, "concept", None) or cfg.data.builtin or "run"))
+        check_out(Path(cfg.out), cfg.resume, cfg.overwrite)  # before anything is loaded or written
         self.acc = Accelerator(cpu=cfg.device == "cpu")
         self.device = torch.device(cfg.device) if cfg.device else self.acc.device
         if model is None:
@@ -83,6 +93,7 @@ class Trainer:
         self.train_idx = list(range(len(train_pairs)))
         self.val_idx = list(range(len(train_pairs), len(self.ds)))
         self.collate = PairCollator(tokenizer.pad_token_id)
+        self.fingerprint = run_fingerprint(cfg.to_dict(), train_pairs, val_pairs, base_model_identity(self.model))
 
         if cfg.method == "lora":  # the LoRA-scaled-by-c baseline, trained with the same loss
             from innerpissa.baselines.lora import attach_lora
@@ -165,24 +176,46 @@ class Trainer:
         opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, one_cycle(total, cfg.warmup))
         state = Checkpoint()
-        if cfg.resume and (ckpt_dir / "state.pt").exists():
+        resumed = cfg.resume and (ckpt_dir / "state.pt").exists()
+        if resumed:
+            saved = read_checkpoint_state(ckpt_dir)
+            self._check_resume(saved, ckpt_dir)
+            if saved.finished or (saved.epoch >= cfg.epochs and (self.out / "summary.json").exists()):
+                return self._already_finished(saved)
             state = load_checkpoint(ckpt_dir, self.params, opt, sched)
             self.ref = Reference.from_state_dict(state.reference)
             self.scale = state.scale
+            self._ckpt_step: int | None = state.global_step
         else:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "metrics.jsonl").write_text("")
-            self._setup_reference()
+            self._setup_reference()  # fails on bad data or settings before the folder is touched
+            self._ckpt_step = None
         state.reference, state.scale = self.ref.state_dict(), self.scale
-        atomic_write_json(self.out / "config.json", cfg.to_dict())
-        logger = _Logger(self.out / "metrics.jsonl", cfg, state.global_step)
+        state.fingerprint = self.fingerprint
         t0 = time.time() - state.elapsed
         bar = _bar(total, state.global_step, cfg.progress)
+        log: list[_Logger] = []
+
+        def start_folder() -> _Logger:
+            """A fresh run takes over the folder only once its first step succeeded."""
+            if not log:
+                if not resumed and self.acc.is_main_process:
+                    if holds_run(self.out):
+                        clear_run(self.out)  # --overwrite (checked up front), or --resume without a checkpoint
+                    self.out.mkdir(parents=True, exist_ok=True)
+                    (self.out / "metrics.jsonl").write_text("")
+                if self.acc.is_main_process:
+                    atomic_write_json(self.out / "config.json", cfg.to_dict())
+                log.append(_Logger(self.out / "metrics.jsonl", cfg, state.global_step))
+            return log[0]
+
+        if resumed:
+            start_folder()
 
         def checkpoint() -> None:
             state.elapsed = time.time() - t0
             if self.acc.is_main_process:
                 save_checkpoint(ckpt_dir, state, self.params, opt, sched)
+            self._ckpt_step = state.global_step
 
         try:
             for epoch in range(state.epoch, cfg.epochs):
@@ -195,10 +228,8 @@ class Trainer:
                     for batch in group:
                         loss, terms = self.losses(batch.to(self.device))
                         if not torch.isfinite(loss):
-                            raise TrainingDiverged(
-                                f"loss became {float(loss.detach())} at epoch {epoch}, step {state.global_step} "
-                                f"(terms: { {k: round(float(v), 4) for k, v in terms.items()} }); the last good "
-                                f"checkpoint is in {ckpt_dir}. Lower --lr or --adapter.max-angle and rerun.")
+                            self._diverged(f"loss became {float(loss.detach())}", epoch, state.global_step,
+                                           {k: round(float(v), 4) for k, v in terms.items()})
                         (loss / len(group)).backward()
                         for k, v in terms.items():
                             terms_sum[k] = terms_sum.get(k, 0.0) + float(v) / len(group)
@@ -206,17 +237,23 @@ class Trainer:
                         for p in self.params:
                             p.grad = self.acc.reduce(p.grad, reduction="mean")
                     gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip if cfg.clip > 0 else float("inf"))
+                    if not torch.isfinite(gnorm):
+                        self._diverged(f"gradient norm became {float(gnorm)}", epoch, state.global_step, terms_sum)
                     opt.step()
+                    if not all(bool(torch.isfinite(p).all()) for p in self.params):
+                        self._diverged("an adapter parameter became non-finite", epoch, state.global_step, terms_sum)
                     sched.step()
                     opt.zero_grad(set_to_none=True)
                     state.global_step += 1
                     state.batch_in_epoch = b + len(group)
-                    logger.log({"step": state.global_step, "epoch": epoch, "lr": sched.get_last_lr()[0],
+                    start_folder().log({"step": state.global_step, "epoch": epoch, "lr": sched.get_last_lr()[0],
                                 "grad_norm": float(gnorm), **terms_sum})
                     bar.update(1)
                     bar.set_postfix({k: f"{terms_sum[k]:.3g}" for k in ("total", "proj+1", "proj-1", "coh+1", "mono")
                                      if k in terms_sum})
                 val = self.validate()
+                if not all(math.isfinite(v) for v in val.values()):
+                    self._diverged("validation became non-finite", epoch, state.global_step, val)
                 val_loss = val.get("val_total", float("nan"))
                 state.epoch, state.batch_in_epoch = epoch + 1, 0
                 improved = not (val_loss >= state.best_val)
@@ -225,7 +262,7 @@ class Trainer:
                     state.best_params = [p.detach().clone() for p in self.params]
                 else:
                     state.bad_epochs += 1
-                logger.log({"step": state.global_step, "epoch": epoch, **val})
+                start_folder().log({"step": state.global_step, "epoch": epoch, **val})
                 state.history.append({"epoch": epoch, **val})
                 checkpoint()
                 if cfg.patience and state.bad_epochs >= cfg.patience:
@@ -233,11 +270,48 @@ class Trainer:
         except KeyboardInterrupt:
             # only completed optimizer steps are in `state`; partial gradients are dropped
             opt.zero_grad(set_to_none=True)
-            checkpoint()
             bar.close()
+            if not log:
+                raise KeyboardInterrupt(f"training interrupted before its first step; nothing was written to "
+                                        f"{self.out}") from None
+            checkpoint()
             raise KeyboardInterrupt(f"training interrupted; resume with --resume (checkpoint in {ckpt_dir})") from None
         bar.close()
-        return self._finish(state, time.time() - t0)
+        start_folder()  # a run with zero steps still owns its folder
+        result = self._finish(state, time.time() - t0)
+        state.finished = True
+        checkpoint()
+        return result
+
+    # ---------------------------------------------------------------- resume and divergence
+
+    def _check_resume(self, saved: Checkpoint, ckpt_dir: Path) -> None:
+        """Refuse a checkpoint written by a run with other settings, naming every field that differs."""
+        if saved.fingerprint is None:
+            import warnings
+
+            warnings.warn(f"checkpoint in {ckpt_dir} predates run fingerprints; its settings cannot be checked",
+                          stacklevel=3)
+            return
+        diff = fingerprint_diff(saved.fingerprint, self.fingerprint)
+        if diff:
+            raise ResumeMismatch(f"--resume: the checkpoint in {ckpt_dir} was written by a run with other settings "
+                                 f"({'; '.join(diff)}); resume with the same options, or use --overwrite or "
+                                 "another --out to start a new run")
+
+    def _already_finished(self, saved: Checkpoint) -> TrainResult:
+        path = self.out / "summary.json"
+        summary = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        adapter = self.out / ("adapter" if self.cfg.method == "innerpissa" else "lora.safetensors")
+        return TrainResult(self.out, adapter, summary, already_finished=True)
+
+    def _diverged(self, what: str, epoch: int, step: int, detail: dict) -> None:
+        detail = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in detail.items()}
+        where = (f"the last good checkpoint (step {self._ckpt_step}) is in {self.out / 'checkpoint'}"
+                 if self._ckpt_step is not None else
+                 "no checkpoint of this run was written yet (it is written at the end of each epoch)")
+        raise TrainingDiverged(f"{what} at epoch {epoch}, step {step} ({detail}); {where}. No adapter was "
+                               "written. Lower --lr or --adapter.max-angle and rerun with --overwrite or another --out.")
 
     def _finish(self, state: Checkpoint, seconds: float) -> TrainResult:
         cfg = self.cfg
@@ -245,6 +319,8 @@ class Trainer:
             with torch.no_grad():
                 for p, best in zip(self.params, state.best_params, strict=True):
                     p.copy_(best)
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+            self._diverged("an adapter parameter is non-finite", state.epoch, state.global_step, {})
         final_val = state.history[-1] if state.history else {}
         calibration = None
         if cfg.calibrate:
@@ -264,7 +340,8 @@ class Trainer:
         }
         adapter_path = self.out / "adapter"
         if self.acc.is_main_process and cfg.method == "innerpissa":
-            save_adapter(self.model, adapter_path, extra={"training": summary, "config": cfg.to_dict()})
+            save_adapter(self.model, adapter_path, extra={"training": summary, "config": cfg.to_dict()},
+                         coeff_range=(min(COEFFS), max(COEFFS)))
         elif self.acc.is_main_process:  # baselines: the calibrated parameters, by module name
             adapter_path = self.out / "lora.safetensors"
             atomic_save_safetensors({f"{n}.{k}": v for n, layer in adapter_layers(self.model).items()
@@ -320,8 +397,8 @@ class _Logger:
             self.wandb = wandb.init(project=cfg.wandb, config=cfg.to_dict(), resume="allow")
 
     def log(self, row: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(dumps_strict(row, indent=None) + "\n")
         if self.wandb is not None:
             self.wandb.log(row, step=row["step"])
 

@@ -1,0 +1,47 @@
+"""Run folders: a fresh default per run, and never clobbered without --resume or --overwrite."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from innerpissa.errors import RunFolderError
+
+#: what a training run writes into its folder (anything else there is left alone)
+RUN_FILES = ("adapter", "checkpoint", "summary.json", "metrics.jsonl", "config.json", "lora.safetensors")
+
+
+def default_out(concept: str, root: Path = Path("runs")) -> Path:
+    """A new folder per run: runs/<concept>-<YYYYmmdd-HHMMSS>, suffixed -2, -3, ... if taken."""
+    base = root / f"{concept}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, k = base, 2
+    while out.exists():
+        out, k = Path(f"{base}-{k}"), k + 1
+    return out
+
+
+def holds_run(out: Path) -> bool:
+    """Whether `out` contains any file a training run writes."""
+    return Path(out).is_dir() and any((Path(out) / f).exists() for f in RUN_FILES)
+
+
+def check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an `out` that holds a run unless the caller said what to do with it."""
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite contradict each other; give one of them")
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file, not a folder; give a folder path")
+    if holds_run(out) and not (resume or overwrite):
+        raise RunFolderError(f"--out {out} already holds a training run; pass --resume to continue it, "
+                             "--overwrite to replace it, or another --out")
+
+
+def clear_run(out: Path) -> None:
+    """Remove the files of a previous run from `out` (other files stay)."""
+    for name in RUN_FILES:
+        p = Path(out) / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
