@@ -5,6 +5,10 @@
     innerpissa eval --adapter runs/honesty/adapter
     innerpissa generate --adapter runs/honesty/adapter --prompt "Is lying ever OK?"
     innerpissa export --adapter runs/honesty/adapter --c 1.0 --out lora-honest
+
+A user error prints one line naming the file or flag and the fix; `--debug` (or INNERPISSA_DEBUG=1) shows
+the traceback. Set HF_HUB_OFFLINE=1 yourself (the Makefile does) to keep the hub out of it: setting it here
+would come after `huggingface_hub` is imported and have no effect.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import tyro
 
 from innerpissa.cli_eval import EvalConfig
 from innerpissa.compare import Compare
+from innerpissa.errors import InnerPissaError, InputError
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DEMO_PROMPTS = (
@@ -58,8 +62,9 @@ class Generate:
     """User message."""
     coeffs: tuple[float, ...] = (-1.0, 0.0, 1.0)
     """Coefficients to generate at."""
-    model: str = "smollm2"
-    """Base model: HF id, local folder, 'smollm2' (embedded) or 'tiny-random'."""
+    model: str | None = None
+    """Base model: HF id, local folder, 'smollm2' (embedded) or 'tiny-random' (default: the one the adapter
+    records)."""
     max_new_tokens: int = 48
     """Tokens to generate."""
 
@@ -67,7 +72,8 @@ class Generate:
         from innerpissa.adapter import load_adapter
         from innerpissa.models import load_model
 
-        model, tok = load_model(self.model)
+        check_coeffs(self.coeffs, "--coeffs")
+        model, tok = load_model(adapter_base_model(self.adapter, self.model))
         load_adapter(model, self.adapter)
         for c in self.coeffs:
             print(f"c={c:+.2f}: {generate_text(model, tok, self.prompt, c, self.max_new_tokens)}")
@@ -83,8 +89,8 @@ class Export:
     """Output folder."""
     c: float = 1.0
     """Coefficient to bake in."""
-    model: str = "smollm2"
-    """Base model the adapter was trained on."""
+    model: str | None = None
+    """Base model the adapter was trained on (default: the one the adapter records)."""
     merged: bool = False
     """Write a full merged model (save_pretrained) instead of a LoRA adapter."""
 
@@ -92,20 +98,22 @@ class Export:
         from innerpissa.adapter import detach_adapter, export_lora, load_adapter
         from innerpissa.models import load_model
 
-        model, tok = load_model(self.model)
+        check_coeffs((self.c,), "--c")
+        name = adapter_base_model(self.adapter, self.model)
+        model, tok = load_model(name)
         load_adapter(model, self.adapter)
         if self.merged:
             detach_adapter(model, merge_at=self.c)
             model.save_pretrained(self.out)
             tok.save_pretrained(self.out)
         else:
-            export_lora(model, self.out, self.c, base_model_name_or_path=None if self.model == "smollm2" else self.model)
+            export_lora(model, self.out, self.c, base_model_name_or_path=None if name == "smollm2" else name)
         print(f"wrote {self.out} (c={self.c})")
 
 
 @dataclass
 class Demo:
-    """Train a small adapter on the embedded SmolLM2 (about a minute) and show it steering."""
+    """Train a small adapter on the embedded SmolLM2 and show it steering (a few minutes on 2 CPU cores)."""
 
     model: str = "smollm2"
     """Base model."""
@@ -113,6 +121,9 @@ class Demo:
     """Where the demo writes its adapter and reports."""
     max_new_tokens: int = 40
     """Tokens per continuation."""
+    data_dir: Path | None = None
+    """DailyDilemmas folder for the evaluation step (default: $INNERPISSA_DILEMMAS_DIR, else
+    ../shared/data/daily_dilemmas from the working directory, else the hub)."""
 
     def run(self) -> None:
         from innerpissa.demo import run_demo
@@ -120,12 +131,71 @@ class Demo:
         run_demo(self)
 
 
+@dataclass
+class Train:
+    """Train an adapter: `innerpissa train --preset smollm2-cpu --help` lists every option."""
+
+    def run(self) -> None:  # never reached: main() hands `train` to its own parser
+        from innerpissa.train.cli import train_main
+
+        train_main([])
+
+
 def _commands() -> dict[str, type]:
-    return {"demo": Demo, "eval": EvalConfig, "compare": Compare, "generate": Generate, "export": Export}
+    return {"train": Train, "demo": Demo, "eval": EvalConfig, "compare": Compare, "generate": Generate,
+            "export": Export}
+
+
+def check_coeffs(coeffs, flag: str) -> None:
+    """Coefficients must be finite numbers (checked before any model is loaded)."""
+    import math
+
+    bad = [c for c in coeffs if not math.isfinite(c)]
+    if bad:
+        raise InputError(f"{flag}: coefficients must be finite numbers, got {bad}")
+
+
+def adapter_base_model(adapter: Path | None, model: str | None) -> str:
+    """The base model to load: `--model` if given, else the one the adapter records, else 'smollm2'."""
+    if model is not None:
+        return model
+    if adapter is None:
+        return "smollm2"
+    from innerpissa.adapter import read_adapter_meta
+
+    return (read_adapter_meta(adapter).get("base_model") or {}).get("name_or_path") or "smollm2"
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: the library's own and the common input errors speak for themselves."""
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, KeyError):
+        msg = f"missing key {msg}"
+    own = isinstance(e, InnerPissaError | ValueError | FileNotFoundError | PermissionError | UnicodeError)
+    return f"error: {msg}" if own else f"error: {type(e).__name__}: {msg}"
+
+
+def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
+    """Take `--debug` out of argv; INNERPISSA_DEBUG=1 asks for tracebacks too."""
+    env = os.environ.get("INNERPISSA_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    return env or "--debug" in argv, [a for a in argv if a != "--debug"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
+    try:
+        _dispatch(argv)
+    except KeyboardInterrupt as e:
+        if debug:
+            raise
+        raise SystemExit(str(e) or "interrupted") from None
+    except Exception as e:  # one line for the user; the traceback on request
+        if debug:
+            raise
+        raise SystemExit(f"{one_line(e)}  (--debug shows the traceback)") from None
+
+
+def _dispatch(argv: list[str]) -> None:
     if argv and argv[0] == "train":  # presets set the defaults, so train parses its own arguments
         from innerpissa.train.cli import train_main
 
@@ -134,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     types = tuple(Annotated[cls, tyro.conf.subcommand(name)] for name, cls in cmds.items())
     cmd = tyro.cli(Union[types], args=argv,  # type: ignore[valid-type]  # noqa: UP007
                    prog="innerpissa", description="innerpissa: trainable, reversible steering of language models. "
-                   "Also: `innerpissa train --preset smollm2-cpu` (see `innerpissa train --help`).")
+                   "`innerpissa train --preset smollm2-cpu --help` lists the training options; add --debug to "
+                   "any command for a full traceback on error.")
     cmd.run()
 
 

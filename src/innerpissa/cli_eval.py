@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,9 @@ class EvalConfig:
 
     adapter: Path | None = None
     """Adapter folder to evaluate; None evaluates the bare base model (at c = 0 only)."""
-    model: str = "smollm2"
-    """Base model: HF id, local folder, 'smollm2' (embedded) or 'tiny-random'."""
+    model: str | None = None
+    """Base model: HF id, local folder, 'smollm2' (embedded) or 'tiny-random' (default: the one the adapter
+    records, else smollm2)."""
     coeffs: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     """Steering coefficients to sweep (0 is always added: every Δ is measured against it)."""
     n_dilemmas: int | None = 256
@@ -53,7 +53,7 @@ class EvalConfig:
     min_mass: float = 0.5
     """A row is valid when P(Yes) + P(No) reaches this."""
     max_dnll: float = 0.5
-    """Coherence budget on ΔNLL for the effect at matched coherence."""
+    """Coherence budget on ΔNLL (nats per token) for the effect at matched coherence."""
     min_valid: float = 0.9
     """Coherence budget on the fraction of valid rows."""
     n_boot: int = 1000
@@ -74,8 +74,15 @@ Eval = EvalConfig  # the name the `innerpissa` CLI registers
 
 def eval_main(cfg: EvalConfig) -> dict[str, Path]:
     """Run the evaluation described by `cfg`; prints the headline table and returns the report paths."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from innerpissa.data.dilemmas import framework_axes, load_dilemmas, sample_dilemmas, save_sample
+    from innerpissa.cli import adapter_base_model, check_coeffs
+    from innerpissa.data.dilemmas import (
+        LABEL_PREFIX,
+        framework_axes,
+        load_dilemmas,
+        sample_dilemmas,
+        save_sample,
+    )
+    from innerpissa.errors import InputError
     from innerpissa.eval.choices import choice_ids
     from innerpissa.eval.harness import adapter_fingerprint, continuations, evaluate
     from innerpissa.eval.report import EXAMPLE_PROMPTS, headline_table, markdown_table, write_report
@@ -84,7 +91,21 @@ def eval_main(cfg: EvalConfig) -> dict[str, Path]:
     from innerpissa.steering import AdapterSteerer, NoSteering
 
     t0 = time.perf_counter()
-    model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    check_coeffs(cfg.coeffs, "--coeffs")
+    for flag, v in (("--n-dilemmas", cfg.n_dilemmas), ("--batch-size", cfg.batch_size), ("--n-boot", cfg.n_boot)):
+        if v is not None and v < 1:
+            raise InputError(f"{flag} must be a positive number, got {v}" + (" (omit it for all dilemmas)"
+                                                                           if flag == "--n-dilemmas" else ""))
+    if cfg.labelled_only and cfg.n_neutral < 0:
+        raise InputError(f"--n-neutral must be >= 0, got {cfg.n_neutral}")
+    data = load_dilemmas(cfg.data_dir)  # bad data or a bad axis fail before the model loads
+    axes = list(dict.fromkeys([cfg.target, *(cfg.axes or framework_axes(data))]))
+    rows = sample_dilemmas(data, cfg.n_dilemmas, cfg.seed, cfg.target, cfg.labelled_only, cfg.n_neutral)
+    unknown = [a for a in axes if LABEL_PREFIX + a not in data.columns]
+    if unknown:
+        raise InputError(f"--axes: unknown axis {unknown}; e.g. {framework_axes(data)[:5]}")
+    model_name = adapter_base_model(cfg.adapter, cfg.model)
+    model, tok = load_model(model_name, dtype=cfg.dtype, device=cfg.device)
     if cfg.adapter is not None:
         from innerpissa.adapter import load_adapter
 
@@ -96,9 +117,6 @@ def eval_main(cfg: EvalConfig) -> dict[str, Path]:
         steerer.name = cfg.method or "base"
         coeffs = [0.0]
 
-    data = load_dilemmas(cfg.data_dir)
-    axes = list(dict.fromkeys([cfg.target, *(cfg.axes or framework_axes(data))]))
-    rows = sample_dilemmas(data, cfg.n_dilemmas, cfg.seed, cfg.target, cfg.labelled_only, cfg.n_neutral)
     out = Path(cfg.out)
     save_sample(rows, out / "sample.csv", cfg.seed, axes)
     print(f"{rows['dilemma_idx'].nunique()} dilemmas ({len(rows)} rows) x {len(coeffs)} coefficients; "
@@ -114,7 +132,7 @@ def eval_main(cfg: EvalConfig) -> dict[str, Path]:
         ex_coeffs = [c for c in (-1.0, 0.0, 1.0) if c in coeffs] or [0.0]
         examples = continuations(model, tok, steerer, EXAMPLE_PROMPTS, ex_coeffs)
     info = {
-        "model": cfg.model, "adapter": cfg.adapter or "none (bare base model)", "method": steerer.name,
+        "model": model_name, "adapter": cfg.adapter or "none (bare base model)", "method": steerer.name,
         "rows": f"{len(rows)} ({'labelled-only' if cfg.labelled_only else 'random'} sample, seed {cfg.seed})",
         "validity": f"P(Yes)+P(No) >= {cfg.min_mass}", "coherence budget": f"ΔNLL <= {cfg.max_dnll}, valid >= {cfg.min_valid:.0%}",
         "choice tokens": choice_ids(tok).describe(tok),

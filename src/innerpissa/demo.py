@@ -7,6 +7,7 @@ the `smollm2-cpu` preset and `innerpissa compare` (see docs/RESULTS.md).
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 
@@ -15,13 +16,20 @@ def run_demo(args) -> None:
     from innerpissa.adapter import load_adapter
     from innerpissa.cli import DEMO_PROMPTS, generate_text
     from innerpissa.cli_eval import EvalConfig, eval_main
+    from innerpissa.data.dilemmas import resolve_dir
     from innerpissa.models import load_model
     from innerpissa.train.config import preset
     from innerpissa.train.trainer import train
 
     out = Path(args.out)
+    data_dir = getattr(args, "data_dir", None)
+    if resolve_dir(data_dir) is None and importlib.util.find_spec("datasets") is None:
+        raise FileNotFoundError(
+            "the demo's evaluation needs DailyDilemmas and none was found: pass --data-dir FOLDER (or set "
+            "$INNERPISSA_DILEMMAS_DIR), run from the folder where ../shared/data/daily_dilemmas exists, or "
+            "pip install 'innerpissa[hub]' to fetch it from the Hugging Face hub")
     cfg = preset("smollm2-cpu")
-    cfg.model, cfg.out = args.model, out / "train"
+    cfg.model, cfg.out, cfg.overwrite = args.model, out / "train", True  # the demo folder is the demo's own
     cfg.data.n_pairs, cfg.epochs, cfg.adapter.n_layers = 64, 2, 6
     t0 = time.time()
     print(f"training an InnerPiSSA adapter on {cfg.model}: {cfg.data.n_pairs} honesty pairs, {cfg.epochs} epochs "
@@ -40,4 +48,4 @@ def run_demo(args) -> None:
             print(f"  c={c:+.0f}: {generate_text(model, tok, prompt, c, args.max_new_tokens)}")
     print("\nevaluating on 32 random DailyDilemmas (64 rows) at c = -1, 0, +1 ...")
     eval_main(EvalConfig(adapter=result.adapter_path, model=cfg.model, coeffs=(-1.0, 0.0, 1.0), n_dilemmas=32,
-                         out=out / "eval", examples=False, n_boot=300, batch_size=8))
+                         out=out / "eval", examples=False, n_boot=300, batch_size=8, data_dir=data_dir))

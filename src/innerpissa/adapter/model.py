@@ -71,6 +71,11 @@ def attach(model: nn.Module, config: AdapterConfig | None = None, init_svd: bool
     if adapter_layers(model):
         raise RuntimeError("model already has an InnerPiSSA adapter attached; call detach_adapter(model) first")
     names = target_names(model, cfg)
+    for name in names:  # validate every target before wrapping any: never a half-attached model
+        d_out, d_in = model.get_submodule(name).weight.shape
+        if cfg.r > min(d_in, d_out):
+            raise ValueError(f"rank r={cfg.r} exceeds min(d_in={d_in}, d_out={d_out}) of {name}; lower r "
+                             f"to at most {min(d_in, d_out)}")
     for p in model.parameters():
         p.requires_grad_(False)
     for i, name in enumerate(names):

@@ -192,6 +192,10 @@ def sample_dilemmas(
     `labelled_only`: every dilemma with a non-zero label on `target_axis` (or a random `n_dilemmas` of them)
     plus a random `n_neutral` label-0 dilemmas, which the bias-corrected score needs for its to_do-habit term.
     """
+    if n_dilemmas is not None and n_dilemmas <= 0:
+        raise DilemmasError(f"n_dilemmas must be a positive number of dilemmas (or None for all), got {n_dilemmas}")
+    if LABEL_PREFIX + target_axis not in df.columns:
+        raise DilemmasError(f"unknown target axis {target_axis!r}; e.g. {framework_axes(df)[:5]}")
     rng = np.random.default_rng(seed)
     ids = np.array(sorted(df["dilemma_idx"].unique()))
 

@@ -195,7 +195,15 @@ def build_pairs(
 def _nonempty(path: Path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark, as Excel writes it, is dropped
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the file as UTF-8 "
+                         "(in Excel: 'CSV UTF-8')") from None
     if not text.strip():
         raise ValueError(f"{path} is empty")
     return text
@@ -206,7 +214,7 @@ def read_list(path: str | Path) -> list[str]:
     path = Path(path)
     text = _nonempty(path)
     if path.suffix.lower() == ".json":
-        items = json.loads(text)
+        items = _json(path, text)
         if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
             raise ValueError(f"{path}: expected a JSON list of strings")
         items = [x.strip() for x in items]
@@ -217,6 +225,18 @@ def read_list(path: str | Path) -> list[str]:
     if not items:
         raise ValueError(f"{path} holds no entries")
     return items
+
+
+def _json(path: Path, text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+
+
+def _row_name(path: Path, i: int) -> str:
+    """How a user finds row i (0-based data row) in the file: the line for CSV (after the header)."""
+    return f"line {i + 2}" if path.suffix.lower() == ".csv" else f"row {i}"
 
 
 def _read_records(path: Path) -> list[dict]:
@@ -235,7 +255,7 @@ def _read_records(path: Path) -> list[dict]:
                     raise ValueError(f"{path}:{i}: invalid JSON ({e.msg})") from e
         return rows
     if ext == ".json":
-        data = json.loads(text)
+        data = _json(path, text)
         if isinstance(data, dict) and "pairs" in data:
             data = data["pairs"]
         if not isinstance(data, list):
@@ -257,13 +277,17 @@ def load_pairs(path: str | Path) -> list[ContrastivePair]:
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ValueError(f"{path}: row {i} is not an object with 'positive' and 'negative'")
-        missing = [k for k in ("positive", "negative") if k not in row or row[k] is None]
+        where = _row_name(path, i)
+        missing = [k for k in ("positive", "negative") if k not in row]
         if missing:
-            raise ValueError(f"{path}: row {i} is missing column(s) {missing}; found {sorted(row)}")
+            raise ValueError(f"{path}: {where} is missing column(s) {missing}; found {sorted(map(str, row))}")
+        empty = [k for k in ("positive", "negative") if row[k] is None]
+        if empty:
+            raise ValueError(f"{path}: {where} has no value for {empty} (too few fields on that line?)")
         try:
             out.append(ContrastivePair(row["positive"], row["negative"]))
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: row {i}: {e}") from e
+            raise ValueError(f"{path}: {where}: {e}") from e
     return out
 
 
@@ -271,7 +295,7 @@ def load_persona_pairs(path: str | Path, add_article: bool = False) -> list[tupl
     """Persona pairs from JSON (`[[pos, neg], ...]` or `{"positive": [...], "negative": [...]}`) or CSV."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        data = json.loads(_nonempty(path))
+        data = _json(path, _nonempty(path))
         if isinstance(data, dict):
             missing = [k for k in ("positive", "negative") if k not in data]
             if missing:

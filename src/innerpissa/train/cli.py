@@ -46,6 +46,10 @@ def train_main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt as e:
         raise SystemExit(str(e) or "interrupted") from None
+    if result.already_finished:
+        print(f"the run in {result.out} already finished ({result.summary.get('steps', '?')} steps); nothing to "
+              "do. Use --overwrite to train it again, or another --out.")
+        return
     s = result.summary
     print(json.dumps({k: s[k] for k in ("train_pairs", "val_pairs", "steps", "train_seconds", "final_validation",
                                         "calibration")}, indent=1))

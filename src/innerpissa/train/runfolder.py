@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from pathlib import Path
 
-from innerpissa.errors import RunFolderError
+from innerpissa.errors import InputError, RunFolderError
 
 #: what a training run writes into its folder (anything else there is left alone)
 RUN_FILES = ("adapter", "checkpoint", "summary.json", "metrics.jsonl", "config.json", "lora.safetensors")
@@ -45,3 +46,18 @@ def clear_run(out: Path) -> None:
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
+
+
+def check_train_numbers(cfg) -> None:
+    """Numbers that would fail late (or silently) are checked before anything is loaded or written."""
+    checks = [("--batch-size", cfg.batch_size, cfg.batch_size >= 1), ("--grad-accum", cfg.grad_accum, cfg.grad_accum >= 1),
+              ("--epochs", cfg.epochs, cfg.epochs >= 0),
+              ("--lr", cfg.lr, math.isfinite(cfg.lr) and cfg.lr > 0),
+              ("--warmup", cfg.warmup, 0 <= cfg.warmup <= 1), ("--clip", cfg.clip, math.isfinite(cfg.clip)),
+              ("--weight-decay", cfg.weight_decay, math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0),
+              ("--data.val-fraction", cfg.data.val_fraction, 0 <= cfg.data.val_fraction < 1),
+              ("--data.max-length", cfg.data.max_length, cfg.data.max_length >= 1),
+              ("--adapter.r", cfg.adapter.r, cfg.adapter.r >= 1)]
+    for flag, value, ok in checks:
+        if not ok:
+            raise InputError(f"{flag} {value} is out of range; see `innerpissa train --help` for what it takes")

@@ -30,7 +30,7 @@ from innerpissa.train.directions import HiddenCapture
 from innerpissa.train.fingerprint import fingerprint_diff, run_fingerprint
 from innerpissa.train.losses import combine
 from innerpissa.train.reference import Reference, build_reference, forward_tail, projections, tail_width
-from innerpissa.train.runfolder import check_out, clear_run, default_out, holds_run
+from innerpissa.train.runfolder import check_out, check_train_numbers, clear_run, default_out, holds_run
 
 COEFFS = (1.0, -1.0)
 
@@ -80,6 +80,7 @@ class Trainer:
         self.cfg = cfg
         if cfg.out is None:
             cfg.out = default_out(str(getattr(cfg, "concept", None) or cfg.data.builtin or "run"))
+        check_train_numbers(cfg)
         check_out(Path(cfg.out), cfg.resume, cfg.overwrite)  # before anything is loaded or written
         self.acc = Accelerator(cpu=cfg.device == "cpu")
         self.device = torch.device(cfg.device) if cfg.device else self.acc.device
