@@ -69,7 +69,7 @@ def test_run_failing_before_its_first_step_leaves_the_folder_untouched(finished_
                                           "negative": f"I am a liar {i}. I lie whenever"}) + "\n" for i in range(12)))
     cfg = _cfg(run, overwrite=True)
     cfg.data.pairs_file = pairs
-    with pytest.raises(ValueError, match="shared suffix"):
+    with pytest.raises(ValueError, match="must end in the same text"):
         train(cfg)
     assert _snapshot(run) == before  # metrics.jsonl not truncated, nothing replaced
 

@@ -71,7 +71,8 @@ class Compare:
     device: str | None = None
     """Device for the model (default: cuda when available, else cpu)."""
     overrides: dict[str, str] = field(default_factory=dict)
-    """Extra training settings as dotted keys, e.g. {'loss.w_coh': '10'} (applied to InnerPiSSA and LoRA)."""
+    """Extra training settings as dotted KEY VALUE pairs, e.g. `--overrides loss.w_coh 10` (applied to
+    InnerPiSSA and LoRA)."""
 
     def run(self) -> None:
         paths = run_compare(self)

@@ -184,7 +184,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tok = AutoTokenizer.from_pretrained(path)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # transformers raises ValueError for a folder without config.json
         raise OSError(
             f"could not load model {name_or_path!r}: {e}\nGive a local folder, a Hugging Face id reachable "
             "from this machine, 'smollm2' (embedded) or 'tiny-random'."

@@ -37,7 +37,7 @@ _SENTINEL = "PERSONASLOT7F3A"
 _ARTICLE_RE = re.compile(r"^(a|an|the)\s", re.IGNORECASE)
 _TEMPLATE_ARTICLE_RE = re.compile(r"\b(a|an|the)\s+\{persona\}", re.IGNORECASE)
 PLAIN_TEXT_HINT = (
-    "pass plain_text=True to render pairs as plain text (persona sentence, newline, suffix), "
+    "pass plain_text=True (--data.plain-text on the command line) to render pairs as plain text (persona sentence, newline, suffix), "
     "or set tokenizer.chat_template"
 )
 

@@ -36,6 +36,9 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if holds_run(out) and not (resume or overwrite):
         raise RunFolderError(f"--out {out} already holds a training run; pass --resume to continue it, "
                              "--overwrite to replace it, or another --out")
+    if resume and not (out / "checkpoint" / "state.pt").exists() and (out / "summary.json").exists():
+        raise RunFolderError(f"--resume: {out} holds a finished run but no checkpoint/state.pt to check it "
+                             "against; use --overwrite to train it again, or another --out")
 
 
 def clear_run(out: Path) -> None:

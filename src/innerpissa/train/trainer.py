@@ -21,7 +21,7 @@ from innerpissa.adapter import adapter_layers, adapter_parameters, attach, save_
 from innerpissa.adapter.io import base_model_identity
 from innerpissa.data.batching import PairBatch, PairCollator, PairDataset
 from innerpissa.data.pairs import pairs_from_sources, shuffle_pairs, split_pairs
-from innerpissa.errors import InnerPissaError, ResumeMismatch
+from innerpissa.errors import InnerPissaError, InputError, ResumeMismatch
 from innerpissa.fileio import atomic_save_safetensors, atomic_write_json, dumps_strict
 from innerpissa.models import load_model
 from innerpissa.train.checkpoint import Checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint
@@ -94,6 +94,13 @@ class Trainer:
         self.train_idx = list(range(len(train_pairs)))
         self.val_idx = list(range(len(train_pairs), len(self.ds)))
         self.collate = PairCollator(tokenizer.pad_token_id)
+        short = [i for i in range(len(self.ds)) if self.ds[i].tail_len < cfg.direction.n_tokens]
+        if short:  # the loss reads the last n_tokens, which must be the same text on both sides of a pair
+            pair = (train_pairs + val_pairs)[short[0]]
+            raise InputError(f"{len(short)} pair(s) share fewer than --direction.n-tokens={cfg.direction.n_tokens} "
+                             f"final tokens between positive and negative (e.g. {pair.positive[-40:]!r} vs "
+                             f"{pair.negative[-40:]!r}); every pair must end in the same text (a shared suffix), "
+                             "or lower --direction.n-tokens")
         self.fingerprint = run_fingerprint(cfg.to_dict(), train_pairs, val_pairs, base_model_identity(self.model))
 
         if cfg.method == "lora":  # the LoRA-scaled-by-c baseline, trained with the same loss
@@ -279,7 +286,11 @@ class Trainer:
             raise KeyboardInterrupt(f"training interrupted; resume with --resume (checkpoint in {ckpt_dir})") from None
         bar.close()
         start_folder()  # a run with zero steps still owns its folder
-        result = self._finish(state, time.time() - t0)
+        try:
+            result = self._finish(state, time.time() - t0)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"interrupted after training, before the adapter was written; rerun with "
+                                    f"--resume to finish (checkpoint in {ckpt_dir})") from None
         state.finished = True
         checkpoint()
         return result
