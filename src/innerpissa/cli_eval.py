@@ -94,7 +94,7 @@ def eval_main(cfg: EvalConfig) -> dict[str, Path]:
     check_coeffs(cfg.coeffs, "--coeffs")
     for flag, v in (("--n-dilemmas", cfg.n_dilemmas), ("--batch-size", cfg.batch_size), ("--n-boot", cfg.n_boot)):
         if v is not None and v < 1:
-            raise InputError(f"{flag} must be a positive number, got {v}" + (" (omit it for all dilemmas)"
+            raise InputError(f"{flag} must be a positive number, got {v}" + (" (None for all dilemmas)"
                                                                            if flag == "--n-dilemmas" else ""))
     if cfg.labelled_only and cfg.n_neutral < 0:
         raise InputError(f"--n-neutral must be >= 0, got {cfg.n_neutral}")

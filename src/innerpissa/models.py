@@ -178,6 +178,9 @@ def load_model(
         model = model.to(torch_dtype)
         return (model.to(device) if device else model), tok
     path = str(smollm2_path()) if name_or_path == "smollm2" else name_or_path
+    if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().exists():
+        raise FileNotFoundError(f"model folder {name_or_path} does not exist; give a local folder, a Hugging Face "
+                                "id, 'smollm2' (embedded) or 'tiny-random'")
     kwargs: dict = {"dtype": torch_dtype}
     if device_map is not None:
         kwargs["device_map"] = device_map

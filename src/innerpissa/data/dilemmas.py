@@ -84,7 +84,7 @@ def read_hub() -> tuple[pd.DataFrame, pd.DataFrame]:
         from datasets import load_dataset
     except ImportError as e:
         raise DilemmasError(
-            f"no local DailyDilemmas folder (set ${ENV_DIR} or pass data_dir) and the `datasets` package "
+            f"no local DailyDilemmas folder (set ${ENV_DIR} or pass data_dir / --data-dir) and the `datasets` package "
             "is not installed to fetch it: pip install 'innerpissa[hub]'"
         ) from e
     actions = load_dataset(HF_DATASET, HF_ACTIONS_CONFIG, split="test").to_pandas()
@@ -195,7 +195,11 @@ def sample_dilemmas(
     if n_dilemmas is not None and n_dilemmas <= 0:
         raise DilemmasError(f"n_dilemmas must be a positive number of dilemmas (or None for all), got {n_dilemmas}")
     if LABEL_PREFIX + target_axis not in df.columns:
-        raise DilemmasError(f"unknown target axis {target_axis!r}; e.g. {framework_axes(df)[:5]}")
+        import difflib
+
+        close = difflib.get_close_matches(target_axis, framework_axes(df), n=5, cutoff=0.5)
+        raise DilemmasError(f"unknown target axis {target_axis!r}; "
+                            + (f"did you mean {close}?" if close else f"e.g. {framework_axes(df)[:5]}"))
     rng = np.random.default_rng(seed)
     ids = np.array(sorted(df["dilemma_idx"].unique()))
 

@@ -318,11 +318,12 @@ class Trainer:
         return TrainResult(self.out, adapter, summary, already_finished=True)
 
     def _diverged(self, what: str, epoch: int, step: int, detail: dict) -> None:
-        detail = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in detail.items()}
+        bad = sorted(k for k, v in detail.items() if not math.isfinite(float(v)))
+        shown = f"non-finite: {', '.join(bad)}" if bad else "terms finite"
         where = (f"the last good checkpoint (step {self._ckpt_step}) is in {self.out / 'checkpoint'}"
                  if self._ckpt_step is not None else
                  "no checkpoint of this run was written yet (it is written at the end of each epoch)")
-        raise TrainingDiverged(f"{what} at epoch {epoch}, step {step} ({detail}); {where}. No adapter was "
+        raise TrainingDiverged(f"{what} at epoch {epoch}, step {step} ({shown}); {where}. No adapter was "
                                "written. Lower --lr or --adapter.max-angle and rerun with --overwrite or another --out.")
 
     def _finish(self, state: Checkpoint, seconds: float) -> TrainResult:
