@@ -1,8 +1,8 @@
 """A training run's identity: everything that changes its result, so `--resume` can refuse another run.
 
 The fingerprint is generic: every field of `TrainConfig.to_dict()` (flattened to dotted names) except the
-few that only say where or how visibly a run happens (`RUN_ONLY`), plus a hash of the exact pairs selected
-and the base model's identity. A field added to the config later is covered without touching this file.
+few that only say where or how visibly a run happens (`RUN_ONLY`) and input file paths, plus a hash of the
+exact pairs selected (which covers what those files hold) and the base model's identity. A field added to the config later is covered without touching this file.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def pairs_digest(pairs: list) -> str:
 def run_fingerprint(config: dict[str, Any], train_pairs: list, val_pairs: list,
                     base_model: dict[str, Any] | None = None) -> dict[str, Any]:
     """Flat {name: value} identity of a run (JSON-serialisable)."""
-    fp = {k: v for k, v in flatten(config).items() if k.split(".", 1)[0] not in RUN_ONLY}
+    # file paths are left out: the pairs' hashes cover what the files hold, wherever they are now
+    fp = {k: v for k, v in flatten(config).items()
+          if k.split(".", 1)[0] not in RUN_ONLY and not k.endswith("_file")}
     fp["pairs.train_sha256"] = pairs_digest(train_pairs)
     fp["pairs.val_sha256"] = pairs_digest(val_pairs)
     for k, v in (base_model or {}).items():
