@@ -403,3 +403,15 @@ def test_demo_says_where_to_find_dailydilemmas(tmp_path, monkeypatch):
         with pytest.raises(FileNotFoundError, match="--data-dir"):
             Demo(model="tiny-random", out=tmp_path / "d").run()
     assert not (tmp_path / "d").exists()
+
+
+def test_saving_never_deletes_unrelated_files(tiny, tmp_path):
+    folder = _saved(tiny, tmp_path / "a")
+    (folder / "notes.txt").write_text("mine")
+    model, _ = tiny
+    ip.attach(model, ip.AdapterConfig(r=4))
+    with pytest.raises(FileExistsError, match="holds other files \\(notes.txt\\)"):
+        ip.save_adapter(model, folder)
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        ip.export_lora(model, folder, 1.0)
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "adapter.safetensors").exists()

@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -104,15 +104,23 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_folder(path: str | os.PathLike, owned: Iterable[str] = ()) -> Iterator[Path]:
     """Build a folder as a temporary sibling and rename it into place when the block succeeds.
 
     An existing folder at `path` is replaced only at the very end (moved aside, the new one renamed in,
     the old one deleted), so a failure at any point leaves either the old folder complete or the new one
-    complete, never new files beside old ones. Files already in the old folder that the block does not
-    write are not carried over.
+    complete, never new files beside old ones. Because the old folder is replaced whole, it may hold only
+    the names in `owned` (what this writer puts there): a folder with anything else is refused, never
+    deleted.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))
+    if path.exists():
+        if not path.is_dir():
+            raise FileExistsError(f"{path} is a file; give a folder path")
+        other = sorted(p.name for p in path.iterdir() if p.name not in set(owned))
+        if other:
+            raise FileExistsError(f"{path} holds other files ({', '.join(other[:5])}); write into a new or empty "
+                                  "folder, or remove them first")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

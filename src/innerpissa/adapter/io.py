@@ -30,6 +30,7 @@ WEIGHTS_NAME = "adapter.safetensors"
 CONFIG_NAME = "adapter_config.json"
 _TENSORS = ("theta_v", "theta_u", "delta", "U", "S", "V")
 #: the embedded model's upstream checkpoint (its weights here are the dequantised Q4_1 GGUF of it)
+EXPORT_FILES = ("adapter_model.safetensors", "adapter_config.json", "innerpissa_export.json", "README.md")
 SMOLLM2_UPSTREAM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -103,7 +104,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any
     }
     if coeff_range is not None:
         meta["coeff_range"] = [float(min(coeff_range)), float(max(coeff_range))]
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, owned=(WEIGHTS_NAME, CONFIG_NAME)) as tmp:
         atomic_save_safetensors(tensors, tmp / WEIGHTS_NAME, metadata={"format": FORMAT})
         meta["weights_sha256"] = file_sha256(tmp / WEIGHTS_NAME)
         atomic_write_json(tmp / CONFIG_NAME, meta)
@@ -264,7 +265,7 @@ def export_lora(model: nn.Module, path: str | os.PathLike, c: float, dtype: torc
     info = {"coefficient": float(c), "rank": r, "modules": sorted(layers), "base_model": base_id}
     if note:
         info["note"] = note
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, owned=EXPORT_FILES) as tmp:
         atomic_save_safetensors(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
         atomic_write_json(tmp / "adapter_config.json", cfg_dict)
         atomic_write_json(tmp / "innerpissa_export.json", info)
