@@ -171,7 +171,7 @@ def one_line(e: BaseException) -> str:
     msg = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, KeyError):
         msg = f"missing key {msg}"
-    own = isinstance(e, InnerPissaError | ValueError | FileNotFoundError | PermissionError | UnicodeError)
+    own = isinstance(e, InnerPissaError | ValueError | OSError)
     return f"error: {msg}" if own else f"error: {type(e).__name__}: {msg}"
 
 

@@ -187,14 +187,17 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
         names = target_names(model, cfg)
     except (ValueError, TypeError) as e:
         raise ValueError(f"adapter at {path} does not fit this model: {e}") from e
+    base = (meta.get("base_model") or {})
+    hint = (f"; it was trained on {base.get('name_or_path')!r} ({base.get('num_hidden_layers')} layers): load that "
+            "model (--model on the command line)") if base.get("name_or_path") else ""
     for name in saved:
         if name not in names:
-            raise ValueError(f"adapter at {path} wraps module {name!r}, which this model does not have "
-                             f"(it has e.g. {names[:3]}); was it trained on another architecture?")
+            raise ValueError(f"adapter at {path} wraps module {name!r}, which this model's blocks selected by the "
+                             f"adapter's config do not include (they are e.g. {names[:3]}){hint}")
     for name in names:
         if name not in saved:
             raise ValueError(f"this model has module {name!r} selected by the adapter's config, but the saved "
-                             "adapter has no weights for it; was it trained on a deeper or different model?")
+                             f"adapter has no weights for it{hint or '; was it trained on a deeper or different model?'}")
         mod = model.get_submodule(name)
         w = mod.base_layer.weight if isinstance(mod, InnerPiSSALinear) else mod.weight
         shape = tuple(w.shape)
