@@ -415,3 +415,16 @@ def test_saving_never_deletes_unrelated_files(tiny, tmp_path):
     with pytest.raises(FileExistsError, match="notes.txt"):
         ip.export_lora(model, folder, 1.0)
     assert (folder / "notes.txt").read_text() == "mine" and (folder / "adapter.safetensors").exists()
+
+
+def test_generate_and_export_default_to_the_base_model_the_adapter_records(tiny, tmp_path):
+    from innerpissa.cli import adapter_base_model
+
+    folder = _saved(tiny, tmp_path / "a")
+    assert adapter_base_model(folder, None) == "tiny-random-llama"
+    assert adapter_base_model(folder, "smollm2") == "smollm2" and adapter_base_model(None, None) == "smollm2"
+    from innerpissa.models import tiny_random_model
+
+    deeper, _ = tiny_random_model(n_layers=8)  # another depth selects other blocks: the error names the base
+    with pytest.raises(ValueError, match="trained on 'tiny-random-llama'.*--model"):
+        ip.load_adapter(deeper, folder)

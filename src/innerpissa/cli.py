@@ -195,7 +195,24 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{one_line(e)}  (--debug shows the traceback)") from None
 
 
+def _tidy_help() -> None:
+    """tyro keeps a docstring's line break when the next line is indented (every continuation line of a field
+    docstring), so help text broke mid-sentence; strip the indentation first. A no-op if tyro changes."""
+    import tyro._strings as ts
+
+    orig = getattr(ts, "remove_single_line_breaks", None)
+    if orig is None or getattr(orig, "_innerpissa", False):
+        return
+
+    def joined(text: str) -> str:
+        return orig("\n".join(line.strip() for line in text.split("\n")))
+
+    joined._innerpissa = True  # type: ignore[attr-defined]
+    ts.remove_single_line_breaks = joined
+
+
 def _dispatch(argv: list[str]) -> None:
+    _tidy_help()
     if argv and argv[0] == "train":  # presets set the defaults, so train parses its own arguments
         from innerpissa.train.cli import train_main
 
