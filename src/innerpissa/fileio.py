@@ -30,7 +30,8 @@ def current_umask() -> int:
     return mask
 
 
-def _chmod_default(path: Path, folder: bool = False) -> None:
+def chmod_default(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give `path` the mode `open()` / `mkdir()` would have: 0666 / 0777 minus the umask."""
     os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
 
 
@@ -38,11 +39,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """Call `write(tmp_path)` on a temporary file beside `path`, then move it into place (umask mode)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix + ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
-        _chmod_default(Path(tmp))
+        chmod_default(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -125,7 +126,7 @@ def atomic_folder(path: str | os.PathLike, owned: Iterable[str] = ()) -> Iterato
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        _chmod_default(tmp, folder=True)
+        chmod_default(tmp, folder=True)
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))

@@ -105,6 +105,9 @@ def smollm2_path() -> Path:
         if target.exists():  # another process finished the same conversion first
             shutil.rmtree(tmp)
         else:
+            from innerpissa.fileio import chmod_default
+
+            chmod_default(tmp, folder=True)  # mkdtemp makes it 0700
             os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -203,10 +203,11 @@ def _files(path: str | Path) -> tuple[Path, Path]:
 
 def save_tensors(path: str | Path, tensors: Mapping[str, Tensor], meta: Mapping) -> tuple[Path, Path]:
     """Write `<path>.safetensors` and `<path>.json` (tensors contiguous on CPU; meta must be JSON-able)."""
+    from innerpissa.fileio import atomic_save_safetensors, atomic_write_text, json_safe
+
     st, js = _files(path)
-    st.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(st))
-    js.write_text(json.dumps(dict(meta), indent=1, sort_keys=True), encoding="utf-8")
+    atomic_save_safetensors(dict(tensors), st)
+    atomic_write_text(js, json.dumps(json_safe(dict(meta)), indent=1, sort_keys=True, allow_nan=False))
     return st, js
 
 

@@ -248,7 +248,7 @@ class Trainer:
                     if not torch.isfinite(gnorm):
                         self._diverged(f"gradient norm became {float(gnorm)}", epoch, state.global_step, terms_sum)
                     opt.step()
-                    if not all(bool(torch.isfinite(p).all()) for p in self.params):
+                    if not _all_finite(self.params):
                         self._diverged("an adapter parameter became non-finite", epoch, state.global_step, terms_sum)
                     sched.step()
                     opt.zero_grad(set_to_none=True)
@@ -332,7 +332,7 @@ class Trainer:
             with torch.no_grad():
                 for p, best in zip(self.params, state.best_params, strict=True):
                     p.copy_(best)
-        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+        if not _all_finite(self.params):
             self._diverged("an adapter parameter is non-finite", state.epoch, state.global_step, {})
         final_val = state.history[-1] if state.history else {}
         calibration = None
@@ -362,6 +362,11 @@ class Trainer:
         if self.acc.is_main_process:
             atomic_write_json(self.out / "summary.json", summary)
         return TrainResult(self.out, adapter_path, summary)
+
+
+def _all_finite(params: list[Tensor]) -> bool:
+    """Whether every parameter is finite (one device sync for all of them)."""
+    return bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()) if params else True
 
 
 def one_cycle(total: int, warmup: float, floor: float = 0.02):
