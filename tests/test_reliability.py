@@ -428,3 +428,16 @@ def test_generate_and_export_default_to_the_base_model_the_adapter_records(tiny,
     deeper, _ = tiny_random_model(n_layers=8)  # another depth selects other blocks: the error names the base
     with pytest.raises(ValueError, match="trained on 'tiny-random-llama'.*--model"):
         ip.load_adapter(deeper, folder)
+
+
+def test_the_cli_does_not_fake_an_offline_default():
+    """Row 9.3: setting HF_HUB_OFFLINE after huggingface_hub is imported had no effect; the CLI no longer
+    pretends to (the Makefile is the one place that sets it)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    code = ("import os, innerpissa.cli, innerpissa.compare, innerpissa.cli_eval; "
+            "print(os.environ.get('HF_HUB_OFFLINE'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"

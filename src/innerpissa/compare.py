@@ -11,7 +11,6 @@ where it stopped.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +130,6 @@ def _load_lora(model, cfg) -> None:
 
 
 def run_compare(cmp: Compare) -> dict[str, Path]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from innerpissa.adapter import adapter_layers, detach_adapter
     from innerpissa.baselines.calibrate import calibrate_sign
     from innerpissa.baselines.registry import build_baseline
