@@ -441,3 +441,12 @@ def test_the_cli_does_not_fake_an_offline_default():
             "print(os.environ.get('HF_HUB_OFFLINE'))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "None"
+
+
+def test_model_folder_errors_name_the_folder(tmp_path):
+    (tmp_path / "notamodel").mkdir()
+    (tmp_path / "notamodel" / "readme.txt").write_text("hi")
+    with pytest.raises(FileNotFoundError, match="notamodel has no config.json"):
+        ip.load_model(str(tmp_path / "notamodel"))
+    with pytest.raises(FileNotFoundError, match="model folder ./does/not/exist does not exist"):
+        ip.load_model("./does/not/exist")

@@ -184,6 +184,9 @@ def load_model(
     if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().exists():
         raise FileNotFoundError(f"model folder {name_or_path} does not exist; give a local folder, a Hugging Face "
                                 "id, 'smollm2' (embedded) or 'tiny-random'")
+    if Path(path).expanduser().is_dir() and not (Path(path).expanduser() / "config.json").exists():
+        raise FileNotFoundError(f"model folder {name_or_path} has no config.json; give a folder written by "
+                                "save_pretrained, a Hugging Face id, 'smollm2' (embedded) or 'tiny-random'")
     kwargs: dict = {"dtype": torch_dtype}
     if device_map is not None:
         kwargs["device_map"] = device_map
