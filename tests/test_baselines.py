@@ -326,6 +326,7 @@ def test_external_status_reports_each_package():
     assert "transformers" in status["environment"]
     for key in ("steering-vectors", "repeng"):
         assert status[key].startswith(("ok", "not installed", "installed"))
+    assert status["repeng_external"].startswith(("ok", "unavailable: repeng"))
 
 
 def test_steering_vectors_wrapper(setup):

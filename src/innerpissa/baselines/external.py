@@ -77,6 +77,10 @@ def external_status() -> dict[str, str]:
     """Per external package: 'ok <version>' or why it cannot be used here (checked now, not cached)."""
     versions = {name: _version(name) for name in ("transformers", "numpy", "pandas", "torch")}
     status = {dist: _check(dist) for dist in EXTERNAL_PACKAGES}
+    try:
+        status["repeng_external"] = f"ok {repeng_python()}"
+    except FileNotFoundError as e:
+        status["repeng_external"] = f"unavailable: {e}"
     status["environment"] = ", ".join(f"{k} {v}" for k, v in versions.items())
     return status
 
