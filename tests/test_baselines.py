@@ -21,6 +21,7 @@ from innerpissa.baselines import (
     train_sspace,
     train_vectors,
 )
+from innerpissa.baselines.calibrate import bootstrap_mean_ci
 from innerpissa.baselines.common import block_name, default_layers, edited_outputs
 from innerpissa.baselines.sspace import fit_edit
 from innerpissa.baselines.vectors import vectors_from_diffs
@@ -156,10 +157,13 @@ def test_pca_recovers_a_direction_planted_in_the_model(setup):
         return out
 
     with edited_outputs(model, {block_name(model, 0): plant}):
-        sv = train_vectors(model, tok, pairs, "pca", layers=[0], n_tokens=2, batch_size=4)
-    v = sv.vectors[0]
-    assert (v @ d / v.norm()).item() > 0.99
-    assert sv.meta["stats"]["0"]["cos_with_mean"] > 0.99
+        repeng = train_vectors(model, tok, pairs, "pca", layers=[0], batch_size=4)
+        v0 = train_vectors(model, tok, pairs, "pca", layers=[0], n_tokens=2, batch_size=4, style="v0")
+    for sv in (repeng, v0):
+        v = sv.vectors[0]
+        assert (v @ d / v.norm()).item() > 0.99  # the planted axis, pointing toward the positive rows
+        assert sv.meta["stats"]["0"]["cos_with_mean"] > 0.99
+    assert repeng.vectors[0].norm().item() == pytest.approx(1.0, abs=1e-5)  # repeng's unit vector
 
 
 def test_save_load_roundtrip(setup, built, tmp_path):
@@ -229,47 +233,82 @@ def test_prompting_switches_system_prompt(setup):
     assert "a dishonest" in p.system_prompt(1, default)
 
 
-def test_calibrate_sign_flips_vectors(setup):
+def test_calibrate_sign_flips_vectors_only_on_evidence(setup):
     model, tok, pairs, ids = setup
     steerer = VectorSteerer(model, train_vectors(model, tok, pairs, "mean_diff", layers=[0]))
     v, point = steerer.vectors.vectors[0], CapturePoint(block_name(model, 0))
 
-    def along_v(sign: float):
-        def probe() -> float:  # how far block 0's output sits along v, as the model is now
+    def along_v(sign: float, noise: float = 0.0):
+        g = torch.Generator().manual_seed(0)
+
+        def probe() -> torch.Tensor:  # per token: how far block 0's output sits along v, as the model is now
             with torch.no_grad(), HiddenCapture(model, [point]) as cap:
                 model(**ids)
-            return sign * float((cap.hidden[point.key] @ v).mean())
+            items = sign * (cap.hidden[point.key] @ v).flatten()
+            return items + noise * torch.randn(items.shape, generator=g)
         return probe
 
     kept = calibrate_sign(steerer, along_v(+1.0))
-    assert not kept["flipped"] and kept["probe_effect"] > 0 and set(kept["probe_score"]) == {"-1", "+0", "+1"}
+    assert not kept["flipped"] and kept["sign"] == "confirmed" and kept["effect_ci"][0] > 0
+    assert set(kept["probe_score"]) == {"-1", "+0", "+1"} and kept["n_items"] == ids["input_ids"].numel()
     flipped = calibrate_sign(steerer, along_v(-1.0), coeff=2.0)
-    assert flipped["flipped"] and steerer.sign == -1.0 and flipped["probe_effect"] > 0
+    assert flipped["flipped"] and flipped["sign"] == "flipped" and steerer.sign == -1.0
+    assert flipped["probe_effect"] > 0 and flipped["effect_ci"][0] > 0  # reported after the flip
     assert set(flipped["probe_score"]) == {"-2", "+0", "+2"}
     with steerer.at(1.0):  # +1 now means toward the (negated) probe
-        toward = along_v(-1.0)()
-    assert toward > along_v(-1.0)()
+        toward = float(along_v(-1.0)().mean())
+    assert toward > float(along_v(-1.0)().mean())
+    # a probe whose noise swamps the effect: whatever its mean says, the CI spans 0 and the sign is kept
+    steerer.flip_sign()
+    noisy = calibrate_sign(steerer, along_v(-1.0, noise=1e4), coeff=1e-3)
+    assert noisy["probe_effect"] != 0 and noisy["effect_ci"][0] < 0 < noisy["effect_ci"][1]
+    assert not noisy["flipped"] and noisy["sign"] == "undetermined" and steerer.sign == 1.0
 
 
-def test_calibrate_sign_passes_the_system_prompt_and_needs_a_flip():
+def test_calibration_rules_and_scalar_probes():
     p = PersonaPrompting()
-    result = calibrate_sign(p, lambda system: -1.0 if "an honest" in system else 0.0)
-    assert result["flipped"] and "an honest" in p.system_prompt(-1, "S")
+    scalar = calibrate_sign(p, lambda system: -1.0 if "an honest" in system else 0.0)
+    assert not scalar["flipped"] and scalar["sign"] == "undetermined" and scalar["effect_ci"] is None
+    assert "no per-item scores" in scalar["reason"] and p.sign == 1.0  # one number has no noise estimate
+    result = calibrate_sign(p, lambda system: -1.0 if "an honest" in system else 0.0, rule="always")
+    assert result["flipped"] and "an honest" in p.system_prompt(-1, "S")  # the v0 rule, for the record
+    p.flip_sign()
+    items = calibrate_sign(p, lambda system: [-1.0, -2.0, -1.5] if "an honest" in system else [0.0, 0.1, 0.0])
+    assert items["flipped"] and items["effect_ci"][0] > 0 and "an honest" in p.system_prompt(-1, "S")
+    assert not calibrate_sign(p, lambda s: [-1.0, -2.0] if "an honest" in s else [0.0, 0.0], rule="never")["flipped"]
     with pytest.raises(TypeError, match="flip_sign"):
         calibrate_sign(NoSteering(), lambda: 0.0)
     calls = []
-    out = calibrate_sign(NoSteering(), iter([1.0, 0.0, -1.0]).__next__, flip=lambda: calls.append(1))
+    out = calibrate_sign(NoSteering(), iter([[1.0, 2.0], [0.0, 0.0], [-1.0, -1.5]]).__next__,
+                         flip=lambda: calls.append(1))
     assert out["flipped"] and calls == [1]
     with pytest.raises(ValueError, match="coeff must be positive"):
         calibrate_sign(p, lambda: 0.0, coeff=0)
+    with pytest.raises(ValueError, match="unknown calibration rule"):
+        calibrate_sign(p, lambda: 0.0, rule="sometimes")
+    with pytest.raises(ValueError, match="1-D tensor"):
+        calibrate_sign(p, lambda: [[0.0]])
+
+
+def test_bootstrap_mean_ci_covers_the_mean():
+    x = torch.arange(20, dtype=torch.float64)
+    lo, hi = bootstrap_mean_ci(x, seed=1)
+    assert lo < float(x.mean()) < hi and hi - lo < 10
+    assert bootstrap_mean_ci(x, seed=1) == (lo, hi)
+    with pytest.raises(ValueError, match="at least 2"):
+        bootstrap_mean_ci(torch.ones(1))
 
 
 def test_activation_cache_shares_one_pass(setup):
     model, tok, pairs, _ = setup
     cache: dict = {}
-    for name in ("random", "pca", "mean_diff"):
+    for name in ("random", "mean_diff"):
         build_baseline(name, model, tok, pairs, seed=1, cache=cache, layers=[1])
+    build_baseline("pca", model, tok, pairs, cache=cache, layers=[1], style="v0")
     assert len(cache) == 1
+    build_baseline("pca", model, tok, pairs, cache=cache, layers=[1])  # repeng's read: the last token
+    build_baseline("pca", model, tok, pairs, cache=cache, layers=[1], center=False)
+    assert len(cache) == 2
     with pytest.raises(TypeError):
         build_baseline("pca", model, tok, pairs, centre=False)  # misspelled keywords are not swallowed
 
@@ -287,6 +326,7 @@ def test_external_status_reports_each_package():
     assert "transformers" in status["environment"]
     for key in ("steering-vectors", "repeng"):
         assert status[key].startswith(("ok", "not installed", "installed"))
+    assert status["repeng_external"].startswith(("ok", "unavailable: repeng"))
 
 
 def test_steering_vectors_wrapper(setup):

@@ -19,10 +19,11 @@ import pandas as pd
 import torch
 
 TRAINED = ("innerpissa", "lora")
-# baselines whose sign is arbitrary (an eigenvector or a random draw) are calibrated on the probe
-SIGN_AMBIGUOUS = ("pca", "random")
+# baselines whose sign is arbitrary (an eigenvector or a random draw) are calibrated on the probe (a flip
+# only on evidence: baselines.calibrate)
+SIGN_AMBIGUOUS = ("pca", "random", "repeng_external")
 DEFAULT_METHODS = ("innerpissa", "lora", "prompting", "pca", "mean_diff", "random", "sspace")
-ALL_METHODS = (*DEFAULT_METHODS, "sft", "steering_vectors")
+ALL_METHODS = (*DEFAULT_METHODS, "sft", "steering_vectors", "repeng_external")
 
 
 @dataclass

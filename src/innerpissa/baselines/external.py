@@ -10,28 +10,46 @@ Findings, checked with the versions pinned in the `external` extra:
   2.13, but pandas 3 (ours) requires numpy>=2.0.2, hence "numpy<2 and pandas<3": it cannot share this
   environment, and the project does not downgrade numpy or pandas.
 `external_status()` re-checks this at run time, so a comparison records why a peer is missing.
+
+The real repeng therefore runs in its own virtualenv, as a subprocess (baseline `repeng_external`):
+`train_repeng_external` saves the model and tokenizer with `save_pretrained` and the pairs to a temporary
+folder, runs `repeng_runner.py` (shipped in this package) with that environment's Python, which calls
+`repeng.ControlVector.train` unchanged, and reads the unit vectors back; they are applied with our hooks
+(`VectorSteerer`: state c adds c * v to each block's output, as repeng's `set_control(vector, c)`).
+The Python is the `python` argument, else `$INNERPISSA_REPENG_PYTHON`; create it with `REPENG_VENV_HINT`.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import json
+import os
+import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from innerpissa.baselines.common import SignedSteerer, fingerprint, resolve_layers
-from innerpissa.baselines.vectors import NARROW_COEFFS
+from innerpissa.baselines.vectors import NARROW_COEFFS, SteeringVectors
 from innerpissa.data.pairs import ContrastivePair
 
 #: distribution name -> (import name, pinned version, how to install it without touching our stack)
 EXTERNAL_PACKAGES = {
     "steering-vectors": ("steering_vectors", "0.12.2",
                          "install with: pip install --no-deps steering-vectors==0.12.2 'scikit-learn>=1.4'"),
-    "repeng": ("repeng", "0.4.0", "repeng 0.4.0 needs numpy<2 (it uses np.float_), so it cannot run next to numpy 2"),
+    "repeng": ("repeng", "0.4.0", "repeng 0.4.0 needs numpy<2 (it uses np.float_), so it cannot run next to numpy 2; "
+               "use baseline repeng_external with its own virtualenv"),
 }
+REPENG_PYTHON_ENV = "INNERPISSA_REPENG_PYTHON"
+REPENG_VENV_HINT = ("python3 -m venv ~/.venv-repeng && ~/.venv-repeng/bin/pip install torch==2.13.0 && "
+                    "~/.venv-repeng/bin/pip install repeng==0.4.0 'numpy<2' transformers==5.24.0, then "
+                    f"export {REPENG_PYTHON_ENV}=~/.venv-repeng/bin/python")
+REPENG_RUNNER = Path(__file__).with_name("repeng_runner.py")
 
 
 def _check(dist: str) -> str:
@@ -59,6 +77,10 @@ def external_status() -> dict[str, str]:
     """Per external package: 'ok <version>' or why it cannot be used here (checked now, not cached)."""
     versions = {name: _version(name) for name in ("transformers", "numpy", "pandas", "torch")}
     status = {dist: _check(dist) for dist in EXTERNAL_PACKAGES}
+    try:
+        status["repeng_external"] = f"ok {repeng_python()}"
+    except FileNotFoundError as e:
+        status["repeng_external"] = f"unavailable: {e}"
     status["environment"] = ", ".join(f"{k} {v}" for k, v in versions.items())
     return status
 
@@ -116,3 +138,77 @@ class SteeringVectorsSteerer(SignedSteerer):
         dtype = next(self.model.parameters()).dtype
         with self.vector.to(dtype=dtype).apply(self.model, multiplier=c):
             yield
+
+
+def repeng_python(python: str | os.PathLike | None = None) -> Path:
+    """The Python of repeng's own virtualenv: `python`, else `$INNERPISSA_REPENG_PYTHON` (one-line error
+    saying how to create it when neither names an existing file)."""
+    given = python if python is not None else os.environ.get(REPENG_PYTHON_ENV)
+    if not given:
+        raise FileNotFoundError(f"repeng_external needs a Python with repeng 0.4.0 (pass python= or set "
+                                f"${REPENG_PYTHON_ENV}); create one with: {REPENG_VENV_HINT}")
+    path = Path(given).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"repeng's Python {path} does not exist (from "
+                                f"{'python=' if python is not None else '$' + REPENG_PYTHON_ENV}); "
+                                f"create it with: {REPENG_VENV_HINT}")
+    return path
+
+
+def repeng_external_available(python: str | os.PathLike | None = None) -> bool:
+    try:
+        repeng_python(python)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def run_repeng(model_dir: str | Path, pairs: Sequence[ContrastivePair], layers: Sequence[int], out: str | Path,
+               center: bool = True, batch_size: int = 32, dtype: str = "float32", device: str = "cpu",
+               python: str | os.PathLike | None = None, timeout: float | None = None) -> SteeringVectors:
+    """Run `repeng.ControlVector.train` in repeng's virtualenv on a saved model folder; return its vectors.
+
+    `center=True` is repeng's `pca_diff` (its default), False its `pca_center`. `out` is the output stem
+    (`<out>.safetensors` / `<out>.json`, innerpissa's `SteeringVectors` format, written by the runner).
+    """
+    py = repeng_python(python)
+    out = Path(out)
+    job = {"model": str(model_dir), "pairs": [[p.positive, p.negative] for p in pairs],
+           "layers": [int(layer) for layer in layers], "method": "pca_diff" if center else "pca_center",
+           "batch_size": int(batch_size), "dtype": dtype, "device": device, "out": str(out)}
+    job_path = out.with_name(out.name + ".job.json")
+    job_path.write_text(json.dumps(job), encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONPATH": ""}
+    proc = subprocess.run([str(py), str(REPENG_RUNNER), str(job_path)], capture_output=True, text=True,
+                          env=env, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"repeng runner failed with exit code {proc.returncode} under {py}: {tail[0]}")
+    return SteeringVectors.load(out)
+
+
+def train_repeng_external(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair],
+                          layers: Sequence[int] | None = None, center: bool = True, batch_size: int = 32,
+                          python: str | os.PathLike | None = None, workdir: str | Path | None = None,
+                          ) -> SteeringVectors:
+    """repeng 0.4.0's own vectors for our model and pairs (see the module doc); call it on the base model.
+
+    The model (in its dtype) and tokenizer are written with `save_pretrained` to a temporary folder (inside
+    `workdir` when given), so repeng loads exactly these weights; the folder is removed afterwards.
+    """
+    if not pairs:
+        raise ValueError("no training pairs given")
+    py = repeng_python(python)  # fail before writing a model folder
+    layers = resolve_layers(model, layers)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    device = "cuda" if next(model.parameters()).is_cuda else "cpu"
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="innerpissa-repeng-") as tmp:
+        folder = Path(tmp) / "model"
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        sv = run_repeng(folder, pairs, layers, Path(tmp) / "vectors", center, batch_size, dtype, device, py)
+    stats = sv.meta.get("stats", {})
+    if stats:
+        sv.meta["coeff_unit"] = sum(st["mean_diff_norm"] for st in stats.values()) / len(stats)
+    sv.meta["model"] = str(getattr(model, "name_or_path", ""))
+    return sv

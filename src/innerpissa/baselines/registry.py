@@ -13,20 +13,28 @@ from typing import Any
 
 from torch import nn
 
-from innerpissa.baselines.external import SteeringVectorsSteerer, steering_vectors_available
+from innerpissa.baselines.external import (
+    SteeringVectorsSteerer,
+    repeng_external_available,
+    steering_vectors_available,
+    train_repeng_external,
+)
 from innerpissa.baselines.prompting import PersonaPrompting
 from innerpissa.baselines.sspace import SSpaceSteerer, train_sspace
 from innerpissa.baselines.vectors import VECTOR_METHODS, VectorSteerer, train_vectors
 from innerpissa.data.pairs import ContrastivePair
 from innerpissa.steering import Steerer
 
-BASELINE_NAMES = ("prompting", "random", "pca", "mean_diff", "sspace", "steering_vectors")
+BASELINE_NAMES = ("prompting", "random", "pca", "mean_diff", "sspace", "steering_vectors", "repeng_external")
+#: opt-in peers: listed by `available_baselines` only when they can run here
+OPTIONAL = {"steering_vectors": steering_vectors_available, "repeng_external": repeng_external_available}
 _SHARED = ("layers", "n_tokens", "batch_size", "cache")
 
 
 def available_baselines() -> list[str]:
-    """The names `build_baseline` can build here (steering_vectors only when the package imports)."""
-    return [n for n in BASELINE_NAMES if n != "steering_vectors" or steering_vectors_available()]
+    """The names `build_baseline` can build here (steering_vectors only when the package imports,
+    repeng_external only when repeng's virtualenv is configured, see `external.repeng_python`)."""
+    return [n for n in BASELINE_NAMES if n not in OPTIONAL or OPTIONAL[n]()]
 
 
 def build_baseline(name: str, model: nn.Module, tokenizer, train_pairs: Sequence[ContrastivePair],
@@ -35,8 +43,9 @@ def build_baseline(name: str, model: nn.Module, tokenizer, train_pairs: Sequence
 
     `seed` drives the random direction (the other methods are deterministic given the pairs).
     `cache` (a dict kept per model and pair set) lets random / pca / mean_diff share one activation pass.
-    Keywords: vectors `center`; S-space `modules`, `fit`, `rank`; prompting `positive`, `negative`,
-    `neutral`, `mode`, `builtin`; steering_vectors `aggregator`; all `coeffs` (the default sweep).
+    Keywords: vectors `center` (and `style` for pca: "repeng", default, or "v0"); S-space `modules`, `fit`,
+    `rank`; prompting `positive`, `negative`, `neutral`, `mode`, `builtin`; steering_vectors `aggregator`;
+    repeng_external `center`, `python`, `workdir`; all `coeffs` (the default sweep).
     """
     if name not in BASELINE_NAMES:
         raise ValueError(f"unknown baseline {name!r}; use one of {BASELINE_NAMES}")
@@ -54,5 +63,10 @@ def build_baseline(name: str, model: nn.Module, tokenizer, train_pairs: Sequence
     if name == "sspace":
         return SSpaceSteerer(model, train_sspace(model, tokenizer, train_pairs, **kw), coeffs=coeffs)
     kw.pop("cache", None)
-    kw.pop("n_tokens", None)  # the package reads the last token only
+    n_tokens = kw.pop("n_tokens", None)  # both packages read the last token only
+    if name == "repeng_external":
+        if n_tokens not in (None, 1):
+            raise ValueError(f"repeng reads the last token only, got n_tokens={n_tokens}")
+        return VectorSteerer(model, train_repeng_external(model, tokenizer, train_pairs, **kw), name=name,
+                             coeffs=coeffs)
     return SteeringVectorsSteerer(model, tokenizer, train_pairs, coeffs=coeffs, **kw)

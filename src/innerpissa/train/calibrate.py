@@ -58,5 +58,5 @@ def calibrate(model, tokenizer, batch_size: int = 8) -> dict[str, Any]:
     from innerpissa.steering import AdapterSteerer
 
     result = calibrate_sign(AdapterSteerer(model), probe_fn(model, tokenizer, batch_size=batch_size),
-                            flip=lambda: flip_sign(model))
+                            flip=lambda: flip_sign(model), rule="always")
     return {"probe": "honesty_probe", **result}
