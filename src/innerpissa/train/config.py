@@ -55,6 +55,10 @@ class DirectionConfig:
     """Direction from the paired differences: unit mean, first PCA component, best-aligned PCA, per pair."""
     n_tokens: int = 4
     """Last N real tokens (all in the shared suffix) whose states are compared."""
+    dims: int | None = 64
+    """Truncate the direction to this many basis coordinates, chosen as the author's `adapter_dims`: half by
+    the variance of the S-normalised positive-prompt coordinates, half by the negative ones' (so the basis
+    matters; a full square basis is only a rotation of the raw mean difference). None: all coordinates (v0)."""
 
 
 @dataclass
