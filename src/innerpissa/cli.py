@@ -5,6 +5,7 @@
     innerpissa eval --adapter runs/honesty/adapter
     innerpissa generate --adapter runs/honesty/adapter --prompt "Is lying ever OK?"
     innerpissa export --adapter runs/honesty/adapter --c 1.0 --out lora-honest
+    innerpissa ablate --variants default-v0 faithful preset --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Annotated, Union
 
 import tyro
 
+from innerpissa.ablate import Ablate
 from innerpissa.cli_eval import EvalConfig
 from innerpissa.compare import Compare
 
@@ -121,7 +123,8 @@ class Demo:
 
 
 def _commands() -> dict[str, type]:
-    return {"demo": Demo, "eval": EvalConfig, "compare": Compare, "generate": Generate, "export": Export}
+    return {"demo": Demo, "eval": EvalConfig, "compare": Compare, "ablate": Ablate, "generate": Generate,
+            "export": Export}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -257,7 +257,8 @@ class Trainer:
         if cfg.calibrate:
             from innerpissa.train.calibrate import calibrate
 
-            calibration = calibrate(self.model, self.tok, batch_size=cfg.batch_size)
+            calibration = calibrate(self.model, self.tok, batch_size=cfg.batch_size, mode=cfg.calibrate_flip,
+                                    builtin=cfg.data.builtin)
             if calibration["flipped"]:  # the ordering flips with the sign
                 final_val = {**final_val, "val_ordered_fwd": final_val.get("val_ordered_rev"),
                              "val_ordered_rev": final_val.get("val_ordered_fwd")}
@@ -267,6 +268,8 @@ class Trainer:
             "ref_separation_mean": float(self.ref.sep0[self.train_idx].mean()),
             "ref_separation_std": float(self.ref.sep0[self.train_idx].std()),
             "final_validation": final_val, "calibration": calibration,
+            "val_ordered_pct": (None if final_val.get("val_ordered_fwd") is None
+                                else round(100 * float(final_val["val_ordered_fwd"]), 2)),
             "loss_point": self.ref.point.key,
         }
         adapter_path = self.out / "adapter"
