@@ -306,6 +306,9 @@ def test_ablate_end_to_end_on_tiny(tmp_path, shared_data):
     training = pd.read_csv(paths["training"])
     assert set(training["variant"]) == {"preset", "v0+mask"} and training["val_ordered_pct"].between(0, 100).all()
     assert paths["plot"].exists() and "v0+mask" in paths["summary"].read_text()
+    from innerpissa.ablate import variant_config
+
+    assert variant_config(ab, "default-v0", 0).data == variant_config(ab, "preset", 0).data  # same pairs
     # the select and test halves never share a dilemma
     data = load_dilemmas(shared_data / "daily_dilemmas")
     sel = set(split_rows(data, Ablate(n_dilemmas=200, split="select"))["dilemma_idx"])

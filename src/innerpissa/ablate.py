@@ -41,7 +41,7 @@ class Ablate:
     seeds: tuple[int, ...] = (0, 1, 2)
     """Training seeds (pairs, split and initialisation)."""
     n_pairs: int | None = None
-    """Contrastive pairs per seed; None: the preset's (variants such as default-v0 set their own)."""
+    """Contrastive pairs per seed, the same for every variant; None: the preset's."""
     epochs: int | None = None
     """Override every variant's epochs (for quick runs)."""
     split: Literal["select", "test"] = "select"
@@ -92,7 +92,9 @@ def base_config(ab: Ablate, seed: int):
 def variant_config(ab: Ablate, name: str, seed: int):
     from innerpissa.train.variants import apply_variant
 
-    cfg = apply_variant(name, base_config(ab, seed))
+    base = base_config(ab, seed)
+    cfg = apply_variant(name, base)
+    cfg.data = base.data  # every variant trains on the same pairs (default-v0 would otherwise take 200)
     if ab.n_pairs is not None:
         cfg.data.n_pairs = ab.n_pairs
     if ab.epochs is not None:

@@ -21,11 +21,12 @@ def run_demo(args) -> None:
 
     out = Path(args.out)
     cfg = preset("smollm2-cpu")
+    full = (cfg.data.n_pairs, cfg.epochs)
     cfg.model, cfg.out = args.model, out / "train"
     cfg.data.n_pairs, cfg.epochs, cfg.adapter.n_layers = 64, 2, 6
     t0 = time.time()
     print(f"training an InnerPiSSA adapter on {cfg.model}: {cfg.data.n_pairs} honesty pairs, {cfg.epochs} epochs "
-          f"(the full preset uses 200 pairs and 3 epochs)")
+          f"(the full preset uses {full[0]} pairs and up to {full[1]} epochs)")
     result = train(cfg)
     cal = result.summary["calibration"]
     print(f"trained in {time.time() - t0:.0f}s; validation pairs ordered g(-1)<0<g(+1): "

@@ -139,8 +139,11 @@ def preset(name: str) -> TrainConfig:
                            data=DataConfig(n_pairs=24, val_fraction=0.25), direction=DirectionConfig(n_tokens=2),
                            calibrate=True, progress=False, lr=1e-2)
     if name == "smollm2-cpu":  # the faithful method on the embedded model, budget sized for 2 CPU cores
+        # Measured 2026-11-26 (1 thread, loaded cores; CPU s per micro-batch of 8 pairs): r 32 9.2, r 128 10.3,
+        # r 256 13.8. Scaled by the idle-machine r 32 figure (6.4 s, docs/RESULTS.md) r 128 is ~7 s, so
+        # 5 epochs x 43 micro-batches is ~30 min: 110 steps of 16 pairs, sum of lr ~0.36 (v0: 66 steps, 0.10).
         return TrainConfig(model="smollm2", adapter=AdapterConfig(r=128, n_layers=8, select="data"),
-                           data=DataConfig(n_pairs=400), epochs=6, batch_size=8, grad_accum=2, patience=3,
+                           data=DataConfig(n_pairs=400), epochs=5, batch_size=8, grad_accum=2, patience=3,
                            lr=6e-3, warmup=0.3, weight_decay=1e-5,
                            loss=LossConfig(scale_to_ref=True, beta=1.0, kind="raw", w_mono=100.0, w_coh=40.0))
     if name == "smollm2-cpu-v0":  # the first default, kept for the ablation (variant `default-v0`)
