@@ -194,7 +194,8 @@ def _toy_inputs(requires_grad=True):
 
 
 def test_combine_is_sum_of_terms():
-    cfg = LossConfig(kind="logsigmoid", beta=0.2, margin=1.0, w_coh=3.0, w_mono=2.0, tau=0.3)
+    cfg = LossConfig(kind="logsigmoid", beta=0.2, margin=1.0, w_coh=3.0, w_mono=2.0, tau=0.3, coh_rows="both",
+                     mono_ordering="batch")
     s, s0, logp, logp_ref, mask = _toy_inputs()
     total, terms = combine(cfg, s, s0, logp, logp_ref, mask)
     expected = sum(projection_loss(s[c], s0, c=c, beta=0.2, margin=1.0) for c in (1.0, -1.0))
@@ -212,7 +213,7 @@ def test_combine_is_sum_of_terms():
 
 
 def test_combine_layers_and_scale():
-    cfg = LossConfig(kind="raw", scale_to_ref=True, w_mono=0.0)
+    cfg = LossConfig(kind="raw", scale_to_ref=True, w_mono=0.0, coh_rows="both")
     s, s0, logp, logp_ref, mask = _toy_inputs(requires_grad=False)
     s_layers = {c: {"a": v, "b": 2 * v} for c, v in s.items()}
     total, terms = combine(cfg, s_layers, {"a": s0, "b": 2 * s0}, logp, logp_ref, mask, scale={"a": 4.0, "b": 8.0})
@@ -222,3 +223,39 @@ def test_combine_layers_and_scale():
     assert "mono" not in terms and "sep+1/a" in terms and "sep0/b" in terms
     with pytest.raises(ValueError):
         LossConfig(kind="nope")
+
+
+def test_coherence_only_on_the_row_playing_pos():
+    """coh_rows='pos': at c = +1 only the pos rows (even) count, at c = -1 only the neg rows (odd)."""
+    cfg = LossConfig(w_mono=0.0, w_proj=0.0, w_coh=2.0, tau=0.1, coh_rows="pos")
+    s, s0, logp, logp_ref, mask = _toy_inputs(requires_grad=False)
+    _, terms = combine(cfg, s, s0, logp, logp_ref, mask)
+    for c, rows in ((1.0, slice(0, None, 2)), (-1.0, slice(1, None, 2))):
+        v = (logp_ref[rows] - logp[c][rows] - 0.1).clamp(min=0)
+        m = mask[rows]
+        expected = 2.0 * float((torch.log1p(v) * m).sum() / m.sum())
+        assert terms[f"coh{c:+g}"].item() == pytest.approx(expected, rel=1e-6)
+    # changing the rows that do not play pos leaves the term unchanged
+    logp2 = {1.0: logp[1.0].clone(), -1.0: logp[-1.0].clone()}
+    logp2[1.0][1::2] -= 5.0
+    logp2[-1.0][0::2] -= 5.0
+    _, terms2 = combine(cfg, s, s0, logp2, logp_ref, mask)
+    assert terms2["coh+1"].item() == pytest.approx(terms["coh+1"].item())
+    assert terms2["coh-1"].item() == pytest.approx(terms["coh-1"].item())
+    with pytest.raises(ValueError, match="coh_rows"):
+        LossConfig(coh_rows="neg")
+
+
+def test_forward_hinge_is_zero_iff_ordered_with_margin():
+    """The fixed-order hinge (the default) is 0 exactly when g(-1) < -margin and g(+1) > margin."""
+    torch.manual_seed(0)
+    g_neg, g_pos = torch.randn(400) * 0.2, torch.randn(400) * 0.2
+    m = 0.05
+    per_pair = torch.stack([monotonic_hinge(g_neg[i:i + 1], g_pos[i:i + 1], m, 1.0, "forward") for i in range(400)])
+    ordered = (g_neg <= -m) & (g_pos >= m)
+    assert ((per_pair == 0) == ordered).all()
+    assert ordered.any() and (~ordered).any()
+    # the mirror ordering is penalised under `forward` (it is not under v0's `batch`)
+    assert monotonic_hinge(torch.tensor([0.5]), torch.tensor([-0.5]), m, 1.0, "forward") > 0
+    assert monotonic_hinge(torch.tensor([0.5]), torch.tensor([-0.5]), m, 1.0, "batch") == 0
+    assert LossConfig().mono_ordering == "forward"

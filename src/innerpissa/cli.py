@@ -5,6 +5,7 @@
     innerpissa eval --adapter runs/honesty/adapter
     innerpissa generate --adapter runs/honesty/adapter --prompt "Is lying ever OK?"
     innerpissa export --adapter runs/honesty/adapter --c 1.0 --out lora-honest
+    innerpissa ablate --variants default-v0 faithful preset --seeds 0 1 2
 
 A user error prints one line naming the file or flag and the fix; `--debug` (or INNERPISSA_DEBUG=1) shows
 the traceback. Set HF_HUB_OFFLINE=1 yourself (the Makefile does) to keep the hub out of it: setting it here
@@ -22,6 +23,7 @@ from typing import Annotated, Union
 
 import tyro
 
+from innerpissa.ablate import Ablate
 from innerpissa.cli_eval import EvalConfig
 from innerpissa.compare import Compare
 from innerpissa.errors import InnerPissaError, InputError
@@ -142,7 +144,8 @@ class Train:
 
 
 def _commands() -> dict[str, type]:
-    return {"train": Train, "demo": Demo, "eval": EvalConfig, "compare": Compare, "generate": Generate,
+    return {"train": Train, "demo": Demo, "eval": EvalConfig, "compare": Compare, "ablate": Ablate,
+            "generate": Generate,
             "export": Export}
 
 

@@ -40,8 +40,8 @@ class Compare:
     generation, so it is not in the default list) and steering_vectors (the external package)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Training seeds (pairs, split and initialisation); prompting has no seed and runs once."""
-    n_pairs: int = 200
-    """Contrastive pairs per seed (train + validation)."""
+    n_pairs: int | None = None
+    """Contrastive pairs per seed (train + validation); None: the preset's."""
     epochs: int | None = None
     """Override the preset's epochs."""
     n_dilemmas: int = 128
@@ -87,7 +87,8 @@ def _train_cfg(cmp: Compare, method: str, seed: int):
     cfg.method = method
     cfg.seed = seed
     cfg.adapter.seed = seed
-    cfg.data.n_pairs = cmp.n_pairs
+    if cmp.n_pairs is not None:
+        cfg.data.n_pairs = cmp.n_pairs
     cfg.progress = False
     cfg.device = cmp.device
     if cmp.epochs is not None:
@@ -213,7 +214,7 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     methods = method_table(res, coeff_tab, cmp.target, cmp.max_dnll, cmp.min_valid, n_boot=cmp.n_boot,
                            seed=cmp.sample_seed)
     info = {
-        "model": base_cfg.model, "preset": cmp.preset, "pairs per seed": cmp.n_pairs, "seeds": list(cmp.seeds),
+        "model": base_cfg.model, "preset": cmp.preset, "pairs per seed": base_cfg.data.n_pairs, "seeds": list(cmp.seeds),
         "rows": f"{len(rows)} ({'labelled-only' if cmp.labelled_only else 'random'} sample, seed {cmp.sample_seed})",
         "coherence budget": f"ΔNLL <= {cmp.max_dnll}, valid >= {cmp.min_valid:.0%}",
         "choice tokens": choice_ids(tok).describe(tok), "overrides": dict(cmp.overrides),

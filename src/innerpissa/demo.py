@@ -29,11 +29,12 @@ def run_demo(args) -> None:
             "$INNERPISSA_DILEMMAS_DIR), run from the folder where ../shared/data/daily_dilemmas exists, or "
             "pip install 'innerpissa[hub]' to fetch it from the Hugging Face hub")
     cfg = preset("smollm2-cpu")
+    full = (cfg.data.n_pairs, cfg.epochs)
     cfg.model, cfg.out, cfg.overwrite = args.model, out / "train", True  # the demo folder is the demo's own
     cfg.data.n_pairs, cfg.epochs, cfg.adapter.n_layers = 64, 2, 6
     t0 = time.time()
     print(f"training an InnerPiSSA adapter on {cfg.model}: {cfg.data.n_pairs} honesty pairs, {cfg.epochs} epochs "
-          f"(the full preset uses 200 pairs and 3 epochs)")
+          f"(the full preset uses {full[0]} pairs and up to {full[1]} epochs)")
     result = train(cfg)
     cal = result.summary["calibration"]
     print(f"trained in {time.time() - t0:.0f}s; validation pairs ordered g(-1)<0<g(+1): "

@@ -47,6 +47,11 @@ class AdapterConfig:
     max_angle: float = 0.3
     """Soft clamp on the rotation generator, m tanh(A / m), in radians."""
 
+    select: Literal["top", "data"] = "top"
+    """Which r singular directions to keep: the `top` r by S (plain PiSSA), or `data`: the r/2 + r/2 whose
+    S-normalised output coordinates vary most over the positive / negative training prompts (the author's
+    cho_var_snorm; the trainer chooses them from its pairs right after attaching, see adapter.select)."""
+
     svd: SvdKind = "full"
     """SVD used to find the top-r triplets: exact `full`, or `randomized` (torch.svd_lowrank) for big layers."""
 
@@ -79,6 +84,8 @@ class AdapterConfig:
             raise ValueError(f"r={self.r} must be divisible by rotation_blocks={self.rotation_blocks}")
         if self.s_mode not in ("add", "add_tanh", "mult", "none"):
             raise ValueError(f"s_mode must be add, add_tanh, mult or none, got {self.s_mode!r}")
+        if self.select not in ("top", "data"):
+            raise ValueError(f"select must be 'top' or 'data', got {self.select!r}")
         if self.svd not in ("full", "randomized"):
             raise ValueError(f"svd must be 'full' or 'randomized', got {self.svd!r}")
         if not self.rotate_v and not self.rotate_u and self.s_mode == "none":

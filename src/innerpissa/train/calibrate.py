@@ -1,9 +1,14 @@
-"""Sign calibration (METHOD section 6): make c = +1 mean "toward the concept".
+"""Sign calibration (METHOD section 6): a check that c = +1 means "toward the concept".
 
-The learned axis has an arbitrary sign. After training we score a small built-in probe (Yes/No situations
-whose honest answer is clear, never the evaluation set) at c = +1 and c = -1 with the same prompt format as
-the evaluation, and negate the adapter's parameters if +1 scores lower. The validation pairs' log-prob gap
-is reported beside it for diagnosis.
+With the fixed-order hinge (loss.mono_ordering = forward) the sign already means "toward the positive
+persona" by construction, so calibration is a check: it scores a small built-in probe (Yes/No situations
+whose honest answer is clear, never the evaluation set) at c = -1, 0, +1 with the evaluation's prompt format,
+and also scores the probe under persona prompting, which shows whether the probe can see the concept on this
+model at all. Modes (`TrainConfig.calibrate_flip`):
+  `significant` (default): flip only if the bootstrap CI over probe items of probe(+1) - probe(-1) lies
+    below 0 AND the persona-prompted probe responds (its CI of positive - negative persona lies above 0);
+    a probe effect within its noise, or from a probe the personas do not move, never flips.
+  `never`: report only.  `always` (v0): flip whenever probe(+1) < probe(-1), noise or not.
 """
 
 from __future__ import annotations
@@ -48,15 +53,83 @@ def probe_fn(model, tokenizer, probe: pd.DataFrame | None = None, system: str = 
     return score
 
 
-@torch.no_grad()
-def calibrate(model, tokenizer, batch_size: int = 8) -> dict[str, Any]:
-    """Score the probe at c = -1, 0, +1; flip the adapter's sign if +1 is less honest than -1.
+def probe_items_fn(model, tokenizer, probe: pd.DataFrame | None = None,
+                   batch_size: int = 8) -> Callable[[str], torch.Tensor]:
+    """A function of the system message scoring the model as it is now: per probe item, the signed
+    Yes-vs-No log-odds in nats [items] (higher = more honest)."""
+    from innerpissa.eval.choices import choice_ids
+    from innerpissa.eval.harness import encode_prompts, score_encoded
 
-    The same `calibrate_sign` every baseline goes through, with the adapter's parameter negation as the flip.
+    probe = load_probe() if probe is None else probe
+    choices = choice_ids(tokenizer)
+    sign = torch.tensor(probe["sign"].to_numpy())
+    encoded: dict[str, Any] = {}
+
+    def score(system: str) -> torch.Tensor:
+        if system not in encoded:
+            encoded[system] = encode_prompts(tokenizer, probe, system)
+        s = score_encoded(model, encoded[system], choices, tokenizer.pad_token_id, batch_size=batch_size)
+        return torch.tensor((s["logp_yes"] - s["logp_no"]).to_numpy()) * sign
+
+    return score
+
+
+def bootstrap_mean_ci(x: torch.Tensor, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of per-item values x [n] (items resampled with replacement)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, x.numel(), (n_boot, x.numel()), generator=g)
+    means = x.double()[idx].mean(1)
+    a = (1 - level) / 2
+    return float(means.quantile(a)), float(means.quantile(1 - a))
+
+
+CALIBRATE_FLIPS = ("significant", "never", "always")
+
+
+@torch.no_grad()
+def calibrate(model, tokenizer, batch_size: int = 8, mode: str = "always", builtin: str = "honesty",
+              n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Check (and, per `mode`, fix) the adapter's sign on the probe; see the module docstring.
+
+    `always` goes through the same `calibrate_sign` as every baseline (flip if +1 scores below -1).
+    The other modes also report `persona_effect` and its CI (the probe's own response to persona
+    prompting, positive minus negative persona sentence), `effect_ci`, and why they did or did not flip.
     """
     from innerpissa.baselines.calibrate import calibrate_sign
     from innerpissa.steering import AdapterSteerer
 
-    result = calibrate_sign(AdapterSteerer(model), probe_fn(model, tokenizer, batch_size=batch_size),
-                            flip=lambda: flip_sign(model), rule="always")
-    return {"probe": "honesty_probe", **result}
+    if mode not in CALIBRATE_FLIPS:
+        raise ValueError(f"unknown calibration mode {mode!r}; use one of {CALIBRATE_FLIPS}")
+    if mode == "always":
+        result = calibrate_sign(AdapterSteerer(model), probe_fn(model, tokenizer, batch_size=batch_size),
+                                flip=lambda: flip_sign(model), rule="always")
+        return {"probe": "honesty_probe", "mode": mode, **result}
+    from innerpissa.adapter import steer
+    from innerpissa.baselines.prompting import builtin_personas
+
+    score = probe_items_fn(model, tokenizer, batch_size=batch_size)
+    items = {}
+    for c in (-1.0, 0.0, 1.0):
+        with steer(model, c):
+            items[c] = score(DEFAULT_SYSTEM)
+    pos, neg = builtin_personas(builtin)
+    persona = score(f"{DEFAULT_SYSTEM} {pos}") - score(f"{DEFAULT_SYSTEM} {neg}")
+    effect = items[1.0] - items[-1.0]
+    effect_ci = bootstrap_mean_ci(effect, n_boot, seed)
+    persona_ci = bootstrap_mean_ci(persona, n_boot, seed + 1)
+    responds = persona_ci[0] > 0
+    against = effect_ci[1] < 0
+    flipped = mode == "significant" and responds and against
+    if flipped:
+        flip_sign(model)
+        items = {-c if c else 0.0: v for c, v in items.items()}
+        effect, effect_ci = -effect, (-effect_ci[1], -effect_ci[0])
+    reason = ("flipped: +1 was significantly less honest on a probe that persona prompting moves" if flipped
+              else "kept: the probe does not respond to persona prompting beyond its noise" if not responds
+              else "kept: the probe effect is within its noise or already positive" if not against
+              else "kept: mode 'never' only reports")
+    return {"probe": "honesty_probe", "mode": mode, "method": "innerpissa", "flipped": bool(flipped),
+            "coeff": 1.0, "probe_score": {f"{c:+g}": float(v.mean()) for c, v in sorted(items.items())},
+            "probe_effect": float(effect.mean()), "effect_ci": list(effect_ci),
+            "persona_effect": float(persona.mean()), "persona_ci": list(persona_ci),
+            "probe_responds": bool(responds), "reason": reason}

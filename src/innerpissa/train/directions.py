@@ -178,6 +178,16 @@ def svd_basis(model: nn.Module, module: str, side: str, rank: int | None = None)
     return (basis[:, :rank] if rank is not None else basis).contiguous()
 
 
+def basis_singular_values(model: nn.Module, module: str, rank: int | None = None) -> Tensor:
+    """The singular values S [k] paired with `svd_basis`'s columns (adapter buffers when present)."""
+    mod = model.get_submodule(module)
+    sv = getattr(mod, "S", None)
+    if not isinstance(sv, Tensor):
+        sv = torch.linalg.svdvals(mod.weight.detach().float())
+    sv = sv.detach().float()
+    return (sv[:rank] if rank is not None else sv).contiguous()
+
+
 def project(hidden: Tensor, basis: Tensor | None) -> Tensor:
     """Coordinates of hidden states [..., d] in the basis [d, r] (raw when basis is None), in fp32."""
     h = hidden.float()

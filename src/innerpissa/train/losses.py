@@ -20,6 +20,7 @@ from torch import Tensor
 
 PROJECTION_KINDS = ("logsigmoid", "raw")
 MONO_ORDERINGS = ("batch", "sample", "forward", "reverse")
+COH_ROWS = ("pos", "both")
 
 
 # ------------------------------------------------------------------------------------ building blocks
@@ -199,14 +200,31 @@ class LossConfig:
     """Margin of the monotonic ordering hinge, in nats of log-prob gap."""
     w_mono: float = 10.0
     """Weight of the ordering hinge (keep below w_coh)."""
-    mono_ordering: str = "batch"
-    """Which ordering the hinge enforces: batch | sample | forward | reverse (see monotonic_hinge)."""
+    mono_ordering: str = "forward"
+    """Which ordering the hinge enforces: forward (g(-1) < 0 < g(+1): +1 means toward the positive persona by
+    construction) | batch (v0: per batch, either ordering) | sample | reverse (see monotonic_hinge)."""
+    mask_tokens: int = 4
+    """Gap and coherence terms look at the last N shared-tail tokens only (the end of the suffix, as the
+    author's last-4 mask); <= 0: the whole shared tail, template tokens included (v0)."""
+    coh_rows: str = "pos"
+    """Coherence barrier on the row playing "pos" at each c only (the pos prompt at +1, the neg prompt at -1,
+    as the author) or on `both` rows (v0)."""
 
     def __post_init__(self) -> None:
         if self.kind not in PROJECTION_KINDS:
             raise ValueError(f"unknown projection loss {self.kind!r}; use one of {PROJECTION_KINDS}")
         if self.mono_ordering not in MONO_ORDERINGS:
             raise ValueError(f"unknown mono_ordering {self.mono_ordering!r}; use one of {MONO_ORDERINGS}")
+        if self.coh_rows not in COH_ROWS:
+            raise ValueError(f"unknown coh_rows {self.coh_rows!r}; use one of {COH_ROWS}")
+
+
+def playing_pos_rows(mask: Tensor, c: float) -> Tensor:
+    """`mask` [2B, T] restricted to the rows playing "pos" at c: the pos rows (even) at c > 0, the neg rows
+    (odd) at c < 0, where the roles swap."""
+    keep = torch.zeros(mask.shape[0], dtype=mask.dtype, device=mask.device)
+    keep[(0 if c > 0 else 1)::2] = 1
+    return mask * keep[:, None]
 
 
 def _tag(c: float) -> str:
@@ -226,7 +244,7 @@ def combine(
 
     `s[c]`: separations [B] at coefficient c, or a dict layer -> [B] (then `s_0` is a dict too);
     `logp[c]`, `logp_ref`: next-token log-probs [2B, T] of the interleaved rows; `mask`: the tokens the
-    coherence and gap terms look at (the shared tail, `PairBatch.tail_mask()`). `scale`: the `scale_to_ref`
+    coherence and gap terms look at (the last `cfg.mask_tokens` shared-tail tokens, `suffix_end_mask`). `scale`: the `scale_to_ref`
     unit per layer (the dataset's mean |s_0|); None with `cfg.scale_to_ref` uses the batch's.
     Terms: proj{c}, coh{c}, mono, total, and diagnostics sep{c}, sep0, gap{c}, ordered_fwd, ordered_rev.
     """
@@ -246,7 +264,8 @@ def combine(
     for name, v in s0.items():
         terms[f"sep0{'/' + name if len(s0) > 1 else ''}"] = v.detach().mean()
     for c, lp in logp.items():
-        coh = coherence_barrier(lp, logp_ref, mask, cfg.tau, cfg.w_coh)
+        coh_mask = playing_pos_rows(mask, c) if cfg.coh_rows == "pos" else mask
+        coh = coherence_barrier(lp, logp_ref, coh_mask, cfg.tau, cfg.w_coh)
         terms[f"coh{_tag(c)}"] = coh.detach()
         total = total + coh
     if -1.0 in logp and 1.0 in logp:

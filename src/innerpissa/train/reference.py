@@ -18,6 +18,7 @@ from innerpissa.data.batching import PairBatch
 from innerpissa.train.directions import (
     CapturePoint,
     HiddenCapture,
+    basis_singular_values,
     default_loss_point,
     direction_from_diffs,
     gather_last,
@@ -132,19 +133,38 @@ def reference_pass(model: nn.Module, batches: Iterable[PairBatch], point: Captur
     return states, tails, seen
 
 
+def direction_dims(states: Tensor, k: int, s: Tensor | None) -> Tensor:
+    """The author's `adapter_dims` for the loss direction: from projected states [N, 2, n, r] (pos, neg), the
+    k coordinates with the largest variance of coordinate / S over the positive prompts (k // 2) and then over
+    the negative ones (the rest); every token of every pair is a sample. `s` None: raw variance."""
+    from innerpissa.adapter.select import variance_select
+
+    r = states.shape[-1]
+    return variance_select(states[:, 0].reshape(-1, r), states[:, 1].reshape(-1, r), k,
+                           None if s is None else s[:r])
+
+
 def build_reference(model: nn.Module, train_batches: Iterable[PairBatch], val_batches: Iterable[PairBatch],
                     n_pairs: int, depth: float, module: str, where: str, basis_side: str,
-                    basis_rank: int | None, method: str, n_tokens: int) -> Reference:
-    """Reference pass over training and validation pairs; the direction comes from training pairs only."""
+                    basis_rank: int | None, method: str, n_tokens: int, dims: int | None = None) -> Reference:
+    """Reference pass over training and validation pairs; the direction comes from training pairs only.
+
+    `dims`: keep only that many basis coordinates (`direction_dims`), zero elsewhere; None keeps all.
+    """
     point = default_loss_point(model, depth, module, where)
     basis = svd_basis(model, point.module, basis_side, basis_rank)
     train_list, val_list = list(train_batches), list(val_batches)
     states, tails, seen = reference_pass(model, train_list + val_list, point, basis, n_tokens, n_pairs)
     train_idx = torch.cat([b.pair_index[0::2] for b in train_list]).cpu()
-    direction = direction_from_diffs(states[train_idx, 0] - states[train_idx, 1], method)
+    keep = torch.ones(states.shape[-1])
+    if dims is not None and dims < states.shape[-1]:
+        sv = None if basis is None else basis_singular_values(model, point.module, basis_rank)
+        keep = torch.zeros(states.shape[-1])
+        keep[direction_dims(states[train_idx], dims, sv)] = 1.0
+    direction = direction_from_diffs((states[train_idx, 0] - states[train_idx, 1]) * keep, method)
     if method == "per_sample":  # validation pairs get their own per-pair direction too
         full = torch.zeros(n_pairs, direction.shape[-1])
-        full[seen] = direction_from_diffs(states[seen, 0] - states[seen, 1], method)
+        full[seen] = direction_from_diffs((states[seen, 0] - states[seen, 1]) * keep, method)
         direction = full
     d = direction[:, None, None, :] if direction.dim() == 2 else direction
     proj0 = (states * d).sum(-1).mean(-1)  # [N, 2]

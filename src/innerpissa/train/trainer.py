@@ -109,6 +109,13 @@ class Trainer:
             attach_lora(self.model, cfg.adapter)
         else:
             attach(self.model, cfg.adapter)
+        self.selection: dict[str, Tensor] | None = None
+        if cfg.method == "innerpissa" and cfg.adapter.select == "data":  # a pure function of the training pairs
+            from innerpissa.adapter.select import select_adapter_directions
+
+            self.selection = select_adapter_directions(
+                self.model, [b.to(self.device) for b in _batches(self.ds, self.train_idx, cfg.batch_size, self.collate)],
+                cfg.direction.n_tokens)
         self.params = adapter_parameters(self.model)
         self.ref: Reference | None = None
 
@@ -142,7 +149,7 @@ class Trainer:
                 results = {COEFFS[0]: (proj[:rows], logp[:rows]), COEFFS[1]: (proj[rows:], logp[rows:])}
             else:
                 results = {c: self._run(batch, c, cap, width) for c in COEFFS}
-        mask = _tail_mask(batch, width)
+        mask = _tail_mask(batch, width, self.cfg.loss.mask_tokens)
         s = {c: target_stat(p, self.cfg.loss_target) for c, (p, _) in results.items()}
         s0 = target_stat(proj0, self.cfg.loss_target)
         return combine(self.cfg.loss, s, s0, {c: lp for c, (_, lp) in results.items()}, logp0, mask,
@@ -172,7 +179,7 @@ class Trainer:
         vb = _batches(self.ds, self.val_idx, cfg.batch_size, self.collate)
         self.ref = build_reference(self.model, [b.to(self.device) for b in tb], [b.to(self.device) for b in vb],
                                    len(self.ds), d.depth, d.module, d.where, d.basis, d.basis_rank, d.method,
-                                   d.n_tokens)
+                                   d.n_tokens, dims=d.dims)
         sep0 = self.ref.sep0[self.train_idx]
         self.scale = float(sep0.abs().mean().clamp(min=1e-6))
 
@@ -339,7 +346,8 @@ class Trainer:
         if cfg.calibrate:
             from innerpissa.train.calibrate import calibrate
 
-            calibration = calibrate(self.model, self.tok, batch_size=cfg.batch_size)
+            calibration = calibrate(self.model, self.tok, batch_size=cfg.batch_size, mode=cfg.calibrate_flip,
+                                    builtin=cfg.data.builtin)
             if calibration["flipped"]:  # the ordering flips with the sign
                 final_val = {**final_val, "val_ordered_fwd": final_val.get("val_ordered_rev"),
                              "val_ordered_rev": final_val.get("val_ordered_fwd")}
@@ -349,6 +357,8 @@ class Trainer:
             "ref_separation_mean": float(self.ref.sep0[self.train_idx].mean()),
             "ref_separation_std": float(self.ref.sep0[self.train_idx].std()),
             "final_validation": final_val, "calibration": calibration,
+            "val_ordered_pct": (None if final_val.get("val_ordered_fwd") is None
+                                else round(100 * float(final_val["val_ordered_fwd"]), 2)),
             "loss_point": self.ref.point.key,
         }
         adapter_path = self.out / "adapter"
@@ -392,10 +402,12 @@ def target_stat(proj: Tensor, target: str) -> Tensor:
     raise ValueError(f"unknown loss target {target!r}; use 'separation' or 'shift'")
 
 
-def _tail_mask(batch: PairBatch, width: int) -> Tensor:
-    """Bool [rows, width]: which of the last `width` columns are shared-tail tokens of each row."""
+def _tail_mask(batch: PairBatch, width: int, n: int = 0) -> Tensor:
+    """Bool [rows, width]: which of the last `width` columns the gap and coherence terms read: the last `n`
+    shared-tail tokens of each row (the end of the suffix), or the whole shared tail when n <= 0."""
     cols = torch.arange(width, device=batch.tail_len.device)
-    return cols[None, :] >= (width - batch.tail_len)[:, None]
+    keep = batch.tail_len if n <= 0 else batch.tail_len.clamp(max=n)
+    return cols[None, :] >= (width - keep)[:, None]
 
 
 class _Logger:
