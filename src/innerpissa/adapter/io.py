@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,17 @@ from torch import nn
 
 from innerpissa.adapter.config import AdapterConfig
 from innerpissa.adapter.layer import InnerPiSSALinear
-from innerpissa.adapter.model import _layers_or_raise, adapter_layers, attach, target_names
+from innerpissa.adapter.model import (
+    _components,
+    _float_coeffs,
+    _layers_or_raise,
+    adapter_layers,
+    adapter_names,
+    attach,
+    base_linear,
+    target_names,
+)
+from innerpissa.adapter.stack import DEFAULT_ADAPTER, check_adapter_name
 
 FORMAT = "innerpissa-adapter"
 FORMAT_VERSION = 1
@@ -90,9 +102,10 @@ def weight_fingerprint(w: torch.Tensor) -> list[float]:
 # ---------------------------------------------------------------- save / load
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Save the attached adapter to folder `path` (created; existing files replaced atomically)."""
-    layers = _layers_or_raise(model)
+def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None,
+                 name: str | None = None) -> Path:
+    """Save adapter `name` (None: the only one attached) to folder `path` (created; files replaced atomically)."""
+    layers = _layers_or_raise(model, name)
     if not all(isinstance(layer, InnerPiSSALinear) for layer in layers.values()):
         raise TypeError("save_adapter writes InnerPiSSA adapters; this model carries other steerable layers")
     if any(layer.merged_coeff is not None for layer in layers.values()):
@@ -140,12 +153,16 @@ def read_adapter_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
-    """Attach (if needed) and load a saved adapter into `model`; returns the model.
+def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True,
+                 name: str = DEFAULT_ADAPTER) -> nn.Module:
+    """Attach (if needed) and load a saved adapter into `model` under `name`; returns the model.
+
+    Load several adapters under different names to steer them together (`steer(model, {name: c, ...})`).
 
     Fails naming the first module that differs when the model is not the one the adapter was trained on
     (missing module, other shape, or, with `strict`, other weights).
     """
+    adapter_name = check_adapter_name(name)
     meta = read_adapter_meta(path)
     cfg = AdapterConfig.from_dict(meta["config"])
     saved = {m["name"]: m for m in meta["modules"]}
@@ -162,7 +179,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
             raise ValueError(f"this model has module {name!r} selected by the adapter's config, but the saved "
                              "adapter has no weights for it; was it trained on a deeper or different model?")
         mod = model.get_submodule(name)
-        w = mod.base_layer.weight if isinstance(mod, InnerPiSSALinear) else mod.weight
+        w = base_linear(mod).weight
         shape = tuple(w.shape)
         if shape != (saved[name]["d_out"], saved[name]["d_in"]):
             raise ValueError(f"module {name} has shape {shape} here but "
@@ -172,13 +189,13 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
             if abs(fp[1] - ref[1]) > 1e-4 * max(1.0, abs(ref[1])) or abs(fp[0] - ref[0]) > 1e-3 * max(1.0, ref[1]):
                 raise ValueError(f"module {name} has other weights than the model the adapter was trained on "
                                  f"(fingerprint {fp} vs {ref}); load the same base model, or pass strict=False")
-    if not adapter_layers(model):
-        attach(model, cfg, init_svd=False)
+    if adapter_name not in adapter_names(model):
+        attach(model, cfg, init_svd=False, name=adapter_name)
     tensors = load_file(str(Path(path) / WEIGHTS_NAME))
-    for name, layer in adapter_layers(model).items():
+    for mname, layer in adapter_layers(model, adapter_name).items():
         for t in _TENSORS:
             dst = getattr(layer, t)
-            key = f"{name}.{t}"
+            key = f"{mname}.{t}"
             if dst is None:
                 if key in tensors:
                     raise ValueError(f"adapter file has {key} but the attached adapter has no {t}; config mismatch")
@@ -196,26 +213,48 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
 
 
 @torch.no_grad()
-def export_lora(model: nn.Module, path: str | os.PathLike, c: float, dtype: torch.dtype = torch.float32,
-                base_model_name_or_path: str | None = None) -> Path:
+def export_lora(model: nn.Module, path: str | os.PathLike, c: float | Mapping[str, float],
+                dtype: torch.dtype = torch.float32, base_model_name_or_path: str | None = None) -> Path:
     """Write the adapter at coefficient `c` as a standard PEFT LoRA folder.
 
     Delta W(c) = U K(c)^T V^T has rank <= r, so B = U K(c)^T, A = V^T with lora_alpha = r (scaling 1) is
     exact. `peft.PeftModel.from_pretrained(base_model, path)` then reproduces the adapter at c, and engines
     that serve LoRA (vLLM, llama.cpp after conversion) serve it unchanged.
+
+    With several adapters give `c` by name, e.g. `{"honesty": 1.0, "sentiment": -0.5}`: the folder is ONE
+    LoRA of that combination (adapters at 0 or not named are left out). Where adapters share a module their
+    deltas add, so B and A are concatenated along the rank, B = [B_1 B_2], A = [A_1; A_2], B A = Delta_1 +
+    Delta_2: that module's rank is the sum of the adapters' ranks. `r` is the largest module rank; modules
+    with another rank are listed in PEFT's `rank_pattern` and `alpha_pattern` (scaling 1 everywhere).
     """
     from peft import LoraConfig
 
-    layers = _layers_or_raise(model)
-    r = next(iter(layers.values())).r
-    tensors = {}
-    for name, layer in layers.items():
-        b, a = layer.lora_factors(c)
-        tensors[f"base_model.model.{name}.lora_A.weight"] = a.to(dtype)
-        tensors[f"base_model.model.{name}.lora_B.weight"] = b.to(dtype)
+    coeffs = _float_coeffs(model, c, "export_lora")
+    if isinstance(c, Mapping):
+        coeffs = {n: v for n, v in coeffs.items() if v != 0}
+        if not coeffs:
+            raise ValueError("every coefficient given to export_lora is 0, so the LoRA would be empty (the base "
+                             "model); give at least one non-zero coefficient")
+    factors: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for mname, adapter, layer in _components(model):
+        if adapter not in coeffs:
+            continue
+        if not hasattr(layer, "lora_factors"):
+            raise TypeError(f"adapter {adapter!r} has {type(layer).__name__} layers, which cannot be written as a LoRA")
+        b, a = layer.lora_factors(coeffs[adapter])
+        factors.setdefault(mname, []).append((b.to(dtype), a.to(dtype)))
+    tensors, ranks = {}, {}
+    for mname, fs in factors.items():
+        b, a = torch.cat([f[0] for f in fs], dim=1), torch.cat([f[1] for f in fs], dim=0)
+        tensors[f"base_model.model.{mname}.lora_A.weight"] = a
+        tensors[f"base_model.model.{mname}.lora_B.weight"] = b
+        ranks[mname] = a.shape[0]
+    r = max(ranks.values())
+    pattern = {re.escape(m): k for m, k in ranks.items() if k != r}
     base_id = base_model_name_or_path or base_model_identity(model)["name_or_path"]
-    lcfg = LoraConfig(r=r, lora_alpha=r, target_modules=sorted(layers), lora_dropout=0.0, bias="none",
-                      task_type="CAUSAL_LM", base_model_name_or_path=base_id)
+    lcfg = LoraConfig(r=r, lora_alpha=r, target_modules=sorted(factors), lora_dropout=0.0, bias="none",
+                      rank_pattern=pattern, alpha_pattern=dict(pattern), task_type="CAUSAL_LM",
+                      base_model_name_or_path=base_id)
     cfg_dict = lcfg.to_dict()
     cfg_dict = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg_dict.items()}
     cfg_dict["peft_type"] = "LORA"
@@ -223,6 +262,7 @@ def export_lora(model: nn.Module, path: str | os.PathLike, c: float, dtype: torc
     out = Path(path)
     atomic_save_safetensors(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
     atomic_write_json(out / "adapter_config.json", cfg_dict)
-    atomic_write_json(out / "innerpissa_export.json", {"coefficient": float(c), "rank": r,
-                                                       "modules": sorted(layers)})
+    atomic_write_json(out / "innerpissa_export.json", {
+        "coefficient": None if isinstance(c, Mapping) else float(c), "coefficients": coeffs, "rank": r,
+        "module_ranks": {m: ranks[m] for m in sorted(ranks)}, "modules": sorted(factors)})
     return out
