@@ -93,8 +93,8 @@ def _components(model: nn.Module) -> list[tuple[str, str, SteerableLinear]]:
 
 
 def adapter_names(model: nn.Module) -> list[str]:
-    """Names of the adapters attached to `model`, in the order they were first found."""
-    return list(dict.fromkeys(a for _, a, _ in _components(model)))
+    """Names of the adapters attached to `model`, sorted."""
+    return sorted({a for _, a, _ in _components(model)})
 
 
 def _unknown(name: str, known: list[str]) -> ValueError:
@@ -176,7 +176,7 @@ def adapter_layers(model: nn.Module, name: str | None = None) -> dict[str, Steer
     """
     comps = _components(model)
     if name is not None:
-        known = list(dict.fromkeys(a for _, a, _ in comps))
+        known = sorted({a for _, a, _ in comps})
         if name not in known:
             raise _unknown(name, known)
         return {m: comp for m, a, comp in comps if a == name}
@@ -303,8 +303,8 @@ def detach_adapter(model: nn.Module, merge_at: float | Mapping[str, float] | Non
     """Remove adapters, putting the original linear layers back where none is left.
 
     `name` removes that adapter only; None removes all of them. With `merge_at` (a float for one adapter,
-    or coefficients by name) each removed adapter's Delta W(c) is baked into the weights first; without,
-    merged adapters are unmerged.
+    or coefficients by name) the Delta W(c) of each adapter it names is baked into the weights first (one
+    already merged stays as merged); the other removed adapters are unmerged.
     """
     known = _require_adapter(model)
     removing = [_resolve_name(model, name)] if name is not None else known
@@ -319,9 +319,10 @@ def detach_adapter(model: nn.Module, merge_at: float | Mapping[str, float] | Non
     for mname, a, comp in reversed(_components(model)):
         if a not in removing:
             continue
-        if merge_at is not None and comp.merged_coeff is None:
-            comp.merge(coeffs.get(a, 0.0))
-        elif merge_at is None:
+        if a in coeffs:
+            if comp.merged_coeff is None:
+                comp.merge(coeffs[a])
+        else:
             comp.unmerge()
         mod = model.get_submodule(mname)
         if isinstance(mod, AdapterStack):

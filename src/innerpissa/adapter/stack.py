@@ -3,7 +3,7 @@ named steerable components (InnerPiSSA, LoRA-by-c, ...), each with its own coeff
 
     y = W x + sum_a Delta_a(x, c_a)
 
-Where two adapters wrap the same module their deltas add. A component at c = 0 (or merged) is skipped, so
+Where two adapters wrap the same module their deltas add (summed in name order). A component at c = 0 (or merged) is skipped, so
 with every coefficient at 0 the layer computes exactly `base_layer(x)`.
 """
 
@@ -50,6 +50,11 @@ class AdapterStack(nn.Module):
         component._modules.pop("base_layer", None)  # keep the shared layer, but register it only here
         component.__dict__["base_layer"] = self.base_layer
         self.adapters[name] = component
+        # keep the components sorted by name, so the sum (and its float rounding) does not depend on the order
+        # in which adapters were attached or loaded
+        ordered = sorted(self.adapters.items())
+        self.adapters.clear()
+        self.adapters.update(ordered)
 
     def remove(self, name: str) -> SteerableLinear:
         component = self.adapters[name]
