@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -255,3 +258,32 @@ def test_errors_name_the_adapters(two, tmp_path):
     ip.merge_adapter(model, {"honesty": 1.0})
     with pytest.raises(RuntimeError, match="unmerge"):
         ip.attach(model, CFG_S, name="third")
+
+
+def test_bench_compose_on_saved_adapters(two, tmp_path, monkeypatch):
+    """bench/compose.py loads two saved adapters by name; its effects agree with its own per-item scores,
+    and at c = (0, 0) the honesty score is the bare base model's."""
+    import pandas as pd
+
+    from innerpissa.train.calibrate import probe_fn
+
+    model, tok, _, _ = two
+    ip.save_adapter(model, tmp_path / "h", name="honesty")
+    ip.save_adapter(model, tmp_path / "s", name="sentiment")
+    path = Path(__file__).resolve().parents[1] / "bench" / "compose.py"
+    spec = importlib.util.spec_from_file_location("bench_compose", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_compose", bench)  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    summary = bench.main(["--out", str(tmp_path / "run"), "--model", "tiny-random", "--adapter", f"honesty={tmp_path / 'h'}",
+                          "--adapter", f"sentiment={tmp_path / 's'}", "--max-new-tokens", "4"])
+    scores = pd.read_csv(tmp_path / "run" / "scores.csv")
+    h = scores[scores.concept == "honesty"].set_index(["c_honesty", "c_sentiment", "item"])["score"]
+    alone = (h.loc[1.0, 0.0] - h.loc[-1.0, 0.0]).mean()
+    with_neg = (h.loc[1.0, -1.0] - h.loc[-1.0, -1.0]).mean()
+    assert summary["honesty"]["effect_alone"][0] == pytest.approx(alone)
+    assert summary["honesty"]["interference_at_-1"][0] == pytest.approx(with_neg - alone)
+    assert abs(alone) > 1e-4  # the randomized honesty adapter moves its own score
+    base, _ = ip.load_model("tiny-random")
+    assert h.loc[0.0, 0.0].mean() == pytest.approx(probe_fn(base, tok)(), abs=1e-6)
+    assert len(pd.read_csv(tmp_path / "run" / "texts.csv")) == 9 * len(bench.SENTIMENT_PROMPTS)
