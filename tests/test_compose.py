@@ -252,7 +252,7 @@ def test_errors_name_the_adapters(two, tmp_path):
             pass
     with pytest.raises(RuntimeError, match="already has an adapter named 'honesty'"):
         ip.attach(model, CFG_H, name="honesty")
-    for bad in ("", "a.b", "keys", "1x"):
+    for bad in ("", "a.b", "keys", "training", "1x"):
         with pytest.raises(ValueError, match="invalid adapter name"):
             ip.attach(model, CFG_H, name=bad)
     ip.merge_adapter(model, {"honesty": 1.0})

@@ -17,11 +17,12 @@ from innerpissa.adapter.layer import SteerableLinear
 
 DEFAULT_ADAPTER = "default"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_RESERVED = set(dir(nn.ModuleDict()))  # attribute names a ModuleDict key may not take
 
 
 def check_adapter_name(name: str) -> str:
     """An adapter name is a short identifier (letters, digits, `_`, `-`), usable as a module name."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or hasattr(nn.ModuleDict, name):
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name in _RESERVED:
         raise ValueError(f"invalid adapter name {name!r}: use letters, digits, '_' or '-', starting with a letter "
                          "(e.g. 'honesty')")
     return name
