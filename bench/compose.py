@@ -18,7 +18,8 @@ X with the other adapter Y the script reports, with paired bootstrap 95% CIs ove
   effect(X | c_Y)     score_X(c_X = hi) - score_X(c_X = lo), at c_Y fixed (alone: c_Y = 0)
   interference        effect(X | c_Y) - effect(X | 0), and the ratio effect(X | c_Y) / effect(X | 0)
   leak Y -> X         score_X(c_X = 0, c_Y = hi) - score_X(c_X = 0, c_Y = lo)
-No interference means ratios near 1 and leaks near 0. Writes scores.csv, texts.csv and summary.json
+No interference means ratios near 1 and leaks near 0 (the ratio is NaN when the effect alone has a CI
+that includes 0: train longer first). Writes scores.csv, texts.csv and summary.json
 to --out.
 """
 
@@ -144,7 +145,9 @@ def interference(scores: dict[tuple[float, float], np.ndarray], lo: float, hi: f
         eff = at(hi, c_other) - at(lo, c_other)
         out[f"effect_with_other_at_{c_other:+g}"] = mean_ci(eff)
         out[f"interference_at_{c_other:+g}"] = mean_ci(eff - alone)
-        out[f"ratio_at_{c_other:+g}"] = float(eff.mean() / alone.mean()) if alone.mean() != 0 else float("nan")
+        lo_ci, hi_ci = out["effect_alone"][1:]
+        # a ratio only means something when the effect alone is clearly non-zero
+        out[f"ratio_at_{c_other:+g}"] = float(eff.mean() / alone.mean()) if lo_ci * hi_ci > 0 else float("nan")
     out["leak_from_other"] = mean_ci(at(0.0, hi) - at(0.0, lo))
     return out
 
