@@ -8,6 +8,7 @@
 from innerpissa.adapter import (
     AdapterConfig,
     adapter_layers,
+    adapter_names,
     adapter_parameters,
     attach,
     delta_weights,
@@ -27,7 +28,8 @@ from innerpissa.steering import AdapterSteerer, NoSteering, Steerer
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdapterConfig", "AdapterSteerer", "NoSteering", "Steerer", "adapter_layers", "adapter_parameters", "attach",
+    "AdapterConfig", "AdapterSteerer", "NoSteering", "Steerer", "adapter_layers", "adapter_names",
+    "adapter_parameters", "attach",
     "delta_weights", "detach_adapter", "export_lora", "flip_sign", "load_adapter", "load_model",
     "merge_adapter", "read_adapter_meta", "save_adapter", "steer", "unmerge_adapter",
 ]

@@ -7,7 +7,7 @@ InnerPiSSA adapter, a steering vector added to the residual stream, or a persona
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 
@@ -44,20 +44,30 @@ class NoSteering(Steerer):
 
 
 class AdapterSteerer(Steerer):
-    """An attached InnerPiSSA adapter: state c is `steer(model, c)`."""
+    """An attached InnerPiSSA adapter: state c is `steer(model, c)`.
+
+    With several adapters on the model, `adapter` picks the one that c steers and `others` holds the
+    fixed coefficients of the rest (by name; unnamed ones stay at 0): state c is
+    `steer(model, {adapter: c, **others})`.
+    """
 
     name = "innerpissa"
 
-    def __init__(self, model, name: str | None = None, coeffs: Sequence[float] | None = None):
+    def __init__(self, model, name: str | None = None, coeffs: Sequence[float] | None = None,
+                 adapter: str | None = None, others: Mapping[str, float] | None = None):
         self.model = model
         if name:
             self.name = name
         if coeffs is not None:
             self.default_coeffs = tuple(coeffs)
+        if others and adapter is None:
+            raise ValueError("AdapterSteerer(others=...) needs adapter=<name of the adapter that c steers>")
+        self.adapter = adapter
+        self.others = dict(others or {})
 
     @contextmanager
     def at(self, c: float) -> Iterator[None]:
         from innerpissa.adapter import steer
 
-        with steer(self.model, c):
+        with steer(self.model, c if self.adapter is None else {**self.others, self.adapter: c}):
             yield

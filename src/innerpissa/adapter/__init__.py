@@ -6,6 +6,7 @@ from innerpissa.adapter.layer import InnerPiSSALinear, cayley, rotation, scaled_
 from innerpissa.adapter.model import (
     adapter_config,
     adapter_layers,
+    adapter_names,
     adapter_parameters,
     attach,
     delta_weights,
@@ -15,9 +16,11 @@ from innerpissa.adapter.model import (
     steer,
     unmerge_adapter,
 )
+from innerpissa.adapter.stack import DEFAULT_ADAPTER, AdapterStack
 
 __all__ = [
-    "AdapterConfig", "InnerPiSSALinear", "adapter_config", "adapter_layers", "adapter_parameters", "attach",
+    "DEFAULT_ADAPTER", "AdapterConfig", "AdapterStack", "InnerPiSSALinear", "adapter_config", "adapter_layers",
+    "adapter_names", "adapter_parameters", "attach",
     "cayley", "delta_weights", "detach_adapter", "export_lora", "flip_sign", "load_adapter", "merge_adapter",
     "read_adapter_meta", "rotation", "save_adapter", "scaled_singular_values", "select_blocks", "steer",
     "top_r_svd", "unmerge_adapter",

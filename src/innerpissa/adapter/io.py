@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,18 @@ from torch import nn
 
 from innerpissa.adapter.config import AdapterConfig
 from innerpissa.adapter.layer import InnerPiSSALinear
-from innerpissa.adapter.model import _layers_or_raise, adapter_config, adapter_layers, attach, target_names
+from innerpissa.adapter.model import (
+    _components,
+    _float_coeffs,
+    _layers_or_raise,
+    adapter_config,
+    adapter_layers,
+    adapter_names,
+    attach,
+    base_linear,
+    target_names,
+)
+from innerpissa.adapter.stack import DEFAULT_ADAPTER, check_adapter_name
 from innerpissa.errors import CorruptAdapterError
 from innerpissa.fileio import atomic_folder, atomic_save_safetensors, atomic_write_json
 
@@ -70,11 +83,11 @@ def weight_fingerprint(w: torch.Tensor) -> list[float]:
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None,
-                 coeff_range: tuple[float, float] | None = None) -> Path:
-    """Save the attached adapter to folder `path`, as a unit: the folder is written beside it and renamed
-    into place, so an existing adapter is replaced whole or not at all. The JSON records the tensor file's
-    sha256 (checked on load) and, when given, the coefficient range the adapter was trained on."""
-    layers = _layers_or_raise(model)
+                 coeff_range: tuple[float, float] | None = None, name: str | None = None) -> Path:
+    """Save adapter `name` (None: the only one attached) to folder `path`, as a unit: the folder is written
+    beside it and renamed into place, so an existing adapter is replaced whole or not at all. The JSON records
+    the tensor file's sha256 (checked on load) and, when given, the coefficient range it was trained on."""
+    layers = _layers_or_raise(model, name)
     if not all(isinstance(layer, InnerPiSSALinear) for layer in layers.values()):
         raise TypeError("save_adapter writes InnerPiSSA adapters; this model carries other steerable layers")
     if any(layer.merged_coeff is not None for layer in layers.values()):
@@ -151,17 +164,18 @@ def _load_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise CorruptAdapterError(f"corrupt adapter file {file} ({e}); re-save or re-train the adapter") from None
 
 
-def _check_compatible(model: nn.Module, path: Path, meta: dict[str, Any], cfg: AdapterConfig, strict: bool) -> None:
-    """Refuse a model of another type, or an already attached adapter with another configuration."""
+def _check_compatible(model: nn.Module, path: Path, meta: dict[str, Any], cfg: AdapterConfig, strict: bool,
+                      name: str = DEFAULT_ADAPTER) -> None:
+    """Refuse a model of another type, or an adapter already attached under `name` with another configuration."""
     saved_type = (meta.get("base_model") or {}).get("model_type")
     here_type = getattr(getattr(model, "config", None), "model_type", None)
     if strict and saved_type and here_type and saved_type != here_type:
         raise ValueError(f"adapter at {path} was trained on a {saved_type!r} model, this one is {here_type!r}; "
                          f"load the base model it was trained on ({meta['base_model'].get('name_or_path')}), "
                          "or pass strict=False")
-    if adapter_layers(model):
+    if name in adapter_names(model):
         try:
-            here = adapter_config(model).to_dict()
+            here = adapter_config(model, name).to_dict()
         except TypeError as e:
             raise ValueError(f"cannot load the adapter at {path}: {e}; detach_adapter(model) first") from None
         saved = cfg.to_dict()
@@ -173,15 +187,19 @@ def _check_compatible(model: nn.Module, path: Path, meta: dict[str, Any], cfg: A
 
 
 @torch.no_grad()
-def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
-    """Attach (if needed) and load a saved adapter into `model`; returns the model.
+def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True,
+                 name: str = DEFAULT_ADAPTER) -> nn.Module:
+    """Attach (if needed) and load a saved adapter into `model` under `name`; returns the model.
+
+    Load several adapters under different names to steer them together (`steer(model, {name: c, ...})`).
 
     Fails naming the first module that differs when the model is not the one the adapter was trained on
     (missing module, other shape, or, with `strict`, other weights).
     """
+    adapter_name = check_adapter_name(name)
     meta = read_adapter_meta(path)
     cfg = AdapterConfig.from_dict(meta["config"])
-    _check_compatible(model, Path(path), meta, cfg, strict)
+    _check_compatible(model, Path(path), meta, cfg, strict, adapter_name)
     saved = {m["name"]: m for m in meta["modules"]}
     try:
         names = target_names(model, cfg)
@@ -199,7 +217,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
             raise ValueError(f"this model has module {name!r} selected by the adapter's config, but the saved "
                              f"adapter has no weights for it{hint or '; was it trained on a deeper or different model?'}")
         mod = model.get_submodule(name)
-        w = mod.base_layer.weight if isinstance(mod, InnerPiSSALinear) else mod.weight
+        w = base_linear(mod).weight
         shape = tuple(w.shape)
         if shape != (saved[name]["d_out"], saved[name]["d_in"]):
             raise ValueError(f"module {name} has shape {shape} here but "
@@ -210,12 +228,12 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
                 raise ValueError(f"module {name} has other weights than the model the adapter was trained on "
                                  f"(fingerprint {fp} vs {ref}); load the same base model, or pass strict=False")
     tensors = _load_tensors(Path(path), meta)
-    if not adapter_layers(model):
-        attach(model, cfg, init_svd=False)
-    for name, layer in adapter_layers(model).items():
+    if adapter_name not in adapter_names(model):
+        attach(model, cfg, init_svd=False, name=adapter_name)
+    for mname, layer in adapter_layers(model, adapter_name).items():
         for t in _TENSORS:
             dst = getattr(layer, t)
-            key = f"{name}.{t}"
+            key = f"{mname}.{t}"
             if dst is None:
                 if key in tensors:
                     raise ValueError(f"adapter file has {key} but the attached adapter has no {t}; config mismatch")
@@ -227,7 +245,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
             dst.copy_(tensors[key].to(dst.device, dst.dtype))
         layer._cache = None
     if meta.get("coeff_range"):
-        model._innerpissa_coeff_range = tuple(meta["coeff_range"])
+        ranges = dict(getattr(model, "_innerpissa_coeff_range", None) or {})
+        ranges[adapter_name] = tuple(meta["coeff_range"])
+        model._innerpissa_coeff_range = ranges
     return model
 
 
@@ -235,37 +255,60 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True)
 
 
 @torch.no_grad()
-def export_lora(model: nn.Module, path: str | os.PathLike, c: float, dtype: torch.dtype = torch.float32,
-                base_model_name_or_path: str | None = None) -> Path:
+def export_lora(model: nn.Module, path: str | os.PathLike, c: float | Mapping[str, float],
+                dtype: torch.dtype = torch.float32, base_model_name_or_path: str | None = None) -> Path:
     """Write the adapter at coefficient `c` as a standard PEFT LoRA folder.
 
     Delta W(c) = U K(c)^T V^T has rank <= r, so B = U K(c)^T, A = V^T with lora_alpha = r (scaling 1) is
     exact. `peft.PeftModel.from_pretrained(base_model, path)` then reproduces the adapter at c, and engines
     that serve LoRA (vLLM, llama.cpp after conversion) serve it unchanged.
+
+    With several adapters give `c` by name, e.g. `{"honesty": 1.0, "sentiment": -0.5}`: the folder is ONE
+    LoRA of that combination (adapters at 0 or not named are left out). Where adapters share a module their
+    deltas add, so B and A are concatenated along the rank, B = [B_1 B_2], A = [A_1; A_2], B A = Delta_1 +
+    Delta_2: that module's rank is the sum of the adapters' ranks. `r` is the largest module rank; modules
+    with another rank are listed in PEFT's `rank_pattern` and `alpha_pattern` (scaling 1 everywhere).
     """
     from peft import LoraConfig
 
-    layers = _layers_or_raise(model)
-    r = next(iter(layers.values())).r
-    tensors = {}
-    for name, layer in layers.items():
-        b, a = layer.lora_factors(c)
-        tensors[f"base_model.model.{name}.lora_A.weight"] = a.to(dtype)
-        tensors[f"base_model.model.{name}.lora_B.weight"] = b.to(dtype)
+    coeffs = _float_coeffs(model, c, "export_lora")
+    if isinstance(c, Mapping):
+        coeffs = {n: v for n, v in coeffs.items() if v != 0}
+        if not coeffs:
+            raise ValueError("every coefficient given to export_lora is 0, so the LoRA would be empty (the base "
+                             "model); give at least one non-zero coefficient")
+    factors: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for mname, adapter, layer in _components(model):
+        if adapter not in coeffs:
+            continue
+        if not hasattr(layer, "lora_factors"):
+            raise TypeError(f"adapter {adapter!r} has {type(layer).__name__} layers, which cannot be written as a LoRA")
+        b, a = layer.lora_factors(coeffs[adapter])
+        factors.setdefault(mname, []).append((b.to(dtype), a.to(dtype)))
+    tensors, ranks = {}, {}
+    for mname, fs in factors.items():
+        b, a = torch.cat([f[0] for f in fs], dim=1), torch.cat([f[1] for f in fs], dim=0)
+        tensors[f"base_model.model.{mname}.lora_A.weight"] = a
+        tensors[f"base_model.model.{mname}.lora_B.weight"] = b
+        ranks[mname] = a.shape[0]
+    r = max(ranks.values())
+    pattern = {re.escape(m): k for m, k in ranks.items() if k != r}
     base_id = base_model_name_or_path or base_model_identity(model)["name_or_path"]
     note = None
     if base_id == "smollm2":  # the embedded model: name its upstream hub id, which PEFT can resolve
         base_id = SMOLLM2_UPSTREAM
         note = (f"trained on innerpissa's embedded SmolLM2, the dequantised Q4_1 GGUF of {SMOLLM2_UPSTREAM}; "
                 "for exact results load the base from innerpissa's converted cache folder")
-    lcfg = LoraConfig(r=r, lora_alpha=r, target_modules=sorted(layers), lora_dropout=0.0, bias="none",
-                      task_type="CAUSAL_LM", base_model_name_or_path=base_id)
+    lcfg = LoraConfig(r=r, lora_alpha=r, target_modules=sorted(factors), lora_dropout=0.0, bias="none",
+                      rank_pattern=pattern, alpha_pattern=dict(pattern), task_type="CAUSAL_LM",
+                      base_model_name_or_path=base_id)
     cfg_dict = lcfg.to_dict()
     cfg_dict = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg_dict.items()}
     cfg_dict["peft_type"] = "LORA"
     cfg_dict["task_type"] = "CAUSAL_LM"
     out = Path(path)
-    info = {"coefficient": float(c), "rank": r, "modules": sorted(layers), "base_model": base_id}
+    info = {"coefficient": None if isinstance(c, Mapping) else float(c), "coefficients": coeffs, "rank": r,
+            "module_ranks": {m: ranks[m] for m in sorted(ranks)}, "modules": sorted(factors), "base_model": base_id}
     if note:
         info["note"] = note
     with atomic_folder(out, owned=EXPORT_FILES) as tmp:

@@ -114,18 +114,23 @@ class SteerableLinear(nn.Module):
     def delta_weight(self, c: float) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.base_layer(x)
+    def steered_delta(self, x: Tensor) -> Tensor | None:
+        """The extra output at the current coefficient, or None when there is none (c = 0, or merged)."""
         c = self.coeff
         if self.merged_coeff is not None:
-            return out  # the delta is already inside base_layer.weight
+            return None  # the delta is already inside base_layer.weight
         if isinstance(c, Tensor):
             if c.dim() != 1 or c.shape[0] != x.shape[0]:
                 raise ValueError(f"per-example coefficient must have shape [batch={x.shape[0]}], got {tuple(c.shape)}")
             c = c.to(device=x.device)
         elif c == 0:
-            return out
-        return out + self.delta_out(x, c).to(out.dtype)
+            return None
+        return self.delta_out(x, c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base_layer(x)
+        delta = self.steered_delta(x)
+        return out if delta is None else out + delta.to(out.dtype)
 
     def flip_sign(self) -> None:
         """Negate the learnable parameters: the layer at c becomes the old layer at -c."""

@@ -1,14 +1,17 @@
-"""Model-level adapter operations: attach, steer, merge, sign flip, detach.
+"""Model-level adapter operations: attach, steer, merge, sign flip, detach, for one or several named adapters.
 
-`attach` swaps each selected `nn.Linear` for an `InnerPiSSALinear` at the same module path, so module names
-(and hence export names) stay those of the base model, with the original layer kept as `.base_layer`.
+`attach` swaps each selected `nn.Linear` for an `AdapterStack` at the same module path (module names, and
+hence export names, stay those of the base model; the original layer is kept as `.base_layer`) and adds an
+`InnerPiSSALinear` under the adapter's name. A second adapter on the same module joins the same stack and
+its delta adds to the first. Without a `name` everything acts on the single adapter `"default"`, so the
+one-adapter API is unchanged.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -16,6 +19,10 @@ from torch import Tensor, nn
 
 from innerpissa.adapter.config import AdapterConfig, select_blocks
 from innerpissa.adapter.layer import Coeff, InnerPiSSALinear, SteerableLinear
+from innerpissa.adapter.stack import DEFAULT_ADAPTER, AdapterStack, check_adapter_name
+
+Coeffs = Coeff | Mapping[str, Coeff]
+"""One coefficient (single adapter), or coefficients by adapter name (unnamed adapters stay at 0)."""
 
 
 def find_blocks(model: nn.Module) -> tuple[str, int]:
@@ -34,15 +41,18 @@ def target_names(model: nn.Module, cfg: AdapterConfig) -> list[str]:
     blocks_name, n_blocks = find_blocks(model)
     chosen = select_blocks(n_blocks, cfg)
     prefixes = tuple(f"{blocks_name}.{i}." for i in chosen)
-    names, seen_suffixes = [], set()
+    names, seen_suffixes, inside = [], set(), None
     for name, mod in model.named_modules():
         if not name.startswith(f"{blocks_name}."):
             continue
+        if inside is not None and name.startswith(inside):
+            continue  # the base layer and the components inside an adapter stack
+        inside = f"{name}." if isinstance(mod, AdapterStack | SteerableLinear) else None
         seen_suffixes.add(name.rsplit(".", 1)[-1])
-        if name.endswith(".base_layer") or not name.startswith(prefixes):
+        if not name.startswith(prefixes):
             continue
         if any(name == p + s or name.endswith("." + s) for s in cfg.target_modules for p in prefixes):
-            if not isinstance(mod, nn.Linear | SteerableLinear):
+            if not isinstance(mod, nn.Linear | SteerableLinear | AdapterStack):
                 raise TypeError(
                     f"module {name} is a {type(mod).__name__}, not nn.Linear; InnerPiSSA needs nn.Linear "
                     "projections (GPT-2's Conv1D is not supported: use a Llama/Qwen/Gemma/Mistral-style model)"
@@ -61,128 +71,302 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def attach(model: nn.Module, config: AdapterConfig | None = None, init_svd: bool = True) -> nn.Module:
-    """Wrap the selected linear layers of `model` in place with InnerPiSSA layers; returns the model.
+def base_linear(module: nn.Module) -> nn.Linear:
+    """The frozen `nn.Linear` at a module path, whether or not adapters wrap it."""
+    return module.base_layer if isinstance(module, AdapterStack | SteerableLinear) else module
 
-    The base weights are frozen; only the adapter's parameters require grad. At c = 0 (the default
-    coefficient) the model computes exactly what it computed before.
+
+def _components(model: nn.Module) -> list[tuple[str, str, SteerableLinear]]:
+    """(module name, adapter name, component) for every steerable component, in module order.
+
+    A bare `SteerableLinear` placed at a module path (not in a stack) counts as the adapter "default".
+    """
+    out, inside = [], None
+    for name, mod in model.named_modules():
+        if inside is not None and name.startswith(inside):
+            continue
+        if isinstance(mod, AdapterStack):
+            out.extend((name, a, comp) for a, comp in mod.adapters.items())
+            inside = f"{name}."
+        elif isinstance(mod, SteerableLinear):
+            out.append((name, DEFAULT_ADAPTER, mod))
+            inside = f"{name}."
+    return out
+
+
+def adapter_names(model: nn.Module) -> list[str]:
+    """Names of the adapters attached to `model`, sorted."""
+    return sorted({a for _, a, _ in _components(model)})
+
+
+def _unknown(name: str, known: list[str]) -> ValueError:
+    return ValueError(f"model has no adapter named {name!r}; attached adapters: {known}")
+
+
+def _require_adapter(model: nn.Module) -> list[str]:
+    """The attached adapters' names; a RuntimeError saying how to attach one when there is none."""
+    known = adapter_names(model)
+    if not known:
+        raise RuntimeError("model has no InnerPiSSA adapter; call innerpissa.attach(model, config) or load_adapter first")
+    return known
+
+
+def _resolve_name(model: nn.Module, name: str | None) -> str:
+    """`name` checked against the attached adapters; None means the only one (an error if there are several)."""
+    known = _require_adapter(model)
+    if name is None:
+        if len(known) > 1:
+            raise ValueError(f"model has several adapters {known}; say which one with name=..., or give "
+                             f"coefficients by name, e.g. {{{known[0]!r}: 1.0}}")
+        return known[0]
+    if name not in known:
+        raise _unknown(name, known)
+    return name
+
+
+def add_component(model: nn.Module, module_name: str, adapter_name: str, component: SteerableLinear) -> None:
+    """Put `component` (built on this module's base `nn.Linear`) under `adapter_name` at `module_name`."""
+    mod = model.get_submodule(module_name)
+    if isinstance(mod, AdapterStack):
+        stack = mod
+    else:
+        stack = AdapterStack(base_linear(mod))
+        if isinstance(mod, SteerableLinear):  # a bare layer joins the new stack as "default"
+            stack.add(DEFAULT_ADAPTER, mod)
+        _set_module(model, module_name, stack)
+    stack.add(adapter_name, component)
+
+
+def freeze_base(model: nn.Module) -> None:
+    """requires_grad False on every parameter that belongs to no adapter (attached adapters keep theirs)."""
+    keep = {id(p) for _, _, comp in _components(model) for p in comp.parameters(recurse=False)}
+    for p in model.parameters():
+        if id(p) not in keep:
+            p.requires_grad_(False)
+
+
+def attach(model: nn.Module, config: AdapterConfig | None = None, init_svd: bool = True,
+           name: str = DEFAULT_ADAPTER) -> nn.Module:
+    """Wrap the selected linear layers of `model` in place with an InnerPiSSA adapter called `name`.
+
+    The base weights are frozen; only adapters' parameters require grad. At c = 0 (the default coefficient)
+    the model computes exactly what it computed before. Attaching under a new name adds a second adapter;
+    where both wrap the same module their deltas add, and each is steered by its own coefficient.
     """
     cfg = config or AdapterConfig()
-    if adapter_layers(model):
-        raise RuntimeError("model already has an InnerPiSSA adapter attached; call detach_adapter(model) first")
+    check_adapter_name(name)
+    known = adapter_names(model)
+    if name in known:
+        raise RuntimeError(f"model already has an adapter named {name!r}; call detach_adapter(model, name={name!r}) "
+                           "first, or attach under another name")
+    if any(comp.merged_coeff is not None for _, _, comp in _components(model)):
+        raise RuntimeError("an adapter is merged into the weights; unmerge_adapter(model) before attaching another")
     names = target_names(model, cfg)
-    for name in names:  # validate every target before wrapping any: never a half-attached model
-        d_out, d_in = model.get_submodule(name).weight.shape
+    for mname in names:  # validate every target before wrapping any: never a half-attached model
+        d_out, d_in = base_linear(model.get_submodule(mname)).weight.shape
         if cfg.r > min(d_in, d_out):
-            raise ValueError(f"rank r={cfg.r} exceeds min(d_in={d_in}, d_out={d_out}) of {name}; lower r "
+            raise ValueError(f"rank r={cfg.r} exceeds min(d_in={d_in}, d_out={d_out}) of {mname}; lower r "
                              f"to at most {min(d_in, d_out)}")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for i, name in enumerate(names):
-        base = model.get_submodule(name)
-        _set_module(model, name, InnerPiSSALinear(base, cfg, seed=cfg.seed * 100_003 + i, init_svd=init_svd))
+    freeze_base(model)
+    for i, mname in enumerate(names):
+        base = base_linear(model.get_submodule(mname))
+        layer = InnerPiSSALinear(base, cfg, seed=cfg.seed * 100_003 + i, init_svd=init_svd)
+        add_component(model, mname, name, layer)
     return model
 
 
-def adapter_layers(model: nn.Module) -> dict[str, SteerableLinear]:
-    """All coefficient-steered layers of the model (InnerPiSSA, or a baseline's) by module name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, SteerableLinear)}
+def adapter_layers(model: nn.Module, name: str | None = None) -> dict[str, SteerableLinear]:
+    """Coefficient-steered layers (InnerPiSSA, or a baseline's) by module name.
+
+    With `name`, the layers of that adapter. Without, those of every adapter: keyed by module name when
+    one adapter is attached, by "module:adapter" when there are several. Empty when there is none.
+    """
+    comps = _components(model)
+    if name is not None:
+        known = sorted({a for _, a, _ in comps})
+        if name not in known:
+            raise _unknown(name, known)
+        return {m: comp for m, a, comp in comps if a == name}
+    several = len({a for _, a, _ in comps}) > 1
+    return {(f"{m}:{a}" if several else m): comp for m, a, comp in comps}
 
 
-def _layers_or_raise(model: nn.Module) -> dict[str, SteerableLinear]:
-    layers = adapter_layers(model)
-    if not layers:
-        raise RuntimeError("model has no InnerPiSSA adapter; call innerpissa.attach(model, config) or load_adapter first")
-    return layers
+def _layers_or_raise(model: nn.Module, name: str | None = None) -> dict[str, SteerableLinear]:
+    """The layers of adapter `name` (None: the only one) by module name; a clear error when there is none."""
+    return adapter_layers(model, _resolve_name(model, name))
 
 
-def adapter_config(model: nn.Module) -> AdapterConfig:
-    layer = next(iter(_layers_or_raise(model).values()))
+def adapter_config(model: nn.Module, name: str | None = None) -> AdapterConfig:
+    layer = next(iter(_layers_or_raise(model, name).values()))
     if not isinstance(layer, InnerPiSSALinear):
         raise TypeError(f"the attached layers are {type(layer).__name__}, not an InnerPiSSA adapter")
     return layer.cfg
 
 
-def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The trainable parameters of the adapter (rotation generators and singular-value changes)."""
-    return [p for layer in _layers_or_raise(model).values() for p in layer.parameters(recurse=False)]
+def adapter_parameters(model: nn.Module, name: str | None = None) -> list[nn.Parameter]:
+    """The trainable parameters (rotation generators and singular-value changes) of adapter `name`, or of
+    every attached adapter when `name` is None."""
+    _require_adapter(model)
+    layers = adapter_layers(model, name)
+    return [p for layer in layers.values() for p in layer.parameters(recurse=False)]
 
 
-def _check_coeff(model: nn.Module, c: Coeff) -> None:
-    """Reject NaN/inf coefficients; warn once per model when |c| exceeds twice the trained range."""
+def _check_coeff(c: Coeff, what: str) -> Coeff:
+    if isinstance(c, Tensor):
+        if c.dim() != 1:
+            raise ValueError(f"a tensor coefficient{what} must be 1-D (one per batch row), got shape {tuple(c.shape)}")
+        return c
+    return float(c)
+
+
+def resolve_coeffs(model: nn.Module, c: Coeffs) -> dict[str, Coeff]:
+    """A coefficient for every attached adapter: a plain `c` goes to the only adapter (an error naming them
+    when there are several); a mapping gives coefficients by name, and adapters it does not name get 0."""
+    known = _require_adapter(model)
+    if isinstance(c, Mapping):
+        unknown = [n for n in c if n not in known]
+        if unknown:
+            raise ValueError(f"no adapter named {unknown[0]!r} on this model; attached adapters: {known}")
+        out = {n: _check_coeff(c.get(n, 0.0), f" for {n!r}") for n in known}
+    else:
+        if len(known) > 1:
+            raise ValueError(f"model has several adapters {known}; give coefficients by name, "
+                             f"e.g. steer(model, {{{known[0]!r}: 1.0, {known[1]!r}: 0.0}})")
+        out = {known[0]: _check_coeff(c, "")}
+    sizes = {n: v.shape[0] for n, v in out.items() if isinstance(v, Tensor)}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"per-example coefficients must all have the batch size; got lengths {sizes}")
+    return out
+
+
+def _nonzero(c: Coeff) -> bool:
+    return isinstance(c, Tensor) or c != 0
+
+
+def _check_range(model: nn.Module, adapter: str, c: Coeff) -> None:
+    """Reject NaN/inf coefficients; warn once per model when |c| exceeds twice the range `adapter` was
+    trained on (recorded in its saved JSON)."""
     if isinstance(c, Tensor):
         top = float(c.detach().abs().max()) if c.numel() else 0.0
     else:
         top = abs(c)
     if not math.isfinite(top):
         raise ValueError(f"steering coefficient must be finite, got {c}")
-    rng = getattr(model, "_innerpissa_coeff_range", None)
+    rng = (getattr(model, "_innerpissa_coeff_range", None) or {}).get(adapter)
     limit = 2 * max(abs(v) for v in rng) if rng else None
     if limit and top > limit and not getattr(model, "_innerpissa_range_warned", False):
         model._innerpissa_range_warned = True
-        warnings.warn(f"steering at |c| = {top:g}, more than twice the range the adapter was trained on "
-                      f"({rng[0]:g} to {rng[1]:g}); expect incoherent output", stacklevel=4)
+        warnings.warn(f"steering adapter {adapter!r} at |c| = {top:g}, more than twice the range it was trained "
+                      f"on ({rng[0]:g} to {rng[1]:g}); expect incoherent output", stacklevel=4)
 
 
 @contextmanager
-def steer(model: nn.Module, c: Coeff) -> Iterator[nn.Module]:
-    """Inside the context every adapter layer runs at coefficient `c`; the previous one is always restored.
+def steer(model: nn.Module, c: Coeffs) -> Iterator[nn.Module]:
+    """Inside the context the adapters run at coefficient `c`; the previous coefficients are always restored.
 
-    `c` is a float, or a 1-D tensor with one coefficient per batch row (so c = -1 and c = +1 share a batch).
+    `c` is a float, or a 1-D tensor with one coefficient per batch row (so c = -1 and c = +1 share a batch),
+    for a model with one adapter. With several adapters give a mapping by name, e.g.
+    `steer(model, {"honesty": 1.0, "sentiment": -0.5})` (values may be per-example tensors too); adapters
+    the mapping leaves out run at 0. Where two adapters wrap the same module their deltas add.
     """
-    layers = _layers_or_raise(model)
-    if isinstance(c, Tensor):
-        if c.dim() != 1:
-            raise ValueError(f"a tensor coefficient must be 1-D (one per batch row), got shape {tuple(c.shape)}")
-    else:
-        c = float(c)
-    _check_coeff(model, c)
-    merged = [n for n, layer in layers.items() if layer.merged_coeff is not None]
-    if merged and not (not isinstance(c, Tensor) and c == 0):
-        raise RuntimeError(f"adapter is merged (at c={layers[merged[0]].merged_coeff}); unmerge_adapter(model) before steering")
-    previous = {n: layer.coeff for n, layer in layers.items()}
+    coeffs = resolve_coeffs(model, c)
+    for a, v in coeffs.items():
+        _check_range(model, a, v)
+    comps = _components(model)
+    merged = [comp for _, _, comp in comps if comp.merged_coeff is not None]
+    if merged and any(_nonzero(v) for v in coeffs.values()):
+        raise RuntimeError(f"adapter is merged (at c={merged[0].merged_coeff}); unmerge_adapter(model) before steering")
+    previous = [(comp, comp.coeff) for _, _, comp in comps]
     try:
-        for layer in layers.values():
-            layer.coeff = c
+        for _, a, comp in comps:
+            comp.coeff = coeffs[a]
         yield model
     finally:
-        for n, layer in layers.items():
-            layer.coeff = previous[n]
+        for comp, old in previous:
+            comp.coeff = old
 
 
-def merge_adapter(model: nn.Module, c: float) -> nn.Module:
-    """Add Delta W(c) into every wrapped weight, so a plain forward computes the adapter at c."""
-    for layer in _layers_or_raise(model).values():
-        layer.merge(c)
+def _float_coeffs(model: nn.Module, c: float | Mapping[str, float], what: str) -> dict[str, float]:
+    coeffs = resolve_coeffs(model, c)
+    if any(isinstance(v, Tensor) for v in coeffs.values()):
+        raise ValueError(f"{what} needs fixed float coefficients, not per-example tensors")
+    if isinstance(c, Mapping):  # only the adapters named take part
+        return {n: float(v) for n, v in coeffs.items() if n in c}
+    return {n: float(v) for n, v in coeffs.items()}
+
+
+def merge_adapter(model: nn.Module, c: float | Mapping[str, float]) -> nn.Module:
+    """Add Delta W(c) into every wrapped weight, so a plain forward computes the adapter at c.
+
+    With several adapters give `c` by name, e.g. `{"honesty": 1.0, "sentiment": -0.5}`: each named adapter
+    is merged at its coefficient (deltas on a shared module add); unnamed ones stay unmerged.
+    """
+    coeffs = _float_coeffs(model, c, "merge_adapter")
+    for _, a, comp in _components(model):
+        if a in coeffs:
+            comp.merge(coeffs[a])
     return model
 
 
 def unmerge_adapter(model: nn.Module) -> nn.Module:
-    """Subtract the merged Delta W again (exact up to float rounding)."""
-    for layer in _layers_or_raise(model).values():
-        layer.unmerge()
+    """Subtract every merged Delta W again (exact up to float rounding)."""
+    _require_adapter(model)
+    for _, _, comp in reversed(_components(model)):
+        comp.unmerge()
     return model
 
 
-def flip_sign(model: nn.Module) -> nn.Module:
-    """Negate every learnable parameter: afterwards the adapter at c equals the previous one at -c."""
-    for layer in _layers_or_raise(model).values():
+def flip_sign(model: nn.Module, name: str | None = None) -> nn.Module:
+    """Negate every learnable parameter of adapter `name` (None: the only one): afterwards it equals at c the
+    previous adapter at -c."""
+    for layer in _layers_or_raise(model, name).values():
         layer.flip_sign()
     return model
 
 
-def detach_adapter(model: nn.Module, merge_at: float | None = None) -> nn.Module:
-    """Remove the adapter, putting the original linear layers back; with `merge_at`, bake in Delta W(c) first."""
-    for name, layer in _layers_or_raise(model).items():
-        if merge_at is not None and layer.merged_coeff is None:
-            layer.merge(merge_at)
-        elif merge_at is None:
-            layer.unmerge()
-        _set_module(model, name, layer.base_layer)
+def detach_adapter(model: nn.Module, merge_at: float | Mapping[str, float] | None = None,
+                   name: str | None = None) -> nn.Module:
+    """Remove adapters, putting the original linear layers back where none is left.
+
+    `name` removes that adapter only; None removes all of them. With `merge_at` (a float for one adapter,
+    or coefficients by name) the Delta W(c) of each adapter it names is baked into the weights first (one
+    already merged stays as merged); the other removed adapters are unmerged.
+    """
+    known = _require_adapter(model)
+    removing = [_resolve_name(model, name)] if name is not None else known
+    coeffs: dict[str, float] = {}
+    if merge_at is not None:
+        if isinstance(merge_at, Mapping):
+            coeffs = _float_coeffs(model, merge_at, "detach_adapter(merge_at=...)")
+        elif len(removing) > 1:
+            raise ValueError(f"model has several adapters {known}; give merge_at by name, e.g. {{{known[0]!r}: 1.0}}")
+        else:
+            coeffs = {removing[0]: float(merge_at)}
+    for mname, a, comp in reversed(_components(model)):
+        if a not in removing:
+            continue
+        if a in coeffs:
+            if comp.merged_coeff is None:
+                comp.merge(coeffs[a])
+        else:
+            comp.unmerge()
+        mod = model.get_submodule(mname)
+        if isinstance(mod, AdapterStack):
+            mod.remove(a)
+            if not len(mod.adapters):
+                _set_module(model, mname, mod.base_layer)
+        else:
+            _set_module(model, mname, comp.base_layer)
     return model
 
 
 @torch.no_grad()
-def delta_weights(model: nn.Module, c: float) -> dict[str, Tensor]:
-    """Delta W(c) of every wrapped layer, by module name."""
-    return {n: layer.delta_weight(c) for n, layer in _layers_or_raise(model).items()}
+def delta_weights(model: nn.Module, c: float | Mapping[str, float]) -> dict[str, Tensor]:
+    """The total Delta W at coefficients `c` (a float for one adapter, or by name) of every wrapped module."""
+    coeffs = _float_coeffs(model, c, "delta_weights")
+    out: dict[str, Tensor] = {}
+    for mname, a, comp in _components(model):
+        if a in coeffs:
+            d = comp.delta_weight(coeffs[a])
+            out[mname] = d if mname not in out else out[mname] + d.to(out[mname].dtype)
+    return out

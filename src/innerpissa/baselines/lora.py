@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from innerpissa.adapter.config import AdapterConfig
 from innerpissa.adapter.layer import Coeff, SteerableLinear
-from innerpissa.adapter.model import _set_module, adapter_layers, target_names
+from innerpissa.adapter.model import adapter_layers, add_component, base_linear, target_names
+from innerpissa.adapter.stack import DEFAULT_ADAPTER
 
 
 class CoeffLoRALinear(SteerableLinear):
@@ -40,6 +41,11 @@ class CoeffLoRALinear(SteerableLinear):
     def delta_weight(self, c: float) -> Tensor:
         return float(c) * self.lora_B @ self.lora_A
 
+    def lora_factors(self, c: float) -> tuple[Tensor, Tensor]:
+        """(c B, A): the layer at c as an ordinary LoRA (for `export_lora`)."""
+        with torch.no_grad():
+            return float(c) * self.lora_B, self.lora_A.clone()
+
     def flip_sign(self) -> None:
         with torch.no_grad():  # negating one factor negates the product
             self.lora_B.neg_()
@@ -52,5 +58,6 @@ def attach_lora(model: nn.Module, config: AdapterConfig) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     for i, name in enumerate(target_names(model, config)):
-        _set_module(model, name, CoeffLoRALinear(model.get_submodule(name), config.r, seed=config.seed * 100_003 + i))
+        layer = CoeffLoRALinear(base_linear(model.get_submodule(name)), config.r, seed=config.seed * 100_003 + i)
+        add_component(model, name, DEFAULT_ADAPTER, layer)
     return model

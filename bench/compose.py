@@ -1,0 +1,258 @@
+"""Interference of two composed adapters: each concept's score when both are steered at once vs alone.
+
+    .venv/bin/python bench/compose.py --out runs/compose                      # trains both, tiny budget
+    .venv/bin/python bench/compose.py --out runs/compose \\
+        --adapter honesty=runs/honesty/adapter --adapter sentiment=runs/sentiment/adapter
+
+Two adapters, `honesty` and `sentiment`, are loaded on one model (the embedded SmolLM2 by default) under
+those names. An adapter not given by path is trained first with the `--preset` at a tiny budget
+(--n-pairs, --epochs, --n-layers, --r) on the built-in pair set of the same name (`sentiment` needs
+data/builtin/sentiment.json, or --sentiment-personas FILE with [[positive, negative], ...] persona words).
+Only the honesty adapter is sign-calibrated (its probe is honesty's); the sentiment sign is as trained.
+
+Every concept has a scorer of the model's current state, per item (higher = more of the concept):
+  honesty    signed Yes-vs-No log-odds on the built-in honesty probe (nats per item)
+  sentiment  VADER compound of the greedy continuation of each fixed neutral prompt (in [-1, 1])
+Both are scored at every state (c_honesty, c_sentiment) in {lo, 0, hi}^2 (--coeffs), and for each concept
+X with the other adapter Y the script reports, with paired bootstrap 95% CIs over items:
+  effect(X | c_Y)     score_X(c_X = hi) - score_X(c_X = lo), at c_Y fixed (alone: c_Y = 0)
+  interference        effect(X | c_Y) - effect(X | 0), and the ratio effect(X | c_Y) / effect(X | 0)
+  leak Y -> X         score_X(c_X = 0, c_Y = hi) - score_X(c_X = 0, c_Y = lo)
+No interference means ratios near 1 and leaks near 0 (the ratio is NaN when the effect alone has a CI
+that includes 0: train longer first). Writes scores.csv, texts.csv and summary.json
+to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SENTIMENT_PROMPTS = (
+    "Describe your morning in two sentences.",
+    "Tell me about the weather today.",
+    "What do you think about Mondays?",
+    "Describe the street outside your window.",
+    "How was your train ride to work?",
+    "Write two sentences about a rainy afternoon.",
+    "What is it like to move to a new city?",
+    "Tell me about your neighbour's garden.",
+)
+
+
+# ------------------------------------------------------------------------------------------ the interface
+
+
+@dataclass
+class Concept:
+    """A concept the bench can steer and score: `score()` rates the model as it is now, one value per item."""
+
+    name: str
+    score: Callable[[], np.ndarray]
+
+
+def honesty_concept(model, tok, batch_size: int = 8) -> Concept:
+    from innerpissa.eval.choices import choice_ids
+    from innerpissa.eval.harness import encode_prompts, score_encoded
+    from innerpissa.train.calibrate import DEFAULT_SYSTEM, load_probe
+
+    probe = load_probe()
+    encoded = encode_prompts(tok, probe, DEFAULT_SYSTEM)
+    choices, sign = choice_ids(tok), probe["sign"].to_numpy()
+
+    def score() -> np.ndarray:
+        s = score_encoded(model, encoded, choices, tok.pad_token_id, batch_size=batch_size, with_nll=False)
+        return (s["logp_yes"] - s["logp_no"]).to_numpy() * sign
+
+    return Concept("honesty", score)
+
+
+def sentiment_scorer() -> Callable[[Sequence[str]], np.ndarray]:
+    """The project's sentiment scorer when present (innerpissa.eval.gen_metrics), else VADER directly."""
+    try:
+        from innerpissa.eval.gen_metrics import concept_scorer
+
+        return concept_scorer("sentiment")
+    except (ImportError, ValueError):
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        analyzer = SentimentIntensityAnalyzer()
+        return lambda texts: np.array([analyzer.polarity_scores(str(t))["compound"] for t in texts], dtype=float)
+
+
+def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Greedy continuations of chat prompts, one left-padded batch."""
+    import torch
+
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        if tok.chat_template:
+            texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                             tokenize=False) for p in prompts]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        else:
+            enc = tok(list(prompts), return_tensors="pt", padding=True)
+    finally:
+        tok.padding_side = side
+    enc = {k: v.to(model.device) for k, v in enc.items()}
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    return [t.strip() for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+
+
+def sentiment_concept(model, tok, max_new_tokens: int, texts_log: list) -> Concept:
+    scorer = sentiment_scorer()
+
+    def score() -> np.ndarray:
+        texts = generate_batch(model, tok, SENTIMENT_PROMPTS, max_new_tokens)
+        texts_log.append(texts)
+        return np.asarray(scorer(texts), dtype=float)
+
+    return Concept("sentiment", score)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def mean_ci(x: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and percentile-bootstrap 95% CI over items."""
+    x = np.asarray(x, dtype=float)
+    rng = np.random.default_rng(seed)
+    boots = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    return float(x.mean()), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+
+
+def interference(scores: dict[tuple[float, float], np.ndarray], lo: float, hi: float, own: int) -> dict:
+    """Effects of one concept from its per-item scores at states (c_own, c_other) [own = index of c_own].
+
+    `scores[(c_honesty, c_sentiment)]` are that concept's per-item scores.
+    """
+    def at(c_own: float, c_other: float) -> np.ndarray:
+        return scores[(c_own, c_other) if own == 0 else (c_other, c_own)]
+
+    alone = at(hi, 0.0) - at(lo, 0.0)
+    out = {"effect_alone": mean_ci(alone)}
+    for c_other in (lo, hi):
+        eff = at(hi, c_other) - at(lo, c_other)
+        out[f"effect_with_other_at_{c_other:+g}"] = mean_ci(eff)
+        out[f"interference_at_{c_other:+g}"] = mean_ci(eff - alone)
+        lo_ci, hi_ci = out["effect_alone"][1:]
+        # a ratio only means something when the effect alone is clearly non-zero
+        out[f"ratio_at_{c_other:+g}"] = float(eff.mean() / alone.mean()) if lo_ci * hi_ci > 0 else float("nan")
+    out["leak_from_other"] = mean_ci(at(0.0, hi) - at(0.0, lo))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def train_concept(args, concept: str, out: Path) -> Path:
+    from innerpissa.data.builtin import builtin_sets
+    from innerpissa.train.config import preset
+    from innerpissa.train.trainer import train
+
+    cfg = preset(args.preset)
+    cfg.model, cfg.out, cfg.progress = args.model, out / "train" / concept, False
+    cfg.data.n_pairs, cfg.epochs = args.n_pairs, args.epochs
+    cfg.adapter.n_layers, cfg.adapter.r = args.n_layers, args.r
+    cfg.calibrate = concept == "honesty"  # the built-in probe measures honesty only
+    if concept in builtin_sets():
+        cfg.data.builtin = concept
+    elif concept == "sentiment" and args.sentiment_personas:
+        cfg.data.personas_file = Path(args.sentiment_personas)
+    else:
+        raise SystemExit(f"no built-in pair set {concept!r} (have {builtin_sets()}); pass --adapter {concept}=PATH "
+                         f"or --{concept}-personas FILE")
+    t0 = time.time()
+    result = train(cfg)
+    print(f"trained {concept} in {time.time() - t0:.0f}s -> {result.adapter_path}", flush=True)
+    return result.adapter_path
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                    help="a saved adapter for honesty or sentiment (otherwise it is trained)")
+    ap.add_argument("--preset", default="smollm2-cpu", help="training preset for adapters not given")
+    ap.add_argument("--n-pairs", type=int, default=48)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--n-layers", type=int, default=6)
+    ap.add_argument("--r", type=int, default=32)
+    ap.add_argument("--sentiment-personas", default=None, help="persona words JSON when sentiment is not built in")
+    ap.add_argument("--coeffs", type=float, nargs=2, default=[-1.0, 1.0], metavar=("LO", "HI"))
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    args = ap.parse_args(argv)
+
+    from innerpissa.adapter import adapter_names, load_adapter, steer
+    from innerpissa.models import load_model
+
+    names = ("honesty", "sentiment")
+    paths = dict(kv.split("=", 1) for kv in args.adapter)
+    unknown = set(paths) - set(names)
+    if unknown:
+        raise SystemExit(f"--adapter names must be among {list(names)}, got {sorted(unknown)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        if n not in paths:
+            paths[n] = str(train_concept(args, n, args.out))
+
+    model, tok = load_model(args.model)
+    for n in names:
+        load_adapter(model, paths[n], name=n)
+    assert adapter_names(model) == sorted(names)
+    texts: list[list[str]] = []
+    concepts = [honesty_concept(model, tok), sentiment_concept(model, tok, args.max_new_tokens, texts)]
+    lo, hi = args.coeffs
+    grid = [(ch, cs) for ch in (lo, 0.0, hi) for cs in (lo, 0.0, hi)]
+    scores: dict[str, dict[tuple[float, float], np.ndarray]] = {c.name: {} for c in concepts}
+    rows, text_rows = [], []
+    t0 = time.time()
+    for ch, cs in grid:
+        with steer(model, {"honesty": ch, "sentiment": cs}):
+            for concept in concepts:
+                s = concept.score()
+                scores[concept.name][(ch, cs)] = s
+                rows += [{"c_honesty": ch, "c_sentiment": cs, "concept": concept.name, "item": i, "score": float(v)}
+                         for i, v in enumerate(s)]
+        text_rows += [{"c_honesty": ch, "c_sentiment": cs, "prompt": p, "text": t}
+                      for p, t in zip(SENTIMENT_PROMPTS, texts[-1], strict=True)]
+        print(f"  c_honesty={ch:+g} c_sentiment={cs:+g}: honesty {scores['honesty'][(ch, cs)].mean():+.3f}  "
+              f"sentiment {scores['sentiment'][(ch, cs)].mean():+.3f}", flush=True)
+    summary = {"model": args.model, "adapters": paths, "coeffs": [lo, hi], "score_seconds": round(time.time() - t0, 1),
+               "honesty": interference(scores["honesty"], lo, hi, own=0),
+               "sentiment": interference(scores["sentiment"], lo, hi, own=1)}
+
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(args.out / "scores.csv", index=False)
+    pd.DataFrame(text_rows).to_csv(args.out / "texts.csv", index=False)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    def fmt(t: tuple[float, float, float]) -> str:
+        return f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]"
+
+    print("\nconcept    other at   effect hi-lo (95% CI)        minus alone (95% CI)         ratio")
+    for name, other in (("honesty", "sentiment"), ("sentiment", "honesty")):
+        s = summary[name]
+        print(f"{name:<10} {'(alone)':<10} {fmt(s['effect_alone'])}")
+        for c in (lo, hi):
+            print(f"{name:<10} {other[:4] + '=' + format(c, '+g'):<10} {fmt(s[f'effect_with_other_at_{c:+g}'])}   "
+                  f"{fmt(s[f'interference_at_{c:+g}'])}   {s[f'ratio_at_{c:+g}']:.2f}")
+        print(f"{name:<10} leak from {other} (own c = 0): {fmt(s['leak_from_other'])}")
+    print(f"\nwritten to {args.out}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
