@@ -48,15 +48,26 @@ def probe_fn(model, tokenizer, probe: pd.DataFrame | None = None, system: str = 
     return score
 
 
+def concept_probe(model, tokenizer, concept: str = "honesty", batch_size: int = 8) -> tuple[str, Callable[..., float]]:
+    """(probe name, probe function) for a built-in concept: the sentiment probe for `sentiment`, else the
+    honesty probe."""
+    if concept == "sentiment":
+        from innerpissa.eval.sentiment_probe import sentiment_probe_fn
+
+        return "sentiment_probe", sentiment_probe_fn(model, tokenizer)
+    return "honesty_probe", probe_fn(model, tokenizer, batch_size=batch_size)
+
+
 @torch.no_grad()
-def calibrate(model, tokenizer, batch_size: int = 8) -> dict[str, Any]:
-    """Score the probe at c = -1, 0, +1; flip the adapter's sign if +1 is less honest than -1.
+def calibrate(model, tokenizer, batch_size: int = 8, concept: str = "honesty") -> dict[str, Any]:
+    """Score the concept's probe at c = -1, 0, +1; flip the adapter's sign if +1 is further from the
+    concept than -1.
 
     The same `calibrate_sign` every baseline goes through, with the adapter's parameter negation as the flip.
     """
     from innerpissa.baselines.calibrate import calibrate_sign
     from innerpissa.steering import AdapterSteerer
 
-    result = calibrate_sign(AdapterSteerer(model), probe_fn(model, tokenizer, batch_size=batch_size),
-                            flip=lambda: flip_sign(model))
-    return {"probe": "honesty_probe", **result}
+    name, fn = concept_probe(model, tokenizer, concept, batch_size)
+    result = calibrate_sign(AdapterSteerer(model), fn, flip=lambda: flip_sign(model))
+    return {"probe": name, **result}

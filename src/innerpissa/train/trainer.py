@@ -250,7 +250,7 @@ class Trainer:
         if cfg.calibrate:
             from innerpissa.train.calibrate import calibrate
 
-            calibration = calibrate(self.model, self.tok, batch_size=cfg.batch_size)
+            calibration = calibrate(self.model, self.tok, batch_size=cfg.batch_size, concept=cfg.data.builtin)
             if calibration["flipped"]:  # the ordering flips with the sign
                 final_val = {**final_val, "val_ordered_fwd": final_val.get("val_ordered_rev"),
                              "val_ordered_rev": final_val.get("val_ordered_fwd")}
