@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -73,6 +74,25 @@ class Compare:
     overrides: dict[str, str] = field(default_factory=dict)
     """Extra training settings as dotted KEY VALUE pairs, e.g. `--overrides loss.w_coh 10` (applied to
     InnerPiSSA and LoRA)."""
+    task: Literal["dilemmas", "generation"] = "dilemmas"
+    """`dilemmas`: DailyDilemmas Yes/No log-odds (honesty); `generation`: concept expression in greedy
+    continuations of held-out neutral prompts (see `innerpissa.compare_generation`)."""
+    concept: str | None = None
+    """Built-in concept to train on and evaluate (default: honesty for dilemmas, sentiment for generation)."""
+    prompt_split: Literal["dev", "test", "all"] = "test"
+    """Generation task: which held-out neutral prompts (dev for choosing settings, test for reporting)."""
+    n_prompts: int | None = None
+    """Generation task: the first n prompts of the split (None: all)."""
+    max_new_tokens: int = 40
+    """Generation task: greedy tokens per continuation."""
+    gen_adapter_coeffs: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
+    """Generation task: coefficient sweep of InnerPiSSA and LoRA."""
+    nll_budget: float = 0.25
+    """Generation task: a side is usable while its mean continuation NLL is at most c = 0's plus this."""
+    distinct_frac: float = 0.9
+    """Generation task: ... and its mean distinct-2 at least this fraction of c = 0's."""
+    gen_batch: int = 128
+    """Generation task: rows per batched generate call (bounds the KV-cache memory)."""
 
     def run(self) -> None:
         paths = run_compare(self)
@@ -132,6 +152,13 @@ def _load_lora(model, cfg) -> None:
 
 
 def run_compare(cmp: Compare) -> dict[str, Path]:
+    if cmp.task == "generation":
+        from innerpissa.compare_generation import run_generation_compare
+
+        return run_generation_compare(cmp)
+    if cmp.concept not in (None, "honesty"):
+        raise ValueError(f"--task dilemmas measures honesty only, got --concept {cmp.concept}; "
+                         "use --task generation for other concepts")
     from innerpissa.adapter import adapter_layers, detach_adapter
     from innerpissa.baselines.calibrate import calibrate_sign
     from innerpissa.baselines.registry import build_baseline

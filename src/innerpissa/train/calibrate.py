@@ -53,6 +53,16 @@ def probe_fn(model, tokenizer, probe: pd.DataFrame | None = None, system: str = 
     return score
 
 
+def concept_probe(model, tokenizer, concept: str = "honesty", batch_size: int = 8) -> tuple[str, Callable[..., float]]:
+    """(probe name, probe function) for a built-in concept: the sentiment probe for `sentiment`, else the
+    honesty probe."""
+    if concept == "sentiment":
+        from innerpissa.eval.sentiment_probe import sentiment_probe_fn
+
+        return "sentiment_probe", sentiment_probe_fn(model, tokenizer)
+    return "honesty_probe", probe_fn(model, tokenizer, batch_size=batch_size)
+
+
 def probe_items_fn(model, tokenizer, probe: pd.DataFrame | None = None,
                    batch_size: int = 8) -> Callable[[str], torch.Tensor]:
     """A function of the system message scoring the model as it is now: per probe item, the signed
@@ -101,13 +111,18 @@ def calibrate(model, tokenizer, batch_size: int = 8, mode: str = "always", built
     if mode not in CALIBRATE_FLIPS:
         raise ValueError(f"unknown calibration mode {mode!r}; use one of {CALIBRATE_FLIPS}")
     if mode == "always":
-        result = calibrate_sign(AdapterSteerer(model), probe_fn(model, tokenizer, batch_size=batch_size),
-                                flip=lambda: flip_sign(model), rule="always")
-        return {"probe": "honesty_probe", "mode": mode, **result}
+        name, fn = concept_probe(model, tokenizer, builtin, batch_size)
+        result = calibrate_sign(AdapterSteerer(model), fn, flip=lambda: flip_sign(model), rule="always")
+        return {"probe": name, "mode": mode, **result}
     from innerpissa.adapter import steer
     from innerpissa.baselines.prompting import builtin_personas
 
-    score = probe_items_fn(model, tokenizer, batch_size=batch_size)
+    if builtin == "sentiment":
+        from innerpissa.eval.sentiment_probe import sentiment_probe_fn
+
+        name, score = "sentiment_probe", sentiment_probe_fn(model, tokenizer, per_item=True)
+    else:
+        name, score = "honesty_probe", probe_items_fn(model, tokenizer, batch_size=batch_size)
     items = {}
     for c in (-1.0, 0.0, 1.0):
         with steer(model, c):
@@ -124,11 +139,11 @@ def calibrate(model, tokenizer, batch_size: int = 8, mode: str = "always", built
         flip_sign(model)
         items = {-c if c else 0.0: v for c, v in items.items()}
         effect, effect_ci = -effect, (-effect_ci[1], -effect_ci[0])
-    reason = ("flipped: +1 was significantly less honest on a probe that persona prompting moves" if flipped
+    reason = ("flipped: +1 was significantly further from the concept on a probe that persona prompting moves" if flipped
               else "kept: the probe does not respond to persona prompting beyond its noise" if not responds
               else "kept: the probe effect is within its noise or already positive" if not against
               else "kept: mode 'never' only reports")
-    return {"probe": "honesty_probe", "mode": mode, "method": "innerpissa", "flipped": bool(flipped),
+    return {"probe": name, "mode": mode, "method": "innerpissa", "flipped": bool(flipped),
             "coeff": 1.0, "probe_score": {f"{c:+g}": float(v.mean()) for c, v in sorted(items.items())},
             "probe_effect": float(effect.mean()), "effect_ci": list(effect_ci),
             "persona_effect": float(persona.mean()), "persona_ci": list(persona_ci),

@@ -34,11 +34,45 @@ def split_preset(argv: list[str]) -> tuple[str, list[str]]:
     return name, rest
 
 
+def split_concept(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take `--concept NAME` (or `--concept=NAME`) out of argv: an alias of `--data.builtin NAME`."""
+    name, rest, i = None, [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--concept":
+            if i + 1 >= len(argv):
+                raise SystemExit("--concept needs a name of a built-in persona set, e.g. honesty or sentiment")
+            name, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--concept="):
+            name = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return name, rest
+
+
+def concept_default(name: str, concept: str | None) -> TrainConfig:
+    """The preset's config with the built-in concept set (and its default out folder runs/<concept>)."""
+    from pathlib import Path
+
+    from innerpissa.data.builtin import builtin_sets
+
+    cfg = preset(name)
+    if concept is not None:
+        if concept not in builtin_sets():
+            raise SystemExit(f"unknown concept {concept!r}; built-in concepts: {', '.join(builtin_sets())}")
+        cfg.data.builtin = concept
+        cfg.out = Path("runs") / concept
+    return cfg
+
+
 def train_main(argv: list[str] | None = None) -> None:
     from innerpissa.train.trainer import TrainingDiverged, train
 
     name, rest = split_preset(list(sys.argv[2:] if argv is None else argv))
-    cfg = tyro.cli(TrainConfig, default=preset(name), args=rest, prog="innerpissa train",
+    concept, rest = split_concept(rest)
+    cfg = tyro.cli(TrainConfig, default=concept_default(name, concept), args=rest, prog="innerpissa train",
                    description=f"Train an InnerPiSSA adapter (preset {name}; presets: {', '.join(PRESETS)}).")
     try:
         result = train(cfg)

@@ -1,0 +1,210 @@
+"""`innerpissa compare --task generation`: every method on the same concept pairs, evaluated by concept
+expression in greedy continuations of the held-out neutral prompts (METHOD section 11).
+
+Per seed the training pairs of the concept's built-in set are `make_pairs(seed)` (identical for every
+method). InnerPiSSA and LoRA(c) go through the trainer (its sign calibration uses the concept's probe);
+PCA and random vectors are calibrated on the same probe; mean-diff's sign is the pairs'; prompting uses the
+concept's first persona pair appended to the default system message (c = +1 / 0 / -1). c = 0 is the base model
+for every method and is generated once. Each (method, seed) sweep is cached on disk under a hash of what it
+depends on, and trained methods are kept, so an interrupted comparison resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+GEN_METHODS = ("innerpissa", "lora", "prompting", "pca", "mean_diff", "random")
+#: vector sweeps in mean-difference units: fine near 0 (sentiment moves at |c| ~ 0.5 on SmolLM2) and wide
+#: enough to lose fluency; the random control goes further, as it needs more push to do anything
+GEN_VECTOR_COEFFS = {
+    "mean_diff": (-4.0, -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
+    "pca": (-4.0, -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
+    "random": (-16.0, -8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0),
+}
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha1(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _cached_sweep(path: Path, fn) -> pd.DataFrame:
+    if path.exists():
+        return pd.read_pickle(path)
+    df = fn()
+    tmp = path.with_suffix(".tmp")
+    df.to_pickle(tmp)
+    tmp.replace(path)
+    return df
+
+
+def run_generation_compare(cmp) -> dict[str, Path]:
+    """Run the generation comparison described by a `Compare` with `task="generation"`; returns report paths."""
+    from innerpissa.adapter import adapter_layers, adapter_parameters, detach_adapter
+    from innerpissa.baselines.calibrate import calibrate_sign
+    from innerpissa.baselines.common import fingerprint
+    from innerpissa.baselines.registry import build_baseline
+    from innerpissa.compare import DEFAULT_METHODS, SIGN_AMBIGUOUS, TRAINED, _train_cfg, _trained_steerer
+    from innerpissa.eval.gen_metrics import coeff_summary, concept_scorer, matched_range, method_summary
+    from innerpissa.eval.generation import DEFAULT_SYSTEM, evaluate_generation, load_neutral_prompts
+    from innerpissa.models import load_model
+    from innerpissa.steering import NoSteering
+    from innerpissa.train.calibrate import concept_probe
+    from innerpissa.train.trainer import make_pairs
+
+    concept = cmp.concept or "sentiment"
+    scorer = concept_scorer(concept)
+    methods = GEN_METHODS if tuple(cmp.methods) == DEFAULT_METHODS else tuple(cmp.methods)
+    allowed = (*GEN_METHODS, "sspace", "steering_vectors")
+    unknown = [m for m in methods if m not in allowed]
+    if unknown:
+        raise SystemExit(f"method(s) {unknown} not available for --task generation; choose from {', '.join(allowed)}")
+    overrides = {**cmp.overrides, "data.builtin": concept}
+    cmp = dataclasses.replace(cmp, overrides=overrides)
+    t_start = time.time()
+    out = Path(cmp.out)
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    base_cfg = _train_cfg(cmp, "innerpissa", cmp.seeds[0])
+    device = cmp.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=device)
+    prompts = load_neutral_prompts(cmp.prompt_split)
+    if cmp.n_prompts is not None:
+        prompts = prompts[: cmp.n_prompts]
+    probe_name, probe = concept_probe(model, tok, concept)
+    common = (base_cfg.model, prompts, cmp.max_new_tokens, DEFAULT_SYSTEM, scorer.name)
+    print(f"generation comparison: {len(prompts)} {cmp.prompt_split} prompts, {cmp.max_new_tokens} new tokens, "
+          f"methods {list(methods)}, seeds {list(cmp.seeds)}", flush=True)
+
+    def sweep(steerer, coeffs):
+        return evaluate_generation(model, tok, prompts, steerer, coeffs, scorer, cmp.max_new_tokens,
+                                   max_batch=cmp.gen_batch)
+
+    base = _cached_sweep(out / "cache" / f"base_{_key(*common)}.pkl", lambda: sweep(NoSteering(), [0.0]))
+    frames, info = [], {}
+    for seed in cmp.seeds:
+        train_pairs, _ = make_pairs(_train_cfg(cmp, "innerpissa", seed), tok)
+        act_cache: dict = {}
+        for method in methods:
+            if method == "prompting" and seed != cmp.seeds[0]:
+                continue
+            t0 = time.time()
+            if method in TRAINED:
+                steerer, summary, _ = _trained_steerer(cmp, method, seed, model, tok)
+                info[f"{method}/seed{seed}"] = {"train_seconds": summary.get("train_seconds"),
+                                                "calibration": summary.get("calibration"),
+                                                "val_ordered_fwd": (summary.get("final_validation") or {})
+                                                .get("val_ordered_fwd")}
+                tag = fingerprint(adapter_parameters(model), method)
+                coeffs = list(cmp.gen_adapter_coeffs)
+            else:
+                kw: dict = {"cache": act_cache}
+                if method == "prompting":
+                    kw["builtin"] = concept
+                elif cmp.baseline_coeffs is not None:
+                    kw["coeffs"] = cmp.baseline_coeffs
+                elif method in GEN_VECTOR_COEFFS:
+                    kw["coeffs"] = GEN_VECTOR_COEFFS[method]
+                steerer = build_baseline(method, model, tok, train_pairs, seed=seed, **kw)
+                if method in SIGN_AMBIGUOUS:
+                    info[f"{method}/seed{seed}"] = {"calibration": calibrate_sign(steerer, probe)}
+                tag = steerer.fingerprint() if hasattr(steerer, "fingerprint") else ""
+                coeffs = sorted(set(steerer.default_coeffs) | {0.0})
+            shared_zero = steerer.system_prompt(0.0, DEFAULT_SYSTEM) == DEFAULT_SYSTEM
+            scored = [c for c in coeffs if c != 0 or not shared_zero]
+            path = out / "cache" / f"{method}_seed{seed}_{_key(*common, tag, scored)}.pkl"
+            res = _cached_sweep(path, lambda steerer=steerer, scored=scored: sweep(steerer, scored))
+            if shared_zero:
+                res = pd.concat([base, res], ignore_index=True)
+            frames.append(res.assign(method=method, seed=seed))
+            if adapter_layers(model):
+                detach_adapter(model)
+            print(f"  seed {seed} {method:10s} done in {time.time() - t0:.0f}s", flush=True)
+
+    df = pd.concat(frames, ignore_index=True)
+    tab = coeff_summary(df, n_boot=cmp.n_boot)
+    ranges = matched_range(df, tab, cmp.nll_budget, cmp.distinct_frac, n_boot=cmp.n_boot)
+    summ = method_summary(ranges)
+    meta = {
+        "model": base_cfg.model, "preset": cmp.preset, "concept": concept, "pairs per seed": cmp.n_pairs,
+        "seeds": list(cmp.seeds), "prompts": f"{len(prompts)} ({cmp.prompt_split} split)",
+        "new tokens": cmp.max_new_tokens, "scorer": scorer.name, "probe": probe_name,
+        "fluency budget": f"NLL <= c0 + {cmp.nll_budget}, distinct-2 >= {cmp.distinct_frac:.0%} of c0",
+        "overrides": dict(cmp.overrides), "calibration": json.dumps(info, default=str)[:4000],
+        "wall time": f"{time.time() - t_start:.0f} s",
+    }
+    paths = write_generation_report(out, df, tab, ranges, summ, meta)
+    print(paths["summary"].read_text())
+    return paths
+
+
+def _fmt(x: float, nd: int = 3) -> str:
+    return "-" if x != x else f"{x:+.{nd}f}"
+
+
+def headline_rows(summ: pd.DataFrame, ranges: pd.DataFrame) -> list[str]:
+    """Markdown rows: range (sd over seeds), each side's shift with % valid, seeds with both CIs off 0."""
+    lines = ["| method | range c+ − c− (sd over seeds) | Δ+ vs c=0 [valid] | Δ− vs c=0 [valid] | seeds both "
+             "sides' CI excl. 0 | Spearman(c, score) | c+ / c− per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for _, r in summ.iterrows():
+        sd = "" if r["range_sd"] != r["range_sd"] else f" ({r['range_sd']:.3f})"
+        lines.append(f"| {r['method']} | {r['range']:.3f}{sd} | {_fmt(r['d_plus'])} [{r['valid_plus']:.0%}] | "
+                     f"{_fmt(r['d_minus'])} [{r['valid_minus']:.0%}] | {r['both_sides_excl0']}/{r['seeds']} | "
+                     f"{r['spearman']:.2f} | {r['c_plus']} / {r['c_minus']} |")
+    return lines
+
+
+def write_generation_report(out: Path, df: pd.DataFrame, tab: pd.DataFrame, ranges: pd.DataFrame,
+                            summ: pd.DataFrame, meta: dict) -> dict[str, Path]:
+    """rows.csv (every continuation), coeffs.csv, ranges.csv, methods.csv, summary.md and sweep.png."""
+    df.drop(columns=["ids"], errors="ignore").to_csv(out / "rows.csv", index=False)
+    tab.to_csv(out / "coeffs.csv", index=False)
+    ranges.to_csv(out / "ranges.csv", index=False)
+    summ.to_csv(out / "methods.csv", index=False)
+    lines = ["# Generation comparison", ""] + [f"- {k}: {v}" for k, v in meta.items()] + ["", "## Headline", ""]
+    lines += headline_rows(summ, ranges)
+    lines += ["", "## Per seed", "", "| method | seed | c+ | c− | score(c=0) | Δ+ [95% CI] | Δ− [95% CI] | range "
+              "[95% CI] |", "|---|---|---|---|---|---|---|---|"]
+    for _, r in ranges.iterrows():
+        lines.append(f"| {r['method']} | {r['seed']} | {r['c_plus']} | {r['c_minus']} | {r['score0']:.3f} | "
+                     f"{_fmt(r['d_plus'])} [{_fmt(r['d_plus_lo'])}, {_fmt(r['d_plus_hi'])}] | "
+                     f"{_fmt(r['d_minus'])} [{_fmt(r['d_minus_lo'])}, {_fmt(r['d_minus_hi'])}] | "
+                     f"{_fmt(r['range'])} [{_fmt(r['range_lo'])}, {_fmt(r['range_hi'])}] |")
+    lines += ["", "## Every coefficient (mean over seeds)", "", "| method | c | score | NLL | distinct-2 | rep-3 | "
+              "valid |", "|---|---|---|---|---|---|---|"]
+    agg = tab.groupby(["method", "c"], sort=True)[["score", "nll", "distinct2", "rep3", "valid"]].mean()
+    for (m, c), r in agg.iterrows():
+        lines.append(f"| {m} | {c:+g} | {r['score']:+.3f} | {r['nll']:.3f} | {r['distinct2']:.3f} | "
+                     f"{r['rep3']:.3f} | {r['valid']:.0%} |")
+    summary = out / "summary.md"
+    summary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plot = out / "sweep.png"
+    _plot(agg.reset_index(), plot)
+    return {"summary": summary, "plot": plot}
+
+
+def _plot(agg: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for m, g in agg.groupby("method"):
+        g = g.sort_values("c")
+        for ax, col in zip(axes, ("score", "nll", "distinct2"), strict=True):
+            ax.plot(g["c"], g[col], marker="o", label=m)
+    for ax, title in zip(axes, ("concept score", "NLL under the base model", "distinct-2"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("c")
+        ax.set_xscale("symlog", linthresh=1.0)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

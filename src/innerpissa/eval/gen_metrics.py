@@ -1,0 +1,200 @@
+"""Pure metrics of the generation evaluation (METHOD section 11): concept score, repetition, and the summary.
+
+Nothing here touches a model. The concept score comes from a `Scorer` (texts -> one number each) that is not
+the steered model: for sentiment, VADER's compound score in [-1, 1]. Fluency is the per-token NLL of the
+continuation under the unsteered model (computed in `generation.py`) plus repetition measures on words.
+
+The headline (`matched_range`): per method and seed, the c+ and c- sides are the largest |c| on each side whose
+mean NLL is within `nll_budget` nats of the method's c = 0 and whose mean distinct-2 is at least
+`distinct_frac` of c = 0's; the range is score(c+) - score(c-), each side's shift from c = 0 with a paired
+bootstrap CI over prompts. The rule reads only fluency, never the concept score, so it cannot pick the
+coefficient that happens to score best on the prompts it reports.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+MIN_WORDS = 4
+
+
+class Scorer(Protocol):
+    """A concept scorer independent of the steered model: higher = more of the concept's positive pole."""
+
+    name: str
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class VaderScorer:
+    """VADER compound sentiment in [-1, 1] (lexicon and rules; `pip install vaderSentiment`)."""
+
+    name = "vader_compound"
+
+    def __init__(self) -> None:
+        try:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        except ImportError as e:  # pragma: no cover - a declared dependency
+            raise ImportError("the sentiment scorer needs vaderSentiment: pip install vaderSentiment") from e
+        self._analyzer = SentimentIntensityAnalyzer()
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return np.array([self._analyzer.polarity_scores(str(t))["compound"] for t in texts], dtype=float)
+
+
+SCORERS: dict[str, type] = {"sentiment": VaderScorer}
+
+
+def concept_scorer(concept: str) -> Scorer:
+    """The scorer registered for `concept` (add one to `SCORERS` to evaluate another concept)."""
+    if concept not in SCORERS:
+        raise ValueError(f"no generation scorer for concept {concept!r}; available: {sorted(SCORERS)} "
+                         "(register one in innerpissa.eval.gen_metrics.SCORERS)")
+    return SCORERS[concept]()
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words and punctuation marks (tokenizer-independent units for repetition measures)."""
+    return _WORD.findall(str(text).lower())
+
+
+def distinct_n(text: str, n: int = 2) -> float:
+    """Unique n-grams / n-grams of the text's words (1 = no repeat); NaN when it has no n-gram."""
+    w = words(text)
+    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def repeated_ngram_fraction(text: str, n: int = 3) -> float:
+    """Fraction of n-gram occurrences that repeat an earlier one (0 = none); NaN when it has no n-gram."""
+    d = distinct_n(text, n)
+    return 1.0 - d if d == d else float("nan")
+
+
+def is_valid(text: str, min_words: int = MIN_WORDS, min_distinct2: float = 0.5) -> bool:
+    """A usable continuation: at least `min_words` words and not a loop (distinct-2 >= `min_distinct2`)."""
+    w = words(text)
+    return len(w) >= min_words and distinct_n(text, 2) >= min_distinct2
+
+
+def text_metrics(texts: Sequence[str], scorer: Scorer) -> pd.DataFrame:
+    """Per text: `score`, `distinct2`, `rep3`, `valid`."""
+    return pd.DataFrame({"score": scorer(list(texts)),
+                         "distinct2": [distinct_n(t, 2) for t in texts],
+                         "rep3": [repeated_ngram_fraction(t, 3) for t in texts],
+                         "valid": [is_valid(t) for t in texts]})
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def bootstrap_mean_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of `x` (NaNs dropped); (nan, nan) when empty."""
+    x = np.asarray(x, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN with fewer than 2 points or no variance."""
+    xs, ys = pd.Series(list(x), dtype=float).rank(), pd.Series(list(y), dtype=float).rank()
+    if len(xs) < 2 or xs.std() == 0 or ys.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(xs, ys)[0, 1])
+
+
+def coeff_summary(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per (method, seed, c): mean score with its bootstrap CI over prompts, NLL, distinct-2, rep-3, % valid.
+
+    `df` has one row per (method, seed, c, prompt) with columns `score`, `nll`, `distinct2`, `rep3`, `valid`.
+    """
+    rows = []
+    for (method, s, c), g in df.groupby(["method", "seed", "c"], sort=True):
+        lo, hi = bootstrap_mean_ci(g["score"].to_numpy(), n_boot, seed)
+        rows.append({"method": method, "seed": s, "c": float(c), "n": len(g), "score": float(g["score"].mean()),
+                     "score_lo": lo, "score_hi": hi, "nll": float(g["nll"].mean()),
+                     "distinct2": float(g["distinct2"].mean()), "rep3": float(g["rep3"].mean()),
+                     "valid": float(g["valid"].mean())})
+    return pd.DataFrame(rows)
+
+
+def _paired(g: pd.DataFrame, c: float, c0: float) -> np.ndarray:
+    a = g[g["c"] == c].set_index("prompt_idx")["score"]
+    b = g[g["c"] == c0].set_index("prompt_idx")["score"]
+    common = a.index.intersection(b.index)
+    return (a.loc[common] - b.loc[common]).to_numpy(dtype=float)
+
+
+def pick_sides(tab: pd.DataFrame, nll_budget: float, distinct_frac: float) -> tuple[float | None, float | None]:
+    """(c+, c-): the largest |c| on each side within the fluency budget relative to c = 0 (None if none).
+
+    `tab`: one method and seed of `coeff_summary`. Reads only `nll` and `distinct2`, never the score.
+    """
+    base = tab[tab["c"] == 0.0]
+    if base.empty:
+        raise ValueError("the sweep has no c = 0 row; the fluency budget is measured against c = 0")
+    nll0, d0 = float(base["nll"].iloc[0]), float(base["distinct2"].iloc[0])
+    ok = tab[(tab["nll"] <= nll0 + nll_budget) & (tab["distinct2"] >= distinct_frac * d0)]
+    pos, neg = ok[ok["c"] > 0]["c"], ok[ok["c"] < 0]["c"]
+    return (float(pos.max()) if len(pos) else None), (float(neg.min()) if len(neg) else None)
+
+
+def matched_range(df: pd.DataFrame, tab: pd.DataFrame, nll_budget: float = 0.25, distinct_frac: float = 0.9,
+                  n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per (method, seed): the sides `pick_sides` chooses, each side's shift from c = 0 with a paired
+    bootstrap CI over prompts, the range score(c+) - score(c-) with its CI, % valid at each side, and the
+    Spearman correlation of the mean score with c over the whole sweep (monotonicity)."""
+    rows = []
+    for (method, s), t in tab.groupby(["method", "seed"], sort=True):
+        g = df[(df["method"] == method) & (df["seed"] == s)]
+        cp, cm = pick_sides(t, nll_budget, distinct_frac)
+        score = dict(zip(t["c"], t["score"], strict=True))
+        valid = dict(zip(t["c"], t["valid"], strict=True))
+        row = {"method": method, "seed": s, "c_plus": cp, "c_minus": cm, "score0": score[0.0],
+               "spearman": spearman(t["c"], t["score"])}
+        for side, c in (("plus", cp), ("minus", cm)):
+            if c is None:
+                row.update({f"d_{side}": float("nan"), f"d_{side}_lo": float("nan"),
+                            f"d_{side}_hi": float("nan"), f"valid_{side}": float("nan")})
+                continue
+            d = _paired(g, c, 0.0)
+            lo, hi = bootstrap_mean_ci(d, n_boot, seed)
+            row.update({f"d_{side}": float(d.mean()), f"d_{side}_lo": lo, f"d_{side}_hi": hi,
+                        f"valid_{side}": valid[c]})
+        cp_, cm_ = (cp if cp is not None else 0.0), (cm if cm is not None else 0.0)
+        r = _paired(g, cp_, cm_)
+        row["range"] = float(r.mean()) if len(r) else float("nan")
+        row["range_lo"], row["range_hi"] = bootstrap_mean_ci(r, n_boot, seed)
+        row["plus_excludes0"] = bool(row["d_plus_lo"] > 0)
+        row["minus_excludes0"] = bool(row["d_minus_hi"] < 0)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def method_summary(ranges: pd.DataFrame) -> pd.DataFrame:
+    """Seeds aggregated per method: mean range with its spread over seeds (sd, min, max), mean side shifts,
+    how many seeds have each side's CI excluding c = 0, mean % valid at the chosen sides, mean Spearman."""
+    rows = []
+    for method, g in ranges.groupby("method", sort=False):
+        rows.append({
+            "method": method, "seeds": len(g), "range": float(g["range"].mean()),
+            "range_sd": float(g["range"].std(ddof=1)) if len(g) > 1 else float("nan"),
+            "range_min": float(g["range"].min()), "range_max": float(g["range"].max()),
+            "d_plus": float(g["d_plus"].mean()), "d_minus": float(g["d_minus"].mean()),
+            "both_sides_excl0": int((g["plus_excludes0"] & g["minus_excludes0"]).sum()),
+            "valid_plus": float(g["valid_plus"].mean()), "valid_minus": float(g["valid_minus"].mean()),
+            "spearman": float(g["spearman"].mean()),
+            "c_plus": ",".join(f"{c:g}" if c is not None and c == c else "-" for c in g["c_plus"]),
+            "c_minus": ",".join(f"{c:g}" if c is not None and c == c else "-" for c in g["c_minus"]),
+        })
+    return pd.DataFrame(rows).sort_values("range", ascending=False).reset_index(drop=True)

@@ -1,0 +1,221 @@
+"""Generation evaluation: pure metrics on hand-made texts, the batched sweep against per-coefficient
+generation on the tiny model, the continuation NLL against an independent computation, the held-out prompts,
+the sentiment concept, and `compare --task generation` end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from innerpissa.eval import gen_metrics as gm
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def test_distinct_and_repetition_on_hand_made_texts():
+    # words the cat the cat the cat: 5 bigrams, 2 distinct; 4 trigrams, 2 distinct
+    assert gm.distinct_n("The cat the cat the cat", 2) == pytest.approx(2 / 5)
+    assert gm.repeated_ngram_fraction("The cat the cat the cat", 3) == pytest.approx(0.5)
+    assert gm.distinct_n("a b c d e", 2) == 1.0 and gm.repeated_ngram_fraction("a b c d e") == 0.0
+    assert gm.distinct_n("Hello, world.", 2) == 1.0  # punctuation marks are units: hello , world .
+    assert math.isnan(gm.distinct_n("", 2)) and math.isnan(gm.distinct_n("word", 2))
+    assert gm.is_valid("The sun rose over the quiet town.")
+    assert not gm.is_valid("Yes.")  # too short
+    assert not gm.is_valid("no no no no no no no no no no")  # a loop
+
+
+def test_vader_scorer_orders_hand_made_sentiment():
+    s = gm.concept_scorer("sentiment")(["What a wonderful, happy day, I love it!", "The bus leaves at nine.",
+                                        "This is terrible, sad and hopeless."])
+    assert s[0] > 0.5 and s[2] < -0.5 and abs(s[1]) < 0.2
+    with pytest.raises(ValueError, match="no generation scorer"):
+        gm.concept_scorer("telepathy")
+
+
+def test_bootstrap_and_spearman_against_independent_values():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 1.0, 200)
+    lo, hi = gm.bootstrap_mean_ci(x, 2000, 0)
+    se = x.std(ddof=1) / math.sqrt(len(x))
+    assert lo < x.mean() < hi
+    assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.15)
+    c, y = [-2, -1, 0, 1, 2, 3], [0.1, 0.3, 0.2, 0.5, 0.9, 0.9]
+    assert gm.spearman(c, y) == pytest.approx(spearmanr(c, y).statistic)
+    assert math.isnan(gm.spearman([0, 1], [1, 1]))
+
+
+def _frame(scores: dict[float, list[float]], nll: dict[float, float], d2: dict[float, float]) -> pd.DataFrame:
+    rows = []
+    for c, ss in scores.items():
+        for i, s in enumerate(ss):
+            rows.append({"method": "m", "seed": 0, "c": c, "prompt_idx": i, "score": s, "nll": nll[c],
+                         "distinct2": d2[c], "rep3": 0.0, "valid": True})
+    return pd.DataFrame(rows)
+
+
+def test_matched_range_picks_sides_by_fluency_only_and_matches_hand_computation():
+    scores = {-2.0: [-0.9, -0.8, -1.0], -1.0: [-0.5, -0.2, -0.3], 0.0: [0.1, 0.0, 0.2],
+              1.0: [0.6, 0.4, 0.5], 2.0: [0.9, 0.95, 1.0]}
+    nll = {-2.0: 1.5, -1.0: 1.1, 0.0: 1.0, 1.0: 1.2, 2.0: 1.2}
+    d2 = {-2.0: 0.95, -1.0: 0.95, 0.0: 1.0, 1.0: 0.95, 2.0: 0.5}  # c = +2 loops, c = -2 is too costly
+    df = _frame(scores, nll, d2)
+    tab = gm.coeff_summary(df, n_boot=200)
+    assert gm.pick_sides(tab, 0.25, 0.9) == (1.0, -1.0)
+    assert gm.pick_sides(tab, 1.0, 0.4) == (2.0, -2.0)
+    r = gm.matched_range(df, tab, 0.25, 0.9, n_boot=200).iloc[0]
+    assert r["range"] == pytest.approx(np.mean(scores[1.0]) - np.mean(scores[-1.0]))
+    assert r["d_plus"] == pytest.approx(np.mean(scores[1.0]) - np.mean(scores[0.0]))
+    assert r["d_minus"] == pytest.approx(np.mean(scores[-1.0]) - np.mean(scores[0.0]))
+    assert r["plus_excludes0"] and r["minus_excludes0"] and r["spearman"] == pytest.approx(1.0)
+    # no side within budget: the range is taken against c = 0 itself, i.e. 0
+    none = gm.matched_range(df, tab, 0.01, 0.99, n_boot=50).iloc[0]
+    assert none["c_plus"] is None and none["range"] == 0.0
+    summ = gm.method_summary(pd.concat([gm.matched_range(df, tab, 0.25, 0.9, n_boot=50).assign(seed=s)
+                                        for s in range(3)]))
+    assert summ.iloc[0]["seeds"] == 3 and summ.iloc[0]["both_sides_excl0"] == 3
+
+
+# ------------------------------------------------------------------------------------------------ plumbing
+
+
+def _random_adapter(model):
+    from innerpissa.adapter import attach
+    from innerpissa.adapter.config import AdapterConfig
+
+    attach(model, AdapterConfig(r=8))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+PROMPTS = ["The weather today is", "Tell me about the sea and a long trip to the coast.", "Hi"]
+
+
+def test_batched_sweep_equals_per_coefficient_generation(tiny):
+    from innerpissa.adapter import detach_adapter
+    from innerpissa.baselines.prompting import PersonaPrompting
+    from innerpissa.baselines.vectors import SteeringVectors, VectorSteerer
+    from innerpissa.eval.generation import generate_sweep, supports_per_row
+    from innerpissa.steering import AdapterSteerer
+
+    model, tok = tiny
+    _random_adapter(model)
+    d = model.config.hidden_size
+    vec = VectorSteerer(model, SteeringVectors({1: torch.randn(d, generator=torch.Generator().manual_seed(1))},
+                                               "mean_diff"))
+    vec.flip_sign()  # the per-row path must respect the calibrated sign
+    for steerer, coeffs in ((AdapterSteerer(model), [-1.0, 0.0, 1.0]), (vec, [-2.0, 0.0, 3.0]),
+                            (PersonaPrompting(), [-1.0, 0.0, 1.0])):
+        assert supports_per_row(steerer)
+        one = generate_sweep(model, tok, PROMPTS, steerer, coeffs, max_new_tokens=8)
+        assert len(one) == len(PROMPTS) * len(coeffs)
+        for c in coeffs:  # each coefficient on its own, through the steerer's ordinary `at(c)`
+            alone = generate_sweep(model, tok, PROMPTS, steerer, [c], max_new_tokens=8, batched=False)
+            assert one[one.c == c]["ids"].tolist() == alone["ids"].tolist(), (steerer.name, c)
+        by_c = {c: one[one.c == c]["ids"].tolist() for c in coeffs}
+        assert by_c[coeffs[0]] != by_c[0.0] or by_c[coeffs[-1]] != by_c[0.0], f"{steerer.name} steers nothing"
+    # chunked batches give the same tokens
+    chunked = generate_sweep(model, tok, PROMPTS, AdapterSteerer(model), [-1.0, 1.0], max_new_tokens=8, max_batch=2)
+    whole = generate_sweep(model, tok, PROMPTS, AdapterSteerer(model), [-1.0, 1.0], max_new_tokens=8)
+    assert chunked["ids"].tolist() == whole["ids"].tolist()
+    detach_adapter(model)
+
+
+def test_continuation_nll_matches_an_unbatched_forward(tiny):
+    from innerpissa.eval.generation import chat_ids, continuation_nll
+
+    model, tok = tiny
+    g = torch.Generator().manual_seed(0)
+    conts = [torch.randint(5, tok.vocab_size, (n,), generator=g).tolist() for n in (3, 7, 1, 0)]
+    idx = [0, 1, 2, 0]
+    got = continuation_nll(model, tok, PROMPTS, idx, conts, batch_size=3)
+    assert math.isnan(got[3])
+    for j in range(3):
+        ctx = chat_ids(tok, PROMPTS[idx[j]])
+        ids = torch.tensor([ctx + conts[j]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        want = -logp[len(ctx) - 1:-1].gather(-1, torch.tensor(conts[j])[:, None]).mean()
+        assert got[j] == pytest.approx(float(want), abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_neutral_prompts_are_held_out_and_split():
+    from innerpissa.data.builtin import builtin_sets, load_builtin
+    from innerpissa.eval.generation import load_neutral_prompts
+
+    dev, test = load_neutral_prompts("dev"), load_neutral_prompts("test")
+    assert len(dev) >= 32 and len(test) >= 64
+    assert len(set(dev) | set(test)) == len(dev) + len(test)
+    assert load_neutral_prompts("all") == dev + test
+    training_text = [s.lower() for name in builtin_sets() for s in load_builtin(name)["suffixes"]]
+    for p in dev + test:
+        low = p.lower().rstrip(".?!")
+        assert not any(low in s or s in low for s in training_text), p
+    with pytest.raises(ValueError, match="unknown prompt split"):
+        load_neutral_prompts("train")
+
+
+def test_sentiment_concept_builds_pairs_and_train_cli_alias(tiny):
+    from innerpissa.data.builtin import builtin_sets, load_builtin
+    from innerpissa.data.pairs import pairs_from_sources
+    from innerpissa.train.cli import concept_default, split_concept
+
+    assert "sentiment" in builtin_sets()
+    data = load_builtin("sentiment")
+    assert len(data["personas"]) >= 8 and ("a cheerful", "a gloomy") in data["personas"]
+    _, tok = tiny
+    pairs = pairs_from_sources(tok, builtin="sentiment")
+    assert len(pairs) == len(data["personas"]) * len(data["suffixes"])
+    positives = {p.positive for p in pairs}
+    assert any("a cheerful person" in p for p in positives) and not any("gloomy" in p for p in positives)
+    assert split_concept(["--lr", "1", "--concept", "sentiment"]) == ("sentiment", ["--lr", "1"])
+    assert split_concept(["--concept=sentiment"]) == ("sentiment", [])
+    cfg = concept_default("tiny", "sentiment")
+    assert cfg.data.builtin == "sentiment" and str(cfg.out) == "runs/sentiment"
+    with pytest.raises(SystemExit, match="unknown concept"):
+        concept_default("tiny", "telepathy")
+
+
+def test_compare_generation_end_to_end_and_resume(tmp_path):
+    from innerpissa.compare import Compare, run_compare
+
+    cmp = Compare(out=tmp_path / "gen", preset="tiny", task="generation", concept="sentiment",
+                  methods=("innerpissa", "prompting", "mean_diff"), seeds=(0,), n_pairs=12, epochs=1,
+                  n_prompts=3, max_new_tokens=5, gen_adapter_coeffs=(-1.0, 0.0, 1.0),
+                  baseline_coeffs=(-2.0, 0.0, 2.0), n_boot=50, nll_budget=100.0, distinct_frac=0.0)
+    paths = run_compare(cmp)
+    rows = pd.read_csv(tmp_path / "gen" / "rows.csv")
+    assert set(rows["method"]) == {"innerpissa", "prompting", "mean_diff"}
+    assert set(rows[rows.method == "innerpissa"]["c"]) == {-1.0, 0.0, 1.0}
+    assert rows.groupby(["method", "c"]).size().eq(3).all()
+    # c = 0 is the base model for every method: the same continuations
+    zero = rows[rows.c == 0].pivot_table(index="prompt_idx", columns="method", values="continuation",
+                                         aggfunc="first")
+    assert (zero.nunique(axis=1) == 1).all()
+    assert "innerpissa" in paths["summary"].read_text() and paths["plot"].exists()
+    cached = sorted((tmp_path / "gen" / "cache").glob("*.pkl"))
+    stamps = [f.stat().st_mtime_ns for f in cached]
+    again = pd.read_csv(run_compare(cmp)["summary"].parent / "rows.csv")
+    pd.testing.assert_frame_equal(rows, again)
+    assert [f.stat().st_mtime_ns for f in cached] == stamps  # nothing regenerated
+
+
+def test_compare_dilemmas_rejects_other_concepts(tmp_path):
+    from innerpissa.compare import Compare, run_compare
+
+    with pytest.raises(ValueError, match="honesty only"):
+        run_compare(Compare(out=tmp_path, concept="sentiment"))
