@@ -185,7 +185,7 @@ def test_sentiment_concept_builds_pairs_and_train_cli_alias(tiny):
     assert split_concept(["--lr", "1", "--concept", "sentiment"]) == ("sentiment", ["--lr", "1"])
     assert split_concept(["--concept=sentiment"]) == ("sentiment", [])
     cfg = concept_default("tiny", "sentiment")
-    assert cfg.data.builtin == "sentiment" and str(cfg.out) == "runs/sentiment"
+    assert cfg.data.builtin == "sentiment" and cfg.out is None  # default_out gives runs/sentiment-<timestamp>
     with pytest.raises(SystemExit, match="unknown concept"):
         concept_default("tiny", "telepathy")
 

@@ -147,6 +147,10 @@ def _fmt(x: float, nd: int = 3) -> str:
     return "-" if x != x else f"{x:+.{nd}f}"
 
 
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{x:.0%}"
+
+
 def headline_rows(summ: pd.DataFrame, ranges: pd.DataFrame) -> list[str]:
     """Markdown rows: range (sd over seeds), each side's shift with % valid, seeds with both CIs off 0."""
     lines = ["| method | range c+ − c− (sd over seeds) | Δ+ vs c=0 [valid] | Δ− vs c=0 [valid] | seeds both "
@@ -154,8 +158,8 @@ def headline_rows(summ: pd.DataFrame, ranges: pd.DataFrame) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for _, r in summ.iterrows():
         sd = "" if r["range_sd"] != r["range_sd"] else f" ({r['range_sd']:.3f})"
-        lines.append(f"| {r['method']} | {r['range']:.3f}{sd} | {_fmt(r['d_plus'])} [{r['valid_plus']:.0%}] | "
-                     f"{_fmt(r['d_minus'])} [{r['valid_minus']:.0%}] | {r['both_sides_excl0']}/{r['seeds']} | "
+        lines.append(f"| {r['method']} | {r['range']:.3f}{sd} | {_fmt(r['d_plus'])} [{_pct(r['valid_plus'])}] | "
+                     f"{_fmt(r['d_minus'])} [{_pct(r['valid_minus'])}] | {r['both_sides_excl0']}/{r['seeds']} | "
                      f"{r['spearman']:.2f} | {r['c_plus']} / {r['c_minus']} |")
     return lines
 

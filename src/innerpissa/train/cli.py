@@ -53,9 +53,8 @@ def split_concept(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def concept_default(name: str, concept: str | None) -> TrainConfig:
-    """The preset's config with the built-in concept set (and its default out folder runs/<concept>)."""
-    from pathlib import Path
-
+    """The preset's config with the built-in concept set (the default out folder is then
+    runs/<concept>-<timestamp>)."""
     from innerpissa.data.builtin import builtin_sets
 
     cfg = preset(name)
@@ -63,7 +62,6 @@ def concept_default(name: str, concept: str | None) -> TrainConfig:
         if concept not in builtin_sets():
             raise SystemExit(f"unknown concept {concept!r}; built-in concepts: {', '.join(builtin_sets())}")
         cfg.data.builtin = concept
-        cfg.out = Path("runs") / concept
     return cfg
 
 
