@@ -115,16 +115,29 @@ class Export:
 
 @dataclass
 class Demo:
-    """Train a small adapter on the embedded SmolLM2 and show it steering (a few minutes on 2 CPU cores)."""
+    """Train a sentiment adapter on the embedded SmolLM2 and show it steering, then a short honesty table
+    (about five minutes on 2 CPU cores)."""
 
     model: str = "smollm2"
     """Base model."""
-    out: Path = Path("runs/demo")
-    """Where the demo writes its adapter and reports."""
-    max_new_tokens: int = 40
+    out: Path | None = None
+    """Run folder for everything the demo writes (default: a new runs/demo-<timestamp>)."""
+    n_pairs: int = 64
+    """Contrastive pairs per trained adapter (training + validation)."""
+    epochs: int = 2
+    """Training epochs per adapter."""
+    n_prompts: int = 24
+    """Held-out neutral prompts whose continuations are scored at each c."""
+    n_show: int = 3
+    """Of those, how many to print at c = -1, 0, +1."""
+    max_new_tokens: int = 32
     """Tokens per continuation."""
+    n_dilemmas: int = 32
+    """Random DailyDilemmas in the honesty table."""
+    skip_honesty: bool = False
+    """Skip the honesty part (no DailyDilemmas needed)."""
     data_dir: Path | None = None
-    """DailyDilemmas folder for the evaluation step (default: $INNERPISSA_DILEMMAS_DIR, else
+    """DailyDilemmas folder for the honesty part (default: $INNERPISSA_DILEMMAS_DIR, else
     ../shared/data/daily_dilemmas from the working directory, else the hub)."""
 
     def run(self) -> None:
