@@ -12,8 +12,7 @@ from innerpissa.models import load_model
 from innerpissa.train.directions import (
     CapturePoint,
     HiddenCapture,
-    PreferenceDirection,
-    compute_directions,
+    capture_pairs,
     default_loss_point,
     direction_from_diffs,
     gather_last,
@@ -144,41 +143,45 @@ def test_left_padded_capture_equals_unpadded(tiny):
     assert not cap._handles  # hooks removed on exit
 
 
-def test_compute_directions_on_tiny_model(tiny):
-    model, tok, ds = tiny
+def _reference(model, ds, tok, method="mean", dims=None, n_tokens=3, basis_rank=8):
+    from innerpissa.train.reference import build_reference
+
     loader = DataLoader(ds, batch_size=3, collate_fn=PairCollator(tok.pad_token_id))
+    batches = list(loader)
+    return build_reference(model, batches, [], len(ds), 0.8, "mlp.up_proj", "input", "V", basis_rank, method,
+                           n_tokens, dims=dims)
+
+
+def test_reference_direction_on_tiny_model(tiny):
+    """The trainer's reference: direction from the pairs, s0 per pair, and a fresh forward reproduces it."""
+    from innerpissa.train.reference import projections
+
+    model, tok, ds = tiny
     point = default_loss_point(model)
     assert point == CapturePoint("model.layers.1.mlp.up_proj", "input")
-    o_proj = CapturePoint("model.layers.1.self_attn.o_proj")
-    bases = {point.key: svd_basis(model, point.module, "V", rank=8), o_proj.key: svd_basis(model, o_proj.module, "U")}
-    dirs = compute_directions(model, loader, [point, o_proj], bases, n_tokens=3, method="mean")
-    pd = dirs[point.key]
-    assert pd.direction.shape == (8,) and not pd.direction.requires_grad
-    assert pd.s0.shape == (len(ds),) and torch.isfinite(pd.s0).all()
-    assert pd.s0.mean() > 0  # the mean direction is aligned with the mean difference by construction
-    assert dirs[o_proj.key].direction.shape == (64,)
-    # the trainer's recomputation from a fresh forward matches the cached s0
+    ref = _reference(model, ds, tok)
+    assert ref.point == point and ref.direction.shape == (8,) and not ref.direction.requires_grad
+    assert ref.sep0.shape == (len(ds),) and torch.isfinite(ref.sep0).all()
+    assert ref.sep0.mean() > 0  # the mean direction is aligned with the mean difference by construction
+    # the trainer's recomputation from a fresh forward matches the cached projections
     batch = collate_pairs([ds[i] for i in (4, 1)], tok.pad_token_id)
     with torch.no_grad(), HiddenCapture(model, [point]) as cap:
         model(**batch.model_inputs())
-        s = pd.separation(cap.hidden[point.key], batch.attention_mask, batch.pair_index)
-    assert torch.allclose(s, pd.s0[[4, 1]], atol=1e-5)
-    again = PreferenceDirection.from_state_dict(pd.state_dict())
-    assert torch.equal(again.direction, pd.direction) and again.point == pd.point
-    # a full pass with a callback (to cache reference log-probs) gives the same result as the early-stopped one
-    seen = []
-    full = compute_directions(model, loader, [point, o_proj], bases, n_tokens=3,
-                              on_batch=lambda b, out: seen.append(out.logits.shape[0]))[point.key]
-    assert seen == [6, 6, 4] and torch.allclose(full.s0, pd.s0) and torch.allclose(full.direction, pd.direction)
+        proj = projections(cap.hidden[point.key], batch.attention_mask, ref.basis, ref.direction,
+                           batch.pair_index[0::2].repeat_interleave(2), ref.n_tokens)
+    assert torch.allclose(proj, ref.proj0[[4, 1]].reshape(-1), atol=1e-5)
+    # the direction is the unit mean difference of the projected states, recomputed independently
+    loader = DataLoader(ds, batch_size=3, collate_fn=PairCollator(tok.pad_token_id))
+    captured, index = capture_pairs(model, loader, [point], 3)
+    pos, neg = (project(x, ref.basis) for x in captured[point.key])
+    mean = (pos - neg).mean((0, 1))
+    assert torch.allclose(ref.direction, mean / mean.norm(), atol=1e-5)
 
 
-def test_per_sample_directions_and_short_tail(tiny):
+def test_reference_per_sample_directions_and_short_tail(tiny):
     model, tok, ds = tiny
-    loader = DataLoader(ds, batch_size=4, collate_fn=PairCollator(tok.pad_token_id))
-    point = CapturePoint("hidden_states.2")
-    pd = compute_directions(model, loader, [point], n_tokens=2, method="per_sample")[point.key]
-    assert pd.direction.shape == (len(ds), 64)
-    assert torch.allclose(pd.direction_for(torch.tensor([2, 0])), pd.direction[[2, 0]])
-    assert torch.all(pd.s0 > 0)  # each pair's own direction separates it positively
+    ref = _reference(model, ds, tok, method="per_sample", n_tokens=2, basis_rank=None)
+    assert ref.direction.shape == (len(ds), 64)
+    assert torch.all(ref.sep0 > 0)  # each pair's own direction separates it positively
     with pytest.raises(ValueError, match="reaches past the shared suffix"):
-        compute_directions(model, loader, [point], n_tokens=10_000)
+        _reference(model, ds, tok, n_tokens=10_000)

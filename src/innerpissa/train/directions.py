@@ -17,8 +17,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from innerpissa.train.losses import separation
-
 DIRECTION_METHODS = ("mean", "pca", "pca_aligned", "per_sample")
 HIDDEN_STATES_PREFIX = "hidden_states."
 
@@ -232,39 +230,6 @@ def direction_from_diffs(diffs: Tensor, method: str = "mean", k: int = 8, center
     return out.contiguous().requires_grad_(False)
 
 
-@dataclass
-class PreferenceDirection:
-    """A frozen direction at one capture point, with its basis and the reference separations s_0."""
-
-    point: CapturePoint
-    direction: Tensor  # [r], or [N, r] per pair for method 'per_sample' (indexed by pair_index)
-    basis: Tensor | None  # [d, r] or None (raw)
-    method: str
-    n_tokens: int
-    s0: Tensor  # [N] reference separation per dataset pair (NaN where not computed)
-
-    def direction_for(self, pair_index: Tensor) -> Tensor:
-        """[r] for a shared direction, [B, r] for per-pair directions of the given pairs."""
-        if self.direction.dim() == 1:
-            return self.direction
-        return self.direction.to(pair_index.device)[pair_index]
-
-    def separation(self, hidden: Tensor, attention_mask: Tensor, pair_index: Tensor) -> Tensor:
-        """s [B] from interleaved [pos, neg, ...] hidden states [2B, T, d] (keeps the autograd graph)."""
-        h = project(gather_last(hidden, attention_mask, self.n_tokens), self.basis)
-        d = self.direction_for(pair_index[0::2]).to(h.device)
-        return separation(h[0::2], h[1::2], d)
-
-    def state_dict(self) -> dict:
-        return {"module": self.point.module, "where": self.point.where, "direction": self.direction,
-                "basis": self.basis, "method": self.method, "n_tokens": self.n_tokens, "s0": self.s0}
-
-    @classmethod
-    def from_state_dict(cls, sd: dict) -> PreferenceDirection:
-        return cls(CapturePoint(sd["module"], sd["where"]), sd["direction"], sd["basis"], sd["method"],
-                   int(sd["n_tokens"]), sd["s0"])
-
-
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -305,38 +270,3 @@ def capture_pairs(model: nn.Module, batches: Iterable, points: Sequence[CaptureP
     if not index:
         raise ValueError("no batches to compute a direction from")
     return {k: (torch.cat(p), torch.cat(n)) for k, (p, n) in store.items()}, torch.cat(index)
-
-
-def compute_directions(
-    model: nn.Module,
-    batches: Iterable,
-    points: Sequence[CapturePoint],
-    bases: dict[str, Tensor | None] | None = None,
-    n_tokens: int = 4,
-    method: str = "mean",
-    n_pairs: int | None = None,
-    on_batch: Callable | None = None,
-) -> dict[str, PreferenceDirection]:
-    """One reference pass over the pairs, then one frozen `PreferenceDirection` per capture point.
-
-    `bases` maps point keys to [d, r] bases (missing: raw); build them with `svd_basis`. `n_pairs` sizes
-    the `s0` table (default: largest pair index + 1); `s0[i]` is pair i's reference separation.
-    Call it with the adapter at c = 0 (or before attaching it): that is the base model. `on_batch`: see
-    `capture_pairs`.
-    """
-    captured, index = capture_pairs(model, batches, points, n_tokens, on_batch)
-    size = n_pairs if n_pairs is not None else int(index.max()) + 1
-    out = {}
-    for p in points:
-        basis = (bases or {}).get(p.key)
-        pos, neg = (project(x, basis) for x in captured[p.key])
-        per_pair = direction_from_diffs(pos - neg, method)
-        if method == "per_sample":
-            direction = torch.zeros(size, per_pair.shape[-1])
-            direction[index] = per_pair
-        else:
-            direction = per_pair
-        pd = PreferenceDirection(p, direction, basis, method, n_tokens, torch.full((size,), float("nan")))
-        pd.s0[index] = separation(pos, neg, pd.direction_for(index))
-        out[p.key] = pd
-    return out
