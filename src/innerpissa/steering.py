@@ -31,6 +31,11 @@ class Steerer(ABC):
         """The system message to use at coefficient `c` (weight-space methods keep the default)."""
         return default
 
+    def first_steered_block(self, model) -> int:
+        """The lowest decoder block whose computation `at(c)` can change; blocks below it are shared by every
+        coefficient of a sweep (computed once). 0, the safe default, shares nothing."""
+        return 0
+
 
 class NoSteering(Steerer):
     """The bare base model at every coefficient (for evaluating the unsteered model)."""
@@ -61,3 +66,8 @@ class AdapterSteerer(Steerer):
 
         with steer(self.model, c):
             yield
+
+    def first_steered_block(self, model) -> int:
+        from innerpissa.split import first_adapted_block
+
+        return first_adapted_block(model) if model is self.model else 0

@@ -1,0 +1,239 @@
+"""A coefficient sweep that computes only what changes: shared prompt prefixes and frozen lower blocks.
+
+Two savings, each with a switch, both giving the numbers of `harness.score_batch` (up to float rounding):
+- **shared prefix**: the rows of one dilemma share every token up to their action; the group's common prefix
+  runs once per coefficient into a KV cache, whose rows are then repeated for each row's own tail. The prompt
+  NLL adds the prefix's token terms (computed once) to each row's tail terms.
+- **frozen prefix**: blocks below the first steered block compute the same thing at every coefficient, so
+  they run once per batch (`split.BlockSplit`), and only the blocks from there on run per coefficient.
+The batch loop is outside the coefficient loop, so the frozen states live for one batch only: memory is
+bounded by the batch size (`SweepStats` reports the peak bytes of cached states and keys/values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache, PreTrainedModel
+
+from innerpissa.eval.choices import ChoiceIds, choice_logprobs
+from innerpissa.split import BlockSplit, LowerState, cache_bytes, reset_from, select_rows
+
+SCORE_COLUMNS = ("logp_yes", "logp_no", "nll", "n_tokens")
+
+
+@dataclass
+class SweepStats:
+    """What a sweep cached: peak bytes of frozen hidden states plus keys/values of one batch."""
+
+    peak_bytes: int = 0
+    batches: int = 0
+
+    def see(self, nbytes: int) -> None:
+        self.peak_bytes = max(self.peak_bytes, nbytes)
+
+
+@dataclass(frozen=True)
+class PrefixGroup:
+    """Rows (indices into the encoded list) that share their first `prefix_len` tokens."""
+
+    rows: tuple[int, ...]
+    prefix_len: int
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix, leaving every sequence at least one token of its own."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return max(n, 0)
+
+
+def prefix_groups(encoded: Sequence[Sequence[int]], keys: Sequence[Hashable] | None) -> list[PrefixGroup]:
+    """Rows grouped by `keys` (e.g. dilemma index; None: every row alone), with their common prefix length."""
+    by_key: dict[Hashable, list[int]] = {}
+    for i in range(len(encoded)):
+        by_key.setdefault(keys[i] if keys is not None else ("row", i), []).append(i)
+    return [PrefixGroup(tuple(rows), common_prefix_len([encoded[r] for r in rows])) for rows in by_key.values()]
+
+
+def group_batches(groups: Sequence[PrefixGroup], lengths: Sequence[int], batch_rows: int) -> list[list[PrefixGroup]]:
+    """Groups in batches of about `batch_rows` rows, longest prefix first (little padding)."""
+    order = sorted(groups, key=lambda g: (-g.prefix_len, -max(lengths[r] for r in g.rows), g.rows))
+    out: list[list[PrefixGroup]] = []
+    cur: list[PrefixGroup] = []
+    n = 0
+    for g in order:
+        if cur and n + len(g.rows) > batch_rows:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(g)
+        n += len(g.rows)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, sl] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+def _nll(head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Next-token NLL [n] of `states` [n, d] against `targets` [n], the head applied `chunk` rows at a time."""
+    out = [F.cross_entropy(head(states[i:i + chunk]).float(), targets[i:i + chunk], reduction="none")
+           for i in range(0, len(targets), chunk)]
+    return torch.cat(out) if out else states.new_zeros(0, dtype=torch.float32)
+
+
+def _chunk(head: torch.nn.Linear) -> int:
+    return max(1, (1 << 24) // head.out_features)
+
+
+def _finish(last: torch.Tensor, nll_sum: torch.Tensor, n_tok: torch.Tensor, choices: ChoiceIds,
+            with_nll: bool) -> dict[str, np.ndarray]:
+    logp_yes, logp_no = choice_logprobs(torch.log_softmax(last.float(), -1), choices)
+    nll = nll_sum / n_tok.clamp(min=1) if with_nll else torch.full_like(nll_sum, float("nan"))
+    return {"logp_yes": logp_yes.cpu().numpy(), "logp_no": logp_no.cpu().numpy(), "nll": nll.cpu().numpy(),
+            "n_tokens": n_tok.cpu().numpy()}
+
+
+class _RowsBatch:
+    """One batch without prefix sharing: left-padded rows, lower blocks run once."""
+
+    def __init__(self, split: BlockSplit, head, seqs, pad_id: int, dev, with_nll: bool, stats: SweepStats):
+        self.split, self.head, self.with_nll = split, head, with_nll
+        ids, mask = _pad(seqs, pad_id, left=True)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.ids, self.mask = ids.to(dev), mask.to(dev)
+        self.lower = split.lower(self.ids, self.mask, pos.to(dev))
+        pairs = (self.mask[:, :-1] & self.mask[:, 1:]).bool()
+        self.rows_of, self.t_of = pairs.nonzero(as_tuple=True) if with_nll else (pairs.new_zeros(0, dtype=torch.long),) * 2
+        self.targets = self.ids[:, 1:][self.rows_of, self.t_of]
+        self.n_tok = pairs.sum(-1)
+        stats.see(self.lower.hidden.numel() * self.lower.hidden.element_size())
+
+    def score(self, choices: ChoiceIds) -> dict[str, np.ndarray]:
+        hidden = self.split.upper(self.lower)
+        nll = _nll(self.head, hidden[:, :-1][self.rows_of, self.t_of], self.targets, _chunk(self.head))
+        nll_sum = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device).index_add_(0, self.rows_of, nll)
+        return _finish(self.head(hidden[:, -1]), nll_sum, self.n_tok, choices, self.with_nll)
+
+
+class _PrefixBatch:
+    """One batch of prefix groups: each group's prefix runs once into a KV cache, then every row's tail.
+
+    Prefixes are left padded (their last token is real), tails right padded after them; the tail positions
+    continue each prefix's positions, and the cache rows are repeated so each tail row sees its prefix.
+    """
+
+    def __init__(self, model, split: BlockSplit, head, encoded, groups: Sequence[PrefixGroup], pad_id: int, dev,
+                 with_nll: bool, stats: SweepStats):
+        self.split, self.head, self.with_nll, self.model = split, head, with_nll, model
+        rows = [r for g in groups for r in g.rows]
+        row_group = torch.tensor([gi for gi, g in enumerate(groups) for _ in g.rows], dtype=torch.long)
+        p_len = torch.tensor([g.prefix_len for g in groups], dtype=torch.long)
+        pre_ids, pre_mask = _pad([encoded[g.rows[0]][:g.prefix_len] for g in groups], pad_id, left=True)
+        tails = [encoded[r][g.prefix_len:] for g in groups for r in g.rows]
+        tail_ids, tail_mask = _pad(tails, pad_id, left=False)
+        t_len = torch.tensor([len(t) for t in tails], dtype=torch.long)
+        pre_pos = (pre_mask.cumsum(-1) - 1).clamp(min=0)
+        tail_pos = p_len[row_group][:, None] + torch.arange(tail_ids.shape[1])[None, :]
+        self.row_group, self.t_len = row_group.to(dev), t_len.to(dev)
+        self.pre_ids, self.pre_mask, self.pre_pos = pre_ids.to(dev), pre_mask.to(dev), pre_pos.to(dev)
+        self.tail_ids, self.tail_mask, self.tail_pos = tail_ids.to(dev), tail_mask.to(dev), tail_pos.to(dev)
+        self.full_mask = torch.cat([self.pre_mask[self.row_group], self.tail_mask], 1)
+        self.n_tok = torch.tensor([len(encoded[r]) - 1 for r in rows], dtype=torch.long, device=dev)
+        # NLL targets: inside the prefix (once per group), the first tail token, inside each tail
+        pp = (self.pre_mask[:, :-1] & self.pre_mask[:, 1:]).bool()
+        tp = (self.tail_mask[:, :-1] & self.tail_mask[:, 1:]).bool()
+        if not with_nll:
+            pp, tp = torch.zeros_like(pp), torch.zeros_like(tp)
+        self.pre_g, self.pre_t = pp.nonzero(as_tuple=True)
+        self.pre_targets = self.pre_ids[:, 1:][self.pre_g, self.pre_t]
+        self.tail_r, self.tail_t = tp.nonzero(as_tuple=True)
+        self.tail_targets = self.tail_ids[:, 1:][self.tail_r, self.tail_t]
+
+        self.cache = DynamicCache(config=model.config)
+        self.lower_pre = split.lower(self.pre_ids, self.pre_mask, self.pre_pos, self.cache)
+        self.lower_tail: LowerState | None = None
+        if split.k > 0:  # the blocks below k hold the prefix: repeat it per row and run the tails through them
+            select_rows(self.cache, self.row_group)
+            self.lower_tail = split.lower(self.tail_ids, self.full_mask, self.tail_pos, self.cache)
+        self.stats = stats
+
+    def score(self, choices: ChoiceIds) -> dict[str, np.ndarray]:
+        split, head, k = self.split, self.head, self.split.k
+        reset_from(self.cache, k)
+        h_pre = split.upper(self.lower_pre)  # [G, P, d]; blocks >= k now cache the prefix at this coefficient
+        select_rows(self.cache, self.row_group, start=k)
+        lower_tail = self.lower_tail
+        if lower_tail is None:  # k == 0: the tail's mask is sized from the cache, which holds the prefix only now
+            lower_tail = split.lower(self.tail_ids, self.full_mask, self.tail_pos, self.cache)
+        h_tail = split.upper(lower_tail)  # [N, T, d]
+        self.stats.see(cache_bytes(self.cache) + sum(s.hidden.numel() * s.hidden.element_size()
+                                                     for s in (self.lower_pre, lower_tail)))
+        chunk = _chunk(head)
+        n = h_tail.shape[0]
+        nll_pre = torch.zeros(h_pre.shape[0], dtype=torch.float32, device=h_pre.device).index_add_(
+            0, self.pre_g, _nll(head, h_pre[:, :-1][self.pre_g, self.pre_t], self.pre_targets, chunk))
+        nll_tail = torch.zeros(n, dtype=torch.float32, device=h_tail.device).index_add_(
+            0, self.tail_r, _nll(head, h_tail[:, :-1][self.tail_r, self.tail_t], self.tail_targets, chunk))
+        if self.with_nll:
+            first = _nll(head, h_pre[self.row_group, -1], self.tail_ids[:, 0], chunk)
+        else:
+            first = torch.zeros(n, dtype=torch.float32, device=h_tail.device)
+        nll_sum = nll_pre[self.row_group] + first + nll_tail
+        last = head(h_tail[torch.arange(n, device=h_tail.device), self.t_len - 1])
+        return _finish(last, nll_sum, self.n_tok, choices, self.with_nll)
+
+
+@torch.no_grad()
+def score_sweep(model: PreTrainedModel, encoded: Sequence[Sequence[int]], choices: ChoiceIds, pad_id: int,
+                coeffs: Sequence[float], at: Callable[[float], AbstractContextManager], first_block: int = 0,
+                group_keys: Sequence[Hashable] | None = None, shared_prefix: bool = True,
+                frozen_prefix: bool = True, batch_size: int = 8, with_nll: bool = True,
+                progress: Callable | None = None, stats: SweepStats | None = None) -> dict[float, pd.DataFrame]:
+    """Scores (`SCORE_COLUMNS`, input order) of every prompt at every coefficient, batch loop outside.
+
+    `at(c)` puts the model in state c (a `Steerer.at`); `first_block` is the lowest decoder block that state
+    can change (0 when unknown: nothing is frozen). `group_keys` marks rows sharing a prompt prefix (the
+    dilemma index); with `shared_prefix` off, or no keys, every row runs whole. The model must have a plain
+    linear output head and a `decoder.layers` / `decoder.norm` layout (`split.decoder_parts`).
+    """
+    dev = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    split = BlockSplit(model, first_block if frozen_prefix else 0)
+    stats = stats if stats is not None else SweepStats()
+    lengths = [len(e) for e in encoded]
+    groups = prefix_groups(encoded, group_keys if shared_prefix else None)
+    batches = group_batches(groups, lengths, batch_size)
+    out = {float(c): {k: np.zeros(len(encoded), dtype=np.int64 if k == "n_tokens" else np.float64)
+                      for k in SCORE_COLUMNS} for c in coeffs}
+    for batch in (progress(batches) if progress else batches):
+        rows = [r for g in batch for r in g.rows]
+        if shared_prefix and group_keys is not None:
+            job = _PrefixBatch(model, split, head, encoded, batch, pad_id, dev, with_nll, stats)
+        else:
+            job = _RowsBatch(split, head, [encoded[r] for r in rows], pad_id, dev, with_nll, stats)
+        for c in coeffs:
+            with at(c):
+                res = job.score(choices)
+            for k in SCORE_COLUMNS:
+                out[float(c)][k][rows] = res[k]
+        stats.batches += 1
+    return {c: pd.DataFrame(v) for c, v in out.items()}
