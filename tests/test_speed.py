@@ -220,3 +220,35 @@ def test_bf16_steering_runs_in_model_dtype_with_exact_c0():
     layer.coeff = 1.0
     layer(x).float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in layer.parameters(recurse=False))
+
+
+class _EmbeddingScale(AdapterSteerer):
+    """A steerer acting at the embeddings (first steered block 0): nothing may be computed outside `at(c)`."""
+
+    name = "emb-scale"
+
+    def at(self, c):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def ctx():
+            h = self.model.get_input_embeddings().register_forward_hook(lambda _m, _a, out: out * (1 + c / 2))
+            try:
+                yield
+            finally:
+                h.remove()
+        return ctx()
+
+    def first_steered_block(self, model) -> int:
+        return 0
+
+
+def test_sweep_with_an_embedding_steerer_matches_plain_scoring(adapted, rows):
+    model, tok = adapted
+    st = _EmbeddingScale(model)
+    kw = {"coeffs": [-1.0, 1.0], "batch_size": 4, "progress": False, "axes": []}
+    base = H.evaluate(model, tok, rows, st, shared_prefix=False, frozen_prefix=False, **kw)
+    fast = H.evaluate(model, tok, rows, st, **kw)
+    for c in SCORES:
+        assert np.abs(fast[c] - base[c]).max() <= 1e-4, c
+    assert np.abs(base.loc[base.coeff == -1.0, "nll"].to_numpy() - base.loc[base.coeff == 1.0, "nll"].to_numpy()).max() > 1e-3

@@ -119,16 +119,19 @@ class _RowsBatch:
         self.split, self.head, self.with_nll = split, head, with_nll
         ids, mask = _pad(seqs, pad_id, left=True)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        self.ids, self.mask = ids.to(dev), mask.to(dev)
-        self.lower = split.lower(self.ids, self.mask, pos.to(dev))
+        self.ids, self.mask, self.pos = ids.to(dev), mask.to(dev), pos.to(dev)
+        # with nothing frozen (k = 0) the embeddings run inside each coefficient's context, like a forward
+        self.lower = split.lower(self.ids, self.mask, self.pos) if split.k > 0 else None
         pairs = (self.mask[:, :-1] & self.mask[:, 1:]).bool()
         self.rows_of, self.t_of = pairs.nonzero(as_tuple=True) if with_nll else (pairs.new_zeros(0, dtype=torch.long),) * 2
         self.targets = self.ids[:, 1:][self.rows_of, self.t_of]
         self.n_tok = pairs.sum(-1)
-        stats.see(self.lower.hidden.numel() * self.lower.hidden.element_size())
+        self.stats = stats
 
     def score(self, choices: ChoiceIds) -> dict[str, np.ndarray]:
-        hidden = self.split.upper(self.lower)
+        lower = self.lower or self.split.lower(self.ids, self.mask, self.pos)
+        self.stats.see(lower.hidden.numel() * lower.hidden.element_size())
+        hidden = self.split.upper(lower)
         nll = _nll(self.head, hidden[:, :-1][self.rows_of, self.t_of], self.targets, _chunk(self.head))
         nll_sum = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device).index_add_(0, self.rows_of, nll)
         return _finish(self.head(hidden[:, -1]), nll_sum, self.n_tok, choices, self.with_nll)
@@ -169,9 +172,10 @@ class _PrefixBatch:
         self.tail_targets = self.tail_ids[:, 1:][self.tail_r, self.tail_t]
 
         self.cache = DynamicCache(config=model.config)
-        self.lower_pre = split.lower(self.pre_ids, self.pre_mask, self.pre_pos, self.cache)
+        self.lower_pre: LowerState | None = None
         self.lower_tail: LowerState | None = None
         if split.k > 0:  # the blocks below k hold the prefix: repeat it per row and run the tails through them
+            self.lower_pre = split.lower(self.pre_ids, self.pre_mask, self.pre_pos, self.cache)
             select_rows(self.cache, self.row_group)
             self.lower_tail = split.lower(self.tail_ids, self.full_mask, self.tail_pos, self.cache)
         self.stats = stats
@@ -179,14 +183,16 @@ class _PrefixBatch:
     def score(self, choices: ChoiceIds) -> dict[str, np.ndarray]:
         split, head, k = self.split, self.head, self.split.k
         reset_from(self.cache, k)
-        h_pre = split.upper(self.lower_pre)  # [G, P, d]; blocks >= k now cache the prefix at this coefficient
+        # k = 0: nothing is frozen, the embeddings run inside this coefficient's context like a forward
+        lower_pre = self.lower_pre or split.lower(self.pre_ids, self.pre_mask, self.pre_pos, self.cache)
+        h_pre = split.upper(lower_pre)  # [G, P, d]; blocks >= k now cache the prefix at this coefficient
         select_rows(self.cache, self.row_group, start=k)
         lower_tail = self.lower_tail
         if lower_tail is None:  # k == 0: the tail's mask is sized from the cache, which holds the prefix only now
             lower_tail = split.lower(self.tail_ids, self.full_mask, self.tail_pos, self.cache)
         h_tail = split.upper(lower_tail)  # [N, T, d]
         self.stats.see(cache_bytes(self.cache) + sum(s.hidden.numel() * s.hidden.element_size()
-                                                     for s in (self.lower_pre, lower_tail)))
+                                                     for s in (lower_pre, lower_tail)))
         chunk = _chunk(head)
         n = h_tail.shape[0]
         nll_pre = torch.zeros(h_pre.shape[0], dtype=torch.float32, device=h_pre.device).index_add_(
