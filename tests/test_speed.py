@@ -79,7 +79,7 @@ def test_first_adapted_block(adapted):
 def test_sweep_switches_give_todays_scores(adapted, rows, shared, frozen):
     model, tok = adapted
     st = AdapterSteerer(model)
-    kw = {"coeffs": [-1.0, 0.0, 0.5], "batch_size": 3, "progress": False, "axes": []}
+    kw = {"coeffs": [-1.0, 0.0, 0.5], "batch_size": 4, "progress": False, "axes": []}  # 2 dilemmas a batch
     base = H.evaluate(model, tok, rows, st, shared_prefix=False, frozen_prefix=False, **kw)
     fast = H.evaluate(model, tok, rows, st, shared_prefix=shared, frozen_prefix=frozen, **kw)
     for c in SCORES:

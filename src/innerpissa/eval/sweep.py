@@ -137,75 +137,87 @@ class _RowsBatch:
         return _finish(self.head(hidden[:, -1]), nll_sum, self.n_tok, choices, self.with_nll)
 
 
-class _PrefixBatch:
-    """One batch of prefix groups: each group's prefix runs once into a KV cache, then every row's tail.
+class _Stage:
+    """One level of a prefix tree in a batch: rows of token ids continuing rows of the previous level."""
 
-    Prefixes are left padded (their last token is real), tails right padded after them; the tail positions
-    continue each prefix's positions, and the cache rows are repeated so each tail row sees its prefix.
+    def __init__(self, seqs, pad_id: int, left: bool, parent: torch.Tensor | None, offset: torch.Tensor,
+                 prev_mask: torch.Tensor | None, dev):
+        ids, mask = _pad(seqs, pad_id, left=left)
+        self.ids, self.mask = ids.to(dev), mask.to(dev)
+        self.parent = None if parent is None else parent.to(dev)
+        self.pos = offset.to(dev)[:, None] + (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.full_mask = self.mask if prev_mask is None else torch.cat([prev_mask[self.parent], self.mask], 1)
+        self.lens = self.mask.sum(-1)
+        self.first = self.mask.argmax(-1)  # column of each row's first real token
+        pairs = (self.mask[:, :-1] & self.mask[:, 1:]).bool()
+        self.pair_r, self.pair_t = pairs.nonzero(as_tuple=True)
+        self.targets = self.ids[:, 1:][self.pair_r, self.pair_t]
+        self.lower: LowerState | None = None
+
+
+class _PrefixBatch:
+    """One batch of prefix groups as a prefix tree, each level run once into a KV cache per coefficient:
+    the header all groups share (system, instruction, question), each group's own prefix, each row's tail.
+
+    Upper levels are left padded (their last token is real), the tails right padded; positions continue the
+    parent's, and the cache rows are repeated so each child row sees its parent's keys and values. The
+    prompt NLL of a row adds the terms of every level on its path (each computed once).
     """
 
     def __init__(self, model, split: BlockSplit, head, encoded, groups: Sequence[PrefixGroup], pad_id: int, dev,
                  with_nll: bool, stats: SweepStats):
-        self.split, self.head, self.with_nll, self.model = split, head, with_nll, model
+        self.split, self.head, self.with_nll, self.stats = split, head, with_nll, stats
         rows = [r for g in groups for r in g.rows]
+        prefixes = [encoded[g.rows[0]][:g.prefix_len] for g in groups]
+        header = common_prefix_len(prefixes)  # every group keeps at least one token of its own
         row_group = torch.tensor([gi for gi, g in enumerate(groups) for _ in g.rows], dtype=torch.long)
         p_len = torch.tensor([g.prefix_len for g in groups], dtype=torch.long)
-        pre_ids, pre_mask = _pad([encoded[g.rows[0]][:g.prefix_len] for g in groups], pad_id, left=True)
-        tails = [encoded[r][g.prefix_len:] for g in groups for r in g.rows]
-        tail_ids, tail_mask = _pad(tails, pad_id, left=False)
-        t_len = torch.tensor([len(t) for t in tails], dtype=torch.long)
-        pre_pos = (pre_mask.cumsum(-1) - 1).clamp(min=0)
-        tail_pos = p_len[row_group][:, None] + torch.arange(tail_ids.shape[1])[None, :]
-        self.row_group, self.t_len = row_group.to(dev), t_len.to(dev)
-        self.pre_ids, self.pre_mask, self.pre_pos = pre_ids.to(dev), pre_mask.to(dev), pre_pos.to(dev)
-        self.tail_ids, self.tail_mask, self.tail_pos = tail_ids.to(dev), tail_mask.to(dev), tail_pos.to(dev)
-        self.full_mask = torch.cat([self.pre_mask[self.row_group], self.tail_mask], 1)
+        self.stages: list[_Stage] = []
+        prev = None
+        if header > 0:
+            prev = _Stage([prefixes[0][:header]], pad_id, True, None, torch.zeros(1, dtype=torch.long), None, dev)
+            self.stages.append(prev)
+        mid = _Stage([p[header:] for p in prefixes], pad_id, True,
+                     None if prev is None else torch.zeros(len(groups), dtype=torch.long),
+                     torch.full((len(groups),), header, dtype=torch.long), None if prev is None else prev.full_mask, dev)
+        self.stages.append(mid)
+        tail = _Stage([encoded[r][g.prefix_len:] for g in groups for r in g.rows], pad_id, False, row_group,
+                      p_len[row_group], mid.full_mask, dev)
+        self.stages.append(tail)
         self.n_tok = torch.tensor([len(encoded[r]) - 1 for r in rows], dtype=torch.long, device=dev)
-        # NLL targets: inside the prefix (once per group), the first tail token, inside each tail
-        pp = (self.pre_mask[:, :-1] & self.pre_mask[:, 1:]).bool()
-        tp = (self.tail_mask[:, :-1] & self.tail_mask[:, 1:]).bool()
-        if not with_nll:
-            pp, tp = torch.zeros_like(pp), torch.zeros_like(tp)
-        self.pre_g, self.pre_t = pp.nonzero(as_tuple=True)
-        self.pre_targets = self.pre_ids[:, 1:][self.pre_g, self.pre_t]
-        self.tail_r, self.tail_t = tp.nonzero(as_tuple=True)
-        self.tail_targets = self.tail_ids[:, 1:][self.tail_r, self.tail_t]
-
         self.cache = DynamicCache(config=model.config)
-        self.lower_pre: LowerState | None = None
-        self.lower_tail: LowerState | None = None
-        if split.k > 0:  # the blocks below k hold the prefix: repeat it per row and run the tails through them
-            self.lower_pre = split.lower(self.pre_ids, self.pre_mask, self.pre_pos, self.cache)
-            select_rows(self.cache, self.row_group)
-            self.lower_tail = split.lower(self.tail_ids, self.full_mask, self.tail_pos, self.cache)
-        self.stats = stats
+        if split.k > 0:  # blocks below k: each level once, the cache rows repeated for the next level
+            for st in self.stages:
+                if st.parent is not None:
+                    select_rows(self.cache, st.parent)
+                st.lower = split.lower(st.ids, st.full_mask, st.pos, self.cache)
 
     def score(self, choices: ChoiceIds) -> dict[str, np.ndarray]:
         split, head, k = self.split, self.head, self.split.k
-        reset_from(self.cache, k)
-        # k = 0: nothing is frozen, the embeddings run inside this coefficient's context like a forward
-        lower_pre = self.lower_pre or split.lower(self.pre_ids, self.pre_mask, self.pre_pos, self.cache)
-        h_pre = split.upper(lower_pre)  # [G, P, d]; blocks >= k now cache the prefix at this coefficient
-        select_rows(self.cache, self.row_group, start=k)
-        lower_tail = self.lower_tail
-        if lower_tail is None:  # k == 0: the tail's mask is sized from the cache, which holds the prefix only now
-            lower_tail = split.lower(self.tail_ids, self.full_mask, self.tail_pos, self.cache)
-        h_tail = split.upper(lower_tail)  # [N, T, d]
-        self.stats.see(cache_bytes(self.cache) + sum(s.hidden.numel() * s.hidden.element_size()
-                                                     for s in (lower_pre, lower_tail)))
         chunk = _chunk(head)
-        n = h_tail.shape[0]
-        nll_pre = torch.zeros(h_pre.shape[0], dtype=torch.float32, device=h_pre.device).index_add_(
-            0, self.pre_g, _nll(head, h_pre[:, :-1][self.pre_g, self.pre_t], self.pre_targets, chunk))
-        nll_tail = torch.zeros(n, dtype=torch.float32, device=h_tail.device).index_add_(
-            0, self.tail_r, _nll(head, h_tail[:, :-1][self.tail_r, self.tail_t], self.tail_targets, chunk))
-        if self.with_nll:
-            first = _nll(head, h_pre[self.row_group, -1], self.tail_ids[:, 0], chunk)
-        else:
-            first = torch.zeros(n, dtype=torch.float32, device=h_tail.device)
-        nll_sum = nll_pre[self.row_group] + first + nll_tail
-        last = head(h_tail[torch.arange(n, device=h_tail.device), self.t_len - 1])
-        return _finish(last, nll_sum, self.n_tok, choices, self.with_nll)
+        reset_from(self.cache, k)
+        acc: torch.Tensor | None = None
+        prev_h: torch.Tensor | None = None
+        held = 0
+        for st in self.stages:
+            if st.parent is not None:
+                select_rows(self.cache, st.parent, start=k)
+            # k = 0: nothing is frozen, the embeddings run inside this coefficient's context like a forward
+            lower = st.lower or split.lower(st.ids, st.full_mask, st.pos, self.cache)
+            held += lower.hidden.numel() * lower.hidden.element_size()
+            h = split.upper(lower)
+            n = h.shape[0]
+            own = torch.zeros(n, dtype=torch.float32, device=h.device)
+            if self.with_nll:
+                own.index_add_(0, st.pair_r, _nll(head, h[:, :-1][st.pair_r, st.pair_t], st.targets, chunk))
+                if prev_h is not None:  # the parent's last state predicts this row's first token
+                    first = st.ids[torch.arange(n, device=h.device), st.first]
+                    own = own + _nll(head, prev_h[st.parent, -1], first, chunk)
+            acc = own if acc is None else acc[st.parent] + own
+            prev_h = h
+        self.stats.see(cache_bytes(self.cache) + held)
+        last = head(prev_h[torch.arange(prev_h.shape[0], device=prev_h.device), self.stages[-1].lens - 1])
+        return _finish(last, acc, self.n_tok, choices, self.with_nll)
 
 
 @torch.no_grad()
