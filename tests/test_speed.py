@@ -146,13 +146,15 @@ def test_training_frozen_prefix_is_a_pure_speedup(tmp_path, batch_pm, cache):
     batch = t.collate([t.ds[i] for i in t.train_idx[:4]])
     assert (batch.attention_mask == 0).any(), "the test needs left-padded rows"
     rows_seen: list[int] = []
-    hook = t.model.get_decoder().layers[0].register_forward_pre_hook(lambda _m, a: rows_seen.append(a[0].shape[0]))
+    block0 = t.model.get_decoder().layers[0]
+    run0 = block0.forward  # counted by wrapping forward: a hook would (rightly) turn the reuse off
+    block0.forward = lambda h, *a, **kw: (rows_seen.append(h.shape[0]), run0(h, *a, **kw))[1]
     t.cfg.frozen_prefix = False
     ref = _loss_and_grads(t, batch)
     rows_off, rows_seen[:] = sum(rows_seen), []
     t.cfg.frozen_prefix = True
     fast = _loss_and_grads(t, batch)
-    hook.remove()
+    del block0.forward
     n = batch.input_ids.shape[0]
     assert rows_off >= 2 * n and sum(rows_seen) == n  # block 0 ran once per row instead of once per forward
     assert ref[1].abs().max() > 0
@@ -252,3 +254,15 @@ def test_sweep_with_an_embedding_steerer_matches_plain_scoring(adapted, rows):
     for c in SCORES:
         assert np.abs(fast[c] - base[c]).max() <= 1e-4, c
     assert np.abs(base.loc[base.coeff == -1.0, "nll"].to_numpy() - base.loc[base.coeff == 1.0, "nll"].to_numpy()).max() > 1e-3
+
+
+def test_frozen_prefix_stays_off_when_a_lower_block_is_hooked(adapted):
+    model, _ = adapted
+    h = model.get_decoder().layers[0].mlp.register_forward_hook(lambda *a: None)
+    try:
+        with frozen_prefix(model) as memo:
+            assert memo is None
+    finally:
+        h.remove()
+    with frozen_prefix(model) as memo:
+        assert memo is not None

@@ -9,8 +9,9 @@ attention mask) with what it saw last:
 - anything else: they run normally and their output is recorded for the next forward.
 Nothing below the first adapted block has a trainable parameter, so the recorded states carry no graph and
 the results equal an ordinary forward's (the same operations on the same numbers). It stays off when a
-lower block or the embeddings have a trainable parameter, when a KV cache is in use, or when the model has
-no plain `decoder.layers` layout (`split.decoder_parts`).
+lower block or the embeddings have a trainable parameter, when a module in a lower block has hooks (a
+capture point there), when a KV cache is in use, or when the model has no plain `decoder.layers` layout
+(`split.decoder_parts`).
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ def frozen_prefix_ok(model: nn.Module) -> int:
     lower = [*layers[:k], *([emb] if emb is not None else [])]
     if any(p.requires_grad for m in lower for p in m.parameters()):
         return 0
+    if any(m._forward_hooks or m._forward_pre_hooks for block in layers[:k] for m in block.modules()):
+        return 0  # someone reads inside the lower blocks (e.g. a loss point there): they must really run
     return k
 
 
