@@ -15,7 +15,7 @@ fraction of valid rows, its Yes rate and the median prompt length.
 
 `--sweep-dilemmas N` (default 16; 0 skips) adds the coefficient-sweep table: an adapter of the
 `smollm2-cpu` preset is attached and a 5-coefficient sweep over both rows of N dilemmas is timed with
-shared-prefix scoring and frozen-prefix reuse each on and off, against a bare batched forward with full
+shared-prefix scoring, frozen-prefix reuse and all coefficients in one pass each on and off, against a bare batched forward with full
 logits over the same rows (rows/s counts one row per coefficient). Arms are interleaved within each repeat
 and medians reported; the max abs difference of every arm's scores from the plain sweep is printed.
 """
@@ -137,14 +137,15 @@ def sweep_table(model, tok, rows, batch_size: int, repeats: int, coeffs=(-1.0, -
 
     arms = {"bare": (bare, None)}
     results = {}
-    for sp in (False, True):
-        for fp in (False, True):
-            name = f"sweep shared={'on' if sp else 'off'} frozen={'on' if fp else 'off'}"
+    on = {False: "off", True: "on"}
+    for sp, fp, bc in ((False, False, False), (True, False, False), (False, True, False), (False, False, True),
+                       (True, True, False), (True, True, True)):
+        name = f"sweep shared={on[sp]} frozen={on[fp]} one-pass={on[bc]}"
 
-            def fn(sp=sp, fp=fp, name=name) -> None:
-                results[name] = evaluate(model, tok, rows, steerer, coeffs=list(coeffs), batch_size=batch_size,
-                                         axes=[], progress=False, shared_prefix=sp, frozen_prefix=fp)
-            arms[name] = (fn, (sp, fp))
+        def fn(sp=sp, fp=fp, bc=bc, name=name) -> None:
+            results[name] = evaluate(model, tok, rows, steerer, coeffs=list(coeffs), batch_size=batch_size,
+                                     axes=[], progress=False, shared_prefix=sp, frozen_prefix=fp, batch_coeffs=bc)
+        arms[name] = (fn, (sp, fp, bc))
     times: dict[str, list[float]] = {k: [] for k in arms}
     for _ in range(repeats):
         for k, (fn, _) in arms.items():
@@ -155,16 +156,21 @@ def sweep_table(model, tok, rows, batch_size: int, repeats: int, coeffs=(-1.0, -
     print(f"\ncoefficient sweep: {n} rows ({n // 2} dilemmas, median {int(np.median(lengths))} tokens), "
           f"{len(coeffs)} coefficients, batch {batch_size}, first adapted block {first_adapted_block(model)} of "
           f"{model.config.num_hidden_layers}; median of {repeats} interleaved repeats")
-    base = results["sweep shared=off frozen=off"]
-    print(f"{'arm':34s} {'s':>8s} {'rows/s':>8s} {'x bare':>7s} {'max|diff|':>10s}")
+    base = results["sweep shared=off frozen=off one-pass=off"]
+    print(f"{'arm':45s} {'s':>8s} {'rows/s':>8s} {'x bare':>7s} {'max|diff|':>10s}")
     for k in arms:
         rps = (n if k == "bare" else n * len(coeffs)) / med[k]
         diff = "" if k == "bare" else f"{max(float(np.abs(results[k][c] - base[c]).max()) for c in ('logp_yes', 'logp_no', 'nll')):.2e}"
-        print(f"{k:34s} {med[k]:8.2f} {rps:8.2f} {rps / (n / med['bare']):7.2f} {diff:>10s}")
+        print(f"{k:45s} {med[k]:8.2f} {rps:8.2f} {rps / (n / med['bare']):7.2f} {diff:>10s}")
     st = SweepStats()
     score_sweep(model, encoded, choice_ids(tok), pad, [0.0], steerer.at, first_adapted_block(model),
                 rows["dilemma_idx"].tolist(), batch_size=batch_size, stats=st)
-    print(f"peak cached states + keys/values per batch (shared+frozen): {st.peak_bytes / 2**20:.1f} MiB")
+    print(f"peak cached states + keys/values per batch (shared+frozen, one coefficient): {st.peak_bytes / 2**20:.1f} MiB")
+    st = SweepStats()
+    score_sweep(model, encoded, choice_ids(tok), pad, list(coeffs), steerer.at, first_adapted_block(model),
+                rows["dilemma_idx"].tolist(), batch_size=batch_size, stats=st, at_many=steerer.at)
+    print(f"peak cached states + keys/values per batch (all on, {len(coeffs)} coefficients in one pass): "
+          f"{st.peak_bytes / 2**20:.1f} MiB")
     return med
 
 

@@ -37,10 +37,14 @@ def main() -> None:
     ap.add_argument("--preset", default="smollm2-cpu")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="only today / default / bare")
+    ap.add_argument("--n-pairs", type=int, default=None, help="fewer pairs (a shorter reference pass)")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over the timed micro-batches")
     args = ap.parse_args()
 
     cfg = preset(args.preset)
     cfg.progress = False
+    if args.n_pairs:
+        cfg.data.n_pairs = args.n_pairs
     t0 = time.perf_counter()
     tr = Trainer(cfg)
     tr._setup_reference()
@@ -73,7 +77,7 @@ def main() -> None:
     if args.quick:
         modes = {k: v for k, v in modes.items() if k in ("today", "default", "bare")}
     times: dict[str, list[float]] = {m: [] for m in modes}
-    for b in batches:
+    for b in [b for _ in range(args.repeats) for b in batches]:
         for m, fn in modes.items():
             t = time.perf_counter()
             fn(b)

@@ -75,13 +75,16 @@ def test_first_adapted_block(adapted):
     assert first_adapted_block(adapted[0]) == adapted[0].config.num_hidden_layers - 1
 
 
-@pytest.mark.parametrize(("shared", "frozen"), [(True, True), (True, False), (False, True)])
-def test_sweep_switches_give_todays_scores(adapted, rows, shared, frozen):
+@pytest.mark.parametrize(("shared", "frozen", "together"),
+                         [(True, True, True), (True, True, False), (True, False, False), (False, True, False),
+                          (False, False, True), (True, False, True), (False, True, True)])
+def test_sweep_switches_give_todays_scores(adapted, rows, shared, frozen, together):
     model, tok = adapted
     st = AdapterSteerer(model)
     kw = {"coeffs": [-1.0, 0.0, 0.5], "batch_size": 4, "progress": False, "axes": []}  # 2 dilemmas a batch
-    base = H.evaluate(model, tok, rows, st, shared_prefix=False, frozen_prefix=False, **kw)
-    fast = H.evaluate(model, tok, rows, st, shared_prefix=shared, frozen_prefix=frozen, **kw)
+    base = H.evaluate(model, tok, rows, st, shared_prefix=False, frozen_prefix=False, batch_coeffs=False, **kw)
+    fast = H.evaluate(model, tok, rows, st, shared_prefix=shared, frozen_prefix=frozen, batch_coeffs=together,
+                      **kw)
     for c in SCORES:
         assert np.abs(fast[c] - base[c]).max() <= 1e-4, c
     assert (fast["n_tokens"] == base["n_tokens"]).all()
@@ -228,6 +231,7 @@ class _EmbeddingScale(AdapterSteerer):
     """A steerer acting at the embeddings (first steered block 0): nothing may be computed outside `at(c)`."""
 
     name = "emb-scale"
+    per_row_coeffs = False
 
     def at(self, c):
         from contextlib import contextmanager
@@ -249,7 +253,7 @@ def test_sweep_with_an_embedding_steerer_matches_plain_scoring(adapted, rows):
     model, tok = adapted
     st = _EmbeddingScale(model)
     kw = {"coeffs": [-1.0, 1.0], "batch_size": 4, "progress": False, "axes": []}
-    base = H.evaluate(model, tok, rows, st, shared_prefix=False, frozen_prefix=False, **kw)
+    base = H.evaluate(model, tok, rows, st, shared_prefix=False, frozen_prefix=False, batch_coeffs=False, **kw)
     fast = H.evaluate(model, tok, rows, st, **kw)
     for c in SCORES:
         assert np.abs(fast[c] - base[c]).max() <= 1e-4, c

@@ -22,6 +22,9 @@ class Steerer(ABC):
     name: str = "steerer"
     #: the coefficients a sweep uses when none are given
     default_coeffs: Sequence[float] = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    #: whether `at` also accepts a 1-D tensor with one coefficient per batch row (a sweep then runs every
+    #: coefficient in one batched pass)
+    per_row_coeffs: bool = False
 
     @abstractmethod
     def at(self, c: float):  # -> ContextManager[None]
@@ -52,6 +55,7 @@ class AdapterSteerer(Steerer):
     """An attached InnerPiSSA adapter: state c is `steer(model, c)`."""
 
     name = "innerpissa"
+    per_row_coeffs = True
 
     def __init__(self, model, name: str | None = None, coeffs: Sequence[float] | None = None):
         self.model = model

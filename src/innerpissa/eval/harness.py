@@ -222,6 +222,7 @@ def evaluate(
     progress: bool = True,
     shared_prefix: bool = True,
     frozen_prefix: bool = True,
+    batch_coeffs: bool = True,
 ) -> pd.DataFrame:
     """Score every row at every coefficient of `steerer`; one output row per (coeff, input row).
 
@@ -233,7 +234,8 @@ def evaluate(
     identifies the steerer's weights (e.g. `adapter_fingerprint(path)`) so a retrained adapter is rescored.
     `shared_prefix` scores the rows of a dilemma from one pass over their common prompt prefix, and
     `frozen_prefix` runs the blocks below the steerer's first steered block once for all coefficients
-    (`eval/sweep.py`); both give today's numbers up to float rounding and can be turned off.
+    (`eval/sweep.py`); both give today's numbers up to float rounding and can be turned off. With
+    `batch_coeffs`, a steerer taking per-row coefficients (`per_row_coeffs`) runs all of them in one pass.
     """
     coeffs = list(steerer.default_coeffs if coeffs is None else coeffs)
     choices = choice_ids(tokenizer)
@@ -245,7 +247,7 @@ def evaluate(
                             _cache_key(model, rows, systems[c], f"{cache_tag}|nll={with_nll}")) if cache_dir else None
              for c in coeffs}
     swept: dict[float, pd.DataFrame] = {}
-    if (shared_prefix or frozen_prefix) and _fast_path(model) is not None and decoder_parts(model) is not None:
+    if (shared_prefix or frozen_prefix or batch_coeffs) and _fast_path(model) is not None and decoder_parts(model) is not None:
         from innerpissa.eval.sweep import score_sweep
 
         todo: dict[str, list[float]] = {}
@@ -257,7 +259,8 @@ def evaluate(
             bar = (lambda b, d=f"{steerer.name} x{len(cs)} coeffs": _progress(b, True, d)) if progress else None
             swept.update(score_sweep(model, encoded, choices, tokenizer.pad_token_id, cs, steerer.at,
                                      steerer.first_steered_block(model), rows["dilemma_idx"].tolist(),
-                                     shared_prefix, frozen_prefix, batch_size, with_nll, bar))
+                                     shared_prefix, frozen_prefix, batch_size, with_nll, bar,
+                                     at_many=steerer.at if batch_coeffs and steerer.per_row_coeffs else None))
     frames = []
     for c in coeffs:
         system, path = systems[c], paths[c]

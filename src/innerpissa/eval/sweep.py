@@ -13,7 +13,7 @@ bounded by the batch size (`SweepStats` reports the peak bytes of cached states 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +112,28 @@ def _finish(last: torch.Tensor, nll_sum: torch.Tensor, n_tok: torch.Tensor, choi
             "n_tokens": n_tok.cpu().numpy()}
 
 
+def _tile_value(v, n: int, m: int):
+    """Keyword argument `v` with its batch dimension (size n) repeated m times (tuples recursively)."""
+    if isinstance(v, torch.Tensor):
+        return v.repeat(m, *([1] * (v.dim() - 1))) if v.dim() > 0 and v.shape[0] == n else v
+    if isinstance(v, tuple):
+        return tuple(_tile_value(x, n, m) for x in v)
+    return v
+
+
+def _tile(state: LowerState, m: int) -> LowerState:
+    """A recorded lower state for m coefficients at once (coefficient-major rows)."""
+    if m == 1:
+        return state
+    n = state.hidden.shape[0]
+    return LowerState(_tile_value(state.hidden, n, m), {k: _tile_value(v, n, m) for k, v in state.kwargs.items()})
+
+
+def _tile_index(idx: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Row indices into n rows, for m coefficient-major copies of them."""
+    return (idx[None, :] + n * torch.arange(m, device=idx.device)[:, None]).reshape(-1)
+
+
 class _RowsBatch:
     """One batch without prefix sharing: left-padded rows, lower blocks run once."""
 
@@ -128,13 +150,18 @@ class _RowsBatch:
         self.n_tok = pairs.sum(-1)
         self.stats = stats
 
-    def score(self, choices: ChoiceIds) -> dict[str, np.ndarray]:
+    def score(self, choices: ChoiceIds, m: int = 1, at_rows: Callable | None = None) -> dict[str, np.ndarray]:
+        """Scores of the rows at the current state; m > 1: `at_rows(n)` puts the model in m states for m
+        coefficient-major copies of n rows, and the result has m x rows entries."""
         lower = self.lower or self.split.lower(self.ids, self.mask, self.pos)
-        self.stats.see(lower.hidden.numel() * lower.hidden.element_size())
-        hidden = self.split.upper(lower)
-        nll = _nll(self.head, hidden[:, :-1][self.rows_of, self.t_of], self.targets, _chunk(self.head))
-        nll_sum = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device).index_add_(0, self.rows_of, nll)
-        return _finish(self.head(hidden[:, -1]), nll_sum, self.n_tok, choices, self.with_nll)
+        self.stats.see(m * lower.hidden.numel() * lower.hidden.element_size())
+        with at_rows(self.ids.shape[0]) if at_rows else nullcontext():
+            hidden = self.split.upper(_tile(lower, m))
+        n = self.ids.shape[0]
+        rows_of = _tile_index(self.rows_of, n, m)
+        nll = _nll(self.head, hidden[:, :-1][rows_of, self.t_of.repeat(m)], self.targets.repeat(m), _chunk(self.head))
+        nll_sum = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device).index_add_(0, rows_of, nll)
+        return _finish(self.head(hidden[:, -1]), nll_sum, self.n_tok.repeat(m), choices, self.with_nll)
 
 
 class _Stage:
@@ -192,32 +219,39 @@ class _PrefixBatch:
                     select_rows(self.cache, st.parent)
                 st.lower = split.lower(st.ids, st.full_mask, st.pos, self.cache)
 
-    def score(self, choices: ChoiceIds) -> dict[str, np.ndarray]:
+    def score(self, choices: ChoiceIds, m: int = 1, at_rows: Callable | None = None) -> dict[str, np.ndarray]:
+        """Scores of the rows at the current state; m > 1: m coefficients at once (coefficient-major), the
+        model put in them by `at_rows(n)` for each level of n rows."""
         split, head, k = self.split, self.head, self.split.k
         chunk = _chunk(head)
         reset_from(self.cache, k)
         acc: torch.Tensor | None = None
         prev_h: torch.Tensor | None = None
+        prev_n = 0
         held = 0
         for st in self.stages:
-            if st.parent is not None:
-                select_rows(self.cache, st.parent, start=k)
+            n = st.ids.shape[0]
+            parent = None if st.parent is None else _tile_index(st.parent, prev_n, m)
+            if parent is not None:
+                select_rows(self.cache, parent, start=k)
             # k = 0: nothing is frozen, the embeddings run inside this coefficient's context like a forward
             lower = st.lower or split.lower(st.ids, st.full_mask, st.pos, self.cache)
-            held += lower.hidden.numel() * lower.hidden.element_size()
-            h = split.upper(lower)
-            n = h.shape[0]
-            own = torch.zeros(n, dtype=torch.float32, device=h.device)
+            held += m * lower.hidden.numel() * lower.hidden.element_size()
+            with at_rows(n) if at_rows else nullcontext():
+                h = split.upper(_tile(lower, m))
+            own = torch.zeros(n * m, dtype=torch.float32, device=h.device)
             if self.with_nll:
-                own.index_add_(0, st.pair_r, _nll(head, h[:, :-1][st.pair_r, st.pair_t], st.targets, chunk))
+                pr = _tile_index(st.pair_r, n, m)
+                own.index_add_(0, pr, _nll(head, h[:, :-1][pr, st.pair_t.repeat(m)], st.targets.repeat(m), chunk))
                 if prev_h is not None:  # the parent's last state predicts this row's first token
-                    first = st.ids[torch.arange(n, device=h.device), st.first]
-                    own = own + _nll(head, prev_h[st.parent, -1], first, chunk)
-            acc = own if acc is None else acc[st.parent] + own
-            prev_h = h
+                    first = st.ids[torch.arange(n, device=h.device), st.first].repeat(m)
+                    own = own + _nll(head, prev_h[parent, -1], first, chunk)
+            acc = own if acc is None else acc[parent] + own
+            prev_h, prev_n = h, n
         self.stats.see(cache_bytes(self.cache) + held)
-        last = head(prev_h[torch.arange(prev_h.shape[0], device=prev_h.device), self.stages[-1].lens - 1])
-        return _finish(last, acc, self.n_tok, choices, self.with_nll)
+        lens = self.stages[-1].lens.repeat(m)
+        last = head(prev_h[torch.arange(prev_h.shape[0], device=prev_h.device), lens - 1])
+        return _finish(last, acc, self.n_tok.repeat(m), choices, self.with_nll)
 
 
 @torch.no_grad()
@@ -225,13 +259,17 @@ def score_sweep(model: PreTrainedModel, encoded: Sequence[Sequence[int]], choice
                 coeffs: Sequence[float], at: Callable[[float], AbstractContextManager], first_block: int = 0,
                 group_keys: Sequence[Hashable] | None = None, shared_prefix: bool = True,
                 frozen_prefix: bool = True, batch_size: int = 8, with_nll: bool = True,
-                progress: Callable | None = None, stats: SweepStats | None = None) -> dict[float, pd.DataFrame]:
+                progress: Callable | None = None, stats: SweepStats | None = None,
+                at_many: Callable[[torch.Tensor], AbstractContextManager] | None = None) -> dict[float, pd.DataFrame]:
     """Scores (`SCORE_COLUMNS`, input order) of every prompt at every coefficient, batch loop outside.
 
     `at(c)` puts the model in state c (a `Steerer.at`); `first_block` is the lowest decoder block that state
     can change (0 when unknown: nothing is frozen). `group_keys` marks rows sharing a prompt prefix (the
     dilemma index); with `shared_prefix` off, or no keys, every row runs whole. The model must have a plain
     linear output head and a `decoder.layers` / `decoder.norm` layout (`split.decoder_parts`).
+    `at_many(c)`, when given, puts the model in one state per batch row (a 1-D tensor of coefficients, as
+    `adapter.steer` accepts): the blocks from `first_block` on then run every coefficient in one pass, which
+    on a CPU reads each weight once per batch instead of once per coefficient.
     """
     dev = next(model.parameters()).device
     head = model.get_output_embeddings()
@@ -248,10 +286,18 @@ def score_sweep(model: PreTrainedModel, encoded: Sequence[Sequence[int]], choice
             job = _PrefixBatch(model, split, head, encoded, batch, pad_id, dev, with_nll, stats)
         else:
             job = _RowsBatch(split, head, [encoded[r] for r in rows], pad_id, dev, with_nll, stats)
-        for c in coeffs:
-            with at(c):
-                res = job.score(choices)
-            for k in SCORE_COLUMNS:
-                out[float(c)][k][rows] = res[k]
+        if at_many is not None and len(coeffs) > 1:  # every coefficient in one pass: weights read once
+            n = len(rows)
+            cs = torch.tensor([float(c) for c in coeffs], device=dev)
+            res = job.score(choices, len(coeffs), lambda k, cs=cs: at_many(cs.repeat_interleave(k)))
+            for i, c in enumerate(coeffs):
+                for k in SCORE_COLUMNS:
+                    out[float(c)][k][rows] = res[k][i * n:(i + 1) * n]
+        else:
+            for c in coeffs:
+                with at(c):
+                    res = job.score(choices)
+                for k in SCORE_COLUMNS:
+                    out[float(c)][k][rows] = res[k]
         stats.batches += 1
     return {c: pd.DataFrame(v) for c, v in out.items()}
