@@ -139,7 +139,7 @@ def sweep_table(model, tok, rows, batch_size: int, repeats: int, coeffs=(-1.0, -
     results = {}
     on = {False: "off", True: "on"}
     for sp, fp, bc in ((False, False, False), (True, False, False), (False, True, False), (False, False, True),
-                       (True, True, False), (True, True, True)):
+                       (False, True, True), (True, True, True)):
         name = f"sweep shared={on[sp]} frozen={on[fp]} one-pass={on[bc]}"
 
         def fn(sp=sp, fp=fp, bc=bc, name=name) -> None:

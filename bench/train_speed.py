@@ -36,7 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="smollm2-cpu")
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--quick", action="store_true", help="only today / default / bare")
+    ap.add_argument("--quick", action="store_true", help="only today / default / batched+frozen / bare")
     ap.add_argument("--n-pairs", type=int, default=None, help="fewer pairs (a shorter reference pass)")
     ap.add_argument("--repeats", type=int, default=1, help="rounds over the timed micro-batches")
     args = ap.parse_args()
@@ -75,7 +75,7 @@ def main() -> None:
              "batched+frozen": step_with(True, True, True), "two_fwd+no_frozen": step_with(False, True, False),
              "no_cache": step_with(None, False, True), "bare": step_bare}
     if args.quick:
-        modes = {k: v for k, v in modes.items() if k in ("today", "default", "bare")}
+        modes = {k: v for k, v in modes.items() if k in ("today", "default", "batched+frozen", "bare")}
     times: dict[str, list[float]] = {m: [] for m in modes}
     for b in [b for _ in range(args.repeats) for b in batches]:
         for m, fn in modes.items():

@@ -236,6 +236,8 @@ def evaluate(
     `frozen_prefix` runs the blocks below the steerer's first steered block once for all coefficients
     (`eval/sweep.py`); both give today's numbers up to float rounding and can be turned off. With
     `batch_coeffs`, a steerer taking per-row coefficients (`per_row_coeffs`) runs all of them in one pass.
+    All three are on by default (docs/RESULTS.md, issue 11: on 2 CPU cores the shared prefix pays off with one
+    pass, whose larger matrix products read each weight once for all coefficients).
     """
     coeffs = list(steerer.default_coeffs if coeffs is None else coeffs)
     choices = choice_ids(tokenizer)
