@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/train_speed.py [--steps 8] [--preset smollm2-cpu]
 
-Times the same micro-batches (round-robin, median per step) four ways:
-- `default`: +1 and -1 in one batched forward, the c = 0 reference from the cache;
-- `no_batch_pm`: +1 and -1 as two forwards;   - `no_cache`: a third forward at c = 0 every step;
+Times the same micro-batches (round-robin, median per step) these ways:
+- `today`: +1 and -1 in one batched forward, the c = 0 reference from the cache, no frozen-prefix reuse
+  (the default before issue 11);
+- `default`: the current default (`batch_pm=None`: two forwards on CPU, batched on GPU; `frozen_prefix`: the
+  blocks below the first adapted block once per batch);
+- `batched+frozen`, `two_fwd+no_frozen`: the other combinations;  - `no_cache`: a third forward at c = 0;
 - `bare`: a plain forward + backward of the base model over the same tokens, twice (the +1 and -1 rows),
   with a trivial loss on the same parameters: what any trainer of this adapter must at least pay.
-Prints seconds per step, ratios, and the extrapolated time per epoch and per run.
+Prints seconds per step, ratios, the frozen states' memory and the extrapolated time per epoch and per run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import statistics
 import time
 
@@ -32,10 +36,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="smollm2-cpu")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--quick", action="store_true", help="only today / default / batched+frozen / bare")
+    ap.add_argument("--n-pairs", type=int, default=None, help="fewer pairs (a shorter reference pass)")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over the timed micro-batches")
     args = ap.parse_args()
 
     cfg = preset(args.preset)
     cfg.progress = False
+    if args.n_pairs:
+        cfg.data.n_pairs = args.n_pairs
     t0 = time.perf_counter()
     tr = Trainer(cfg)
     tr._setup_reference()
@@ -46,13 +55,14 @@ def main() -> None:
         loss, _ = tr.losses(b)
         loss.backward()
 
-    def step_with(batch_pm: bool, cache: bool):
+    def step_with(batch_pm: bool | None, cache: bool, frozen: bool):
         def run(b: PairBatch) -> None:
-            tr.cfg.batch_pm, tr.cfg.cache_reference = batch_pm, cache
+            saved = tr.cfg.batch_pm, tr.cfg.cache_reference, tr.cfg.frozen_prefix
+            tr.cfg.batch_pm, tr.cfg.cache_reference, tr.cfg.frozen_prefix = batch_pm, cache, frozen
             try:
                 step_default(b)
             finally:
-                tr.cfg.batch_pm, tr.cfg.cache_reference = True, True
+                tr.cfg.batch_pm, tr.cfg.cache_reference, tr.cfg.frozen_prefix = saved
         return run
 
     def step_bare(b: PairBatch) -> None:
@@ -61,10 +71,13 @@ def main() -> None:
             out = tr.model(input_ids=rows[0], attention_mask=rows[1], use_cache=False)
         out.logits[:, -1].float().logsumexp(-1).mean().backward()
 
-    modes = {"default": step_default, "no_batch_pm": step_with(False, True), "no_cache": step_with(True, False),
-             "bare": step_bare}
+    modes = {"today": step_with(True, True, False), "default": step_default,
+             "batched+frozen": step_with(True, True, True), "two_fwd+no_frozen": step_with(False, True, False),
+             "no_cache": step_with(None, False, True), "bare": step_bare}
+    if args.quick:
+        modes = {k: v for k, v in modes.items() if k in ("today", "default", "batched+frozen", "bare")}
     times: dict[str, list[float]] = {m: [] for m in modes}
-    for b in batches:
+    for b in [b for _ in range(args.repeats) for b in batches]:
         for m, fn in modes.items():
             t = time.perf_counter()
             fn(b)
@@ -80,7 +93,15 @@ def main() -> None:
     for m in modes:
         print(f"{m:12s} {med[m]:6.2f} s/step  ratio to default {med[m] / med['default']:.2f}  "
               f"epoch ~{med[m] * steps_per_epoch / 60:.1f} min")
-    print(f"default / bare forward+backward: {med['default'] / med['bare']:.2f}")
+    print(f"default / today: {med['default'] / med['today']:.2f}   "
+          f"default / bare forward+backward: {med['default'] / med['bare']:.2f}")
+    from innerpissa.train.prefix import frozen_prefix_ok
+
+    k = frozen_prefix_ok(tr.model)
+    widest = max(b.input_ids.shape[0] * b.input_ids.shape[1] for b in batches)
+    print(f"frozen prefix: blocks [0, {k}) of {tr.model.config.num_hidden_layers} run once per batch; their output "
+          f"is kept for one batch: {widest * tr.model.config.hidden_size * 4 / 2**20:.1f} MiB at most here; "
+          f"peak RSS of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
     total = setup + med["default"] * steps_per_epoch * cfg.epochs * 1.1  # +10%: validation each epoch
     print(f"extrapolated full default run: ~{total / 60:.1f} min")
 

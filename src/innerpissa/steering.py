@@ -22,6 +22,9 @@ class Steerer(ABC):
     name: str = "steerer"
     #: the coefficients a sweep uses when none are given
     default_coeffs: Sequence[float] = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    #: whether `at` also accepts a 1-D tensor with one coefficient per batch row (a sweep then runs every
+    #: coefficient in one batched pass)
+    per_row_coeffs: bool = False
 
     @abstractmethod
     def at(self, c: float):  # -> ContextManager[None]
@@ -30,6 +33,11 @@ class Steerer(ABC):
     def system_prompt(self, c: float, default: str) -> str:
         """The system message to use at coefficient `c` (weight-space methods keep the default)."""
         return default
+
+    def first_steered_block(self, model) -> int:
+        """The lowest decoder block whose computation `at(c)` can change; blocks below it are shared by every
+        coefficient of a sweep (computed once). 0, the safe default, shares nothing."""
+        return 0
 
 
 class NoSteering(Steerer):
@@ -52,6 +60,7 @@ class AdapterSteerer(Steerer):
     """
 
     name = "innerpissa"
+    per_row_coeffs = True
 
     def __init__(self, model, name: str | None = None, coeffs: Sequence[float] | None = None,
                  adapter: str | None = None, others: Mapping[str, float] | None = None):
@@ -71,3 +80,8 @@ class AdapterSteerer(Steerer):
 
         with steer(self.model, c if self.adapter is None else {**self.others, self.adapter: c}):
             yield
+
+    def first_steered_block(self, model) -> int:
+        from innerpissa.split import first_adapted_block
+
+        return first_adapted_block(model) if model is self.model else 0

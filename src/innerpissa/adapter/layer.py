@@ -168,6 +168,7 @@ class InnerPiSSALinear(SteerableLinear):
         dtype = getattr(torch, cfg.dtype)
         dev = base_layer.weight.device
         self._cache: tuple | None = None
+        self._basis_cache: tuple | None = None
 
         if init_svd:
             u, s, v = top_r_svd(base_layer.weight.detach().to(dtype), cfg.r, cfg.svd, cfg.svd_oversample,
@@ -206,11 +207,13 @@ class InnerPiSSALinear(SteerableLinear):
             k = k @ rotation(self.theta_u, c, self.cfg.max_angle).transpose(-1, -2)
         return k - torch.diag(self.S)
 
-    def _mixing_cached(self, c: float) -> Tensor:
-        """Inference path: K(c) is reused until c or a parameter changes (no Cayley solve per forward)."""
-        key = (c, *[(p.data_ptr(), p._version) for p in self.parameters(recurse=False)])
+    def _mixing_cached(self, c: float, dtype: torch.dtype | None = None) -> Tensor:
+        """Inference path: K(c) (in `dtype`) is reused until c or a parameter changes (no Cayley solve per
+        forward)."""
+        key = (c, dtype, *[(p.data_ptr(), p._version) for p in self.parameters(recurse=False)])
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.mixing(c))
+            k = self.mixing(c)
+            self._cache = (key, k if dtype is None else k.to(dtype))
         return self._cache[1]
 
     @torch.no_grad()
@@ -224,16 +227,34 @@ class InnerPiSSALinear(SteerableLinear):
         with torch.no_grad():
             return self.U @ self.mixing(float(c)).T, self.V.T.clone()
 
+    def _basis_in(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(V, U^T) in `dtype`: the buffers themselves, or low-precision copies made once and kept until the
+        buffers change (a bf16 model then runs its delta in bf16 without casting U and V at every call)."""
+        if dtype == self.V.dtype:
+            return self.V, self.U.T
+        key = (dtype, self.V.device, self.V.data_ptr(), self.V._version, self.U.data_ptr(), self.U._version)
+        if self._basis_cache is None or self._basis_cache[0] != key:
+            self._basis_cache = (key, self.V.to(dtype), self.U.T.to(dtype).contiguous())
+        return self._basis_cache[1], self._basis_cache[2]
+
     def delta_out(self, x: Tensor, c: Coeff) -> Tensor:
-        """(x V) K(c) U^T, with K per example when c is a tensor [B]."""
+        """(x V) K(c) U^T, with K per example when c is a tensor [B].
+
+        Inputs in a low-precision float dtype (bf16/fp16 models) run the three small matmuls in that dtype
+        with K(c) computed in the adapter's dtype and cast; fp32 inputs run exactly as the adapter's dtype.
+        c = 0 stays exact either way (K(0) = 0, and a scalar c = 0 skips the delta).
+        """
+        low = x.dtype in (torch.bfloat16, torch.float16) and x.dtype != self.V.dtype
+        dtype = x.dtype if low else self.V.dtype
+        v, ut = self._basis_in(dtype)
         if isinstance(c, Tensor):
-            k = self.mixing(c)  # [B, r, r]
-            z = x.to(self.V.dtype) @ self.V
+            k = self.mixing(c).to(dtype)  # [B, r, r]
+            z = x.to(dtype) @ v
             z = (z.unsqueeze(1) @ k).squeeze(1) if z.dim() == 2 else z @ k
         else:
-            k = self.mixing(c) if torch.is_grad_enabled() else self._mixing_cached(float(c))
-            z = x.to(self.V.dtype) @ self.V @ k
-        return z @ self.U.T
+            k = self.mixing(c).to(dtype) if torch.is_grad_enabled() else self._mixing_cached(float(c), dtype)
+            z = x.to(dtype) @ v @ k
+        return z @ ut
 
     def extra_repr(self) -> str:
         d_out, d_in = self.base_layer.weight.shape

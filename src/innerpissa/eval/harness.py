@@ -31,6 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from innerpissa.data.dilemmas import LABEL_PREFIX
 from innerpissa.eval.choices import ChoiceIds, choice_ids, choice_logprobs
 from innerpissa.fileio import atomic_write
+from innerpissa.split import decoder_parts
 from innerpissa.steering import Steerer
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -219,6 +220,9 @@ def evaluate(
     cache_tag: str = "",
     with_nll: bool = True,
     progress: bool = True,
+    shared_prefix: bool = True,
+    frozen_prefix: bool = True,
+    batch_coeffs: bool = True,
 ) -> pd.DataFrame:
     """Score every row at every coefficient of `steerer`; one output row per (coeff, input row).
 
@@ -228,24 +232,51 @@ def evaluate(
     With `cache_dir`, each (method, seed, coeff) is written there once and reused, so a killed sweep resumes.
     The cache key covers the model name, the rows, the system prompt and `cache_tag`: pass something that
     identifies the steerer's weights (e.g. `adapter_fingerprint(path)`) so a retrained adapter is rescored.
+    `shared_prefix` scores the rows of a dilemma from one pass over their common prompt prefix, and
+    `frozen_prefix` runs the blocks below the steerer's first steered block once for all coefficients
+    (`eval/sweep.py`); both give today's numbers up to float rounding and can be turned off. With
+    `batch_coeffs`, a steerer taking per-row coefficients (`per_row_coeffs`) runs all of them in one pass.
+    All three are on by default (docs/RESULTS.md, issue 11: on 2 CPU cores the shared prefix pays off with one
+    pass, whose larger matrix products read each weight once for all coefficients).
     """
     coeffs = list(steerer.default_coeffs if coeffs is None else coeffs)
     choices = choice_ids(tokenizer)
     label_cols = [c for c in rows.columns if c.startswith(LABEL_PREFIX)] if axes is None else [LABEL_PREFIX + a for a in axes]
     meta = rows[["dilemma_idx", "action_type"] + label_cols].reset_index(drop=True)
     encoded_by_system: dict[str, list[list[int]]] = {}
+    systems = {c: steerer.system_prompt(c, system_prompt) for c in coeffs}
+    paths = {c: _cache_path(Path(cache_dir), steerer.name, seed, c,
+                            _cache_key(model, rows, systems[c], f"{cache_tag}|nll={with_nll}")) if cache_dir else None
+             for c in coeffs}
+    swept: dict[float, pd.DataFrame] = {}
+    if (shared_prefix or frozen_prefix or batch_coeffs) and _fast_path(model) is not None and decoder_parts(model) is not None:
+        from innerpissa.eval.sweep import score_sweep
+
+        todo: dict[str, list[float]] = {}
+        for c in coeffs:
+            if paths[c] is None or not paths[c].exists():
+                todo.setdefault(systems[c], []).append(c)
+        for system, cs in todo.items():
+            encoded = encoded_by_system.setdefault(system, encode_prompts(tokenizer, rows, system))
+            bar = (lambda b, d=f"{steerer.name} x{len(cs)} coeffs": _progress(b, True, d)) if progress else None
+            swept.update(score_sweep(model, encoded, choices, tokenizer.pad_token_id, cs, steerer.at,
+                                     steerer.first_steered_block(model), rows["dilemma_idx"].tolist(),
+                                     shared_prefix, frozen_prefix, batch_size, with_nll, bar,
+                                     at_many=steerer.at if batch_coeffs and steerer.per_row_coeffs else None))
     frames = []
     for c in coeffs:
-        system = steerer.system_prompt(c, system_prompt)
-        path = _cache_path(Path(cache_dir), steerer.name, seed, c, _cache_key(model, rows, system, f"{cache_tag}|nll={with_nll}")) if cache_dir else None
+        system, path = systems[c], paths[c]
         if path is not None and path.exists():
             scores = pd.read_csv(path)
         else:
-            if system not in encoded_by_system:
-                encoded_by_system[system] = encode_prompts(tokenizer, rows, system)
-            with steerer.at(c):
-                scores = score_encoded(model, encoded_by_system[system], choices, tokenizer.pad_token_id,
-                                       batch_size, progress, f"{steerer.name} c={c:+g}", with_nll)
+            if float(c) in swept:
+                scores = swept[float(c)]
+            else:
+                if system not in encoded_by_system:
+                    encoded_by_system[system] = encode_prompts(tokenizer, rows, system)
+                with steerer.at(c):
+                    scores = score_encoded(model, encoded_by_system[system], choices, tokenizer.pad_token_id,
+                                           batch_size, progress, f"{steerer.name} c={c:+g}", with_nll)
             if path is not None:
                 atomic_write(path, lambda p, s=scores: s.to_csv(p, index=False, float_format="%.9g"))
         scores = add_choice_columns(scores, meta["action_type"], min_mass)

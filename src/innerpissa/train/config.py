@@ -97,8 +97,11 @@ class TrainConfig:
     """Gradient norm clipping (<= 0 disables)."""
     patience: int = 0
     """Early stopping: epochs without validation improvement before stopping (0: never stop early)."""
-    batch_pm: bool = True
-    """Run c = -1 and c = +1 in one batched forward (per-example coefficients); off only to measure."""
+    batch_pm: bool | None = None
+    """Run c = -1 and c = +1 in one batched forward (per-example coefficients); None: batched on accelerators,
+    two forwards on CPU (faster there, bench/train_speed.py)."""
+    frozen_prefix: bool = True
+    """Run the blocks below the first adapted block once per batch, not once per coefficient (train/prefix.py)."""
     cache_reference: bool = True
     """Cache the c = 0 reference per pair (it is the base model); off only to measure."""
     calibrate: bool = True

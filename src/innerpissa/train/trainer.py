@@ -29,6 +29,7 @@ from innerpissa.train.config import TrainConfig
 from innerpissa.train.directions import HiddenCapture
 from innerpissa.train.fingerprint import fingerprint_diff, run_fingerprint
 from innerpissa.train.losses import combine
+from innerpissa.train.prefix import frozen_prefix
 from innerpissa.train.reference import Reference, build_reference, forward_tail, projections, tail_width
 from innerpissa.train.runfolder import check_out, check_train_numbers, clear_run, default_out, holds_run
 
@@ -139,9 +140,9 @@ class Trainer:
     def losses(self, batch: PairBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss and named terms of one micro-batch (c = +1 and -1 against the c = 0 reference)."""
         width = tail_width(batch)
-        with HiddenCapture(self.model, [self.ref.point]) as cap:
+        with HiddenCapture(self.model, [self.ref.point]) as cap, frozen_prefix(self.model, self.cfg.frozen_prefix):
             proj0, logp0 = self._reference_values(batch, cap, width)
-            if self.cfg.batch_pm:
+            if self.cfg.batch_pm if self.cfg.batch_pm is not None else self.device.type != "cpu":
                 both = PairBatch(**{f.name: torch.cat([getattr(batch, f.name)] * 2) for f in fields(PairBatch)})
                 rows = batch.input_ids.shape[0]
                 c = torch.tensor([COEFFS[0]] * rows + [COEFFS[1]] * rows, device=batch.input_ids.device)

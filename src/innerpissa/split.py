@@ -1,0 +1,141 @@
+"""Running a decoder in two parts: the blocks below a split once, the blocks from the split on many times.
+
+The hidden states entering the first adapted block do not depend on the steering coefficient, so a sweep
+over coefficients (or the +c / -c forwards of a training step) can compute them once. `BlockSplit` does this
+on Hugging Face decoders whose blocks are called as `block(hidden, **kwargs)` with the same keyword
+arguments (mask, rotary embeddings, position ids, cache) for every block, i.e. models without per-layer
+attention types (Llama, SmolLM2, Qwen2/3 without sliding layers, Mistral). `lower()` runs the decoder with
+a pre-hook on block k that records its input and those keyword arguments and stops the forward; `upper()`
+runs blocks k.. and the final norm on a recorded state. Because the decoder itself built the mask, positions
+and rotary embeddings, left padding and KV caches behave exactly as in an ordinary forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class _Stop(Exception):
+    """Raised by the recording pre-hook once block k's input is captured."""
+
+
+@dataclass
+class LowerState:
+    """Block k's input hidden states [B, T, d] and the keyword arguments the decoder passed to block k."""
+
+    hidden: Tensor
+    kwargs: dict[str, Any]
+
+
+def decoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Module] | None:
+    """(decoder, its block list, its final norm), or None when the model does not have that layout or uses
+    different attention types per layer (then a block's keyword arguments are not shared by all blocks)."""
+    get = getattr(model, "get_decoder", None)
+    decoder = get() if callable(get) else None
+    if decoder is None or decoder is model:
+        return None
+    layers, norm = getattr(decoder, "layers", None), getattr(decoder, "norm", None)
+    if not isinstance(layers, nn.ModuleList) or not isinstance(norm, nn.Module) or len(layers) == 0:
+        return None
+    types = getattr(getattr(model, "config", None), "layer_types", None)
+    if types is not None and len(set(types)) > 1:
+        return None
+    return decoder, layers, norm
+
+
+def first_adapted_block(model: nn.Module) -> int:
+    """Index of the lowest decoder block holding a coefficient-steered layer (0 when none is found).
+
+    Blocks below it compute the same thing at every coefficient.
+    """
+    from innerpissa.adapter.model import adapter_layers
+
+    parts = decoder_parts(model)
+    if parts is None:
+        return 0
+    _, layers, _ = parts
+    steered = {id(m) for m in adapter_layers(model).values()}
+    for i, block in enumerate(layers):
+        if any(id(m) in steered for m in block.modules()):
+            return i
+    return 0
+
+
+class BlockSplit:
+    """The decoder of `model` split before block `k` (0 <= k < number of blocks)."""
+
+    def __init__(self, model: nn.Module, k: int):
+        parts = decoder_parts(model)
+        if parts is None:
+            raise ValueError(f"{type(model).__name__}: no decoder.layers/decoder.norm layout with one attention "
+                             "type; run the model whole (turn frozen-prefix reuse off)")
+        self.decoder, self.layers, self.norm = parts
+        if not 0 <= k < len(self.layers):
+            raise ValueError(f"split block k={k} out of range for {len(self.layers)} blocks")
+        self.k = k
+
+    def lower(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache=None) -> LowerState:
+        """Embeddings and blocks [0, k) (filling their part of `cache` when given); block k's input."""
+        box: dict[str, Any] = {}
+
+        def hook(_mod, args, kwargs):
+            box["hidden"] = args[0] if args else kwargs["hidden_states"]
+            box["kwargs"] = {key: v for key, v in kwargs.items() if key != "hidden_states"}
+            raise _Stop
+
+        handle = self.layers[self.k].register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         cache=cache, use_cache=cache is not None)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if "hidden" not in box:
+            raise RuntimeError("the decoder never reached the split block; is the model a standard decoder?")
+        return LowerState(box["hidden"], box["kwargs"])
+
+    def upper(self, state: LowerState) -> Tensor:
+        """Blocks [k, L) and the final norm from a recorded state: the decoder's last hidden state."""
+        h = state.hidden
+        for block in self.layers[self.k:]:
+            out = block(h, **state.kwargs)
+            h = out[0] if isinstance(out, tuple | list) else out
+        return self.norm(h)
+
+
+# ---------------------------------------------------------------------------------------- cache surgery
+
+
+def cache_layers(cache) -> list:
+    """The per-layer entries of a transformers `DynamicCache` (each with `.keys` / `.values`)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise TypeError(f"unsupported cache type {type(cache).__name__}: expected a DynamicCache with .layers")
+    return layers
+
+
+def select_rows(cache, index: Tensor, start: int = 0) -> None:
+    """In place: rows `index` of every initialized layer from `start` on (repeats allowed: one prefix per row)."""
+    for layer in cache_layers(cache)[start:]:
+        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+            layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))
+            layer.values = layer.values.index_select(0, index.to(layer.values.device))
+
+
+def reset_from(cache, start: int) -> None:
+    """In place: empty the layers from `start` on (the blocks that are recomputed for each coefficient)."""
+    for layer in cache_layers(cache)[start:]:
+        if getattr(layer, "is_initialized", False):
+            layer.reset()
+
+
+@torch.no_grad()
+def cache_bytes(cache) -> int:
+    """Bytes held by the keys and values of a cache."""
+    return sum(t.numel() * t.element_size() for layer in cache_layers(cache)
+               if getattr(layer, "is_initialized", False) for t in (layer.keys, layer.values) if t is not None)
