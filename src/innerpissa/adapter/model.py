@@ -20,25 +20,15 @@ from torch import Tensor, nn
 from innerpissa.adapter.config import AdapterConfig, select_blocks
 from innerpissa.adapter.layer import Coeff, InnerPiSSALinear, SteerableLinear
 from innerpissa.adapter.stack import DEFAULT_ADAPTER, AdapterStack, check_adapter_name
+from innerpissa.anatomy import decoder_blocks
 
 Coeffs = Coeff | Mapping[str, Coeff]
 """One coefficient (single adapter), or coefficients by adapter name (unnamed adapters stay at 0)."""
 
 
-def find_blocks(model: nn.Module) -> tuple[str, int]:
-    """The transformer block list: the longest `nn.ModuleList` in the model (name, length)."""
-    best: tuple[str, int] | None = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and (best is None or len(mod) > best[1]):
-            best = (name, len(mod))
-    if best is None:
-        raise ValueError(f"{type(model).__name__} has no nn.ModuleList of blocks; not a supported decoder")
-    return best
-
-
 def target_names(model: nn.Module, cfg: AdapterConfig) -> list[str]:
     """Full module names `attach` would adapt, checked: non-empty, all nn.Linear (or already wrapped)."""
-    blocks_name, n_blocks = find_blocks(model)
+    blocks_name, n_blocks = decoder_blocks(model)
     chosen = select_blocks(n_blocks, cfg)
     prefixes = tuple(f"{blocks_name}.{i}." for i in chosen)
     names, seen_suffixes, inside = [], set(), None

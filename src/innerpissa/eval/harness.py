@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from innerpissa.anatomy import decoder_and_head
 from innerpissa.data.dilemmas import LABEL_PREFIX
 from innerpissa.eval.choices import ChoiceIds, choice_ids, choice_logprobs
 from innerpissa.fileio import atomic_write
@@ -42,7 +43,6 @@ PROMPT_VERSION = 1  # bump when the prompt changes, so cached results are not re
 DEFAULT_MIN_MASS = 0.5
 SCORE_COLUMNS = ("logp_yes", "logp_no", "nll", "n_tokens")
 # config attributes that change logits after the output head; models with them take the slow exact path
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
 # ------------------------------------------------------------------------------------------------ prompts
@@ -102,12 +102,7 @@ def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 def _fast_path(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(decoder, head) when logits are exactly `head(decoder(...).last_hidden_state)`, else None."""
-    head = model.get_output_embeddings()
-    cfg = model.config
-    if not isinstance(head, torch.nn.Linear) or any(getattr(cfg, a, None) not in (None, 1, 1.0) for a in _LOGIT_TRANSFORMS):
-        return None
-    decoder = model.get_decoder()
-    return (decoder, head) if decoder is not model else None
+    return decoder_and_head(model, strict=False)
 
 
 def _nll_sums(logits_fn, states: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int,

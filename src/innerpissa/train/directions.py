@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from innerpissa.anatomy import decoder_blocks
+
 DIRECTION_METHODS = ("mean", "pca", "pca_aligned", "per_sample")
 HIDDEN_STATES_PREFIX = "hidden_states."
 
@@ -49,15 +51,6 @@ class CapturePoint:
         """'model.layers.24.mlp.up_proj:input', 'model.layers.20' (output) or 'hidden_states.20'."""
         name, _, where = spec.partition(":")
         return cls(name, where or "output")
-
-
-def decoder_blocks(model: nn.Module) -> tuple[str, int]:
-    """Name and length of the model's list of decoder blocks (the ModuleList of num_hidden_layers)."""
-    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n is None or len(mod) == n):
-            return name, len(mod)
-    raise ValueError(f"could not find the decoder blocks of {type(model).__name__}")
 
 
 def default_loss_point(model: nn.Module, depth: float = 0.8, module: str = "mlp.up_proj",

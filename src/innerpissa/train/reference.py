@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from innerpissa.anatomy import decoder_and_head
 from innerpissa.data.batching import PairBatch
 from innerpissa.train.directions import (
     CapturePoint,
@@ -27,25 +28,13 @@ from innerpissa.train.directions import (
 )
 
 
-def lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(decoder, output head) so logits can be computed for a few positions only (the head is a big matmul)."""
-    head = model.get_output_embeddings()
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    if decoder is None or decoder is model or not isinstance(head, nn.Linear):
-        raise ValueError(f"{type(model).__name__}: expected a decoder and a linear output head")
-    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
-        if getattr(model.config, attr, None) not in (None, 1, 1.0):
-            raise ValueError(f"{type(model).__name__} transforms logits ({attr}); not supported by the trainer yet")
-    return decoder, head
-
-
 def forward_tail(model: nn.Module, batch: PairBatch, width: int) -> Tensor:
     """Run the decoder; return next-token log-probs [rows, width] of the last `width` tokens of each row.
 
     Left padding puts every row's shared tail in its last columns, so the head runs on `width` positions
     instead of the whole sequence.
     """
-    decoder, head = lm_parts(model)
+    decoder, head = decoder_and_head(model)
     hidden = decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
     logits = head(hidden[:, -width - 1:-1]).float()
     targets = batch.input_ids[:, -width:]
