@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from innerpissa.anatomy import CapturePoint, HiddenCapture
 from innerpissa.baselines import (
     BASELINE_NAMES,
     PersonaPrompting,
@@ -28,7 +29,6 @@ from innerpissa.baselines.vectors import vectors_from_diffs
 from innerpissa.data.pairs import pairs_from_sources
 from innerpissa.models import load_model
 from innerpissa.steering import NoSteering
-from innerpissa.train.directions import CapturePoint, HiddenCapture
 
 TRAINED = [n for n in available_baselines() if n != "prompting"]
 

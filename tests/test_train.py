@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import innerpissa as ip
+from innerpissa.anatomy import HiddenCapture
 from innerpissa.train.config import preset
-from innerpissa.train.directions import HiddenCapture
 from innerpissa.train.reference import tail_width
 from innerpissa.train.trainer import Trainer, TrainingDiverged, train
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from innerpissa.adapter.layer import InnerPiSSALinear
+from innerpissa.anatomy import gather_last
 
 
 def variance_select(z_pos: Tensor, z_neg: Tensor, k: int, s: Tensor | None = None) -> Tensor:
@@ -96,7 +97,6 @@ def select_adapter_directions(model: nn.Module, batches: Iterable, n_tokens: int
     by S and ranks by variance (`variance_select`). Returns the chosen indices per module name.
     """
     from innerpissa.adapter.model import adapter_layers
-    from innerpissa.train.directions import gather_last
 
     layers = {n: m for n, m in adapter_layers(model).items() if isinstance(m, InnerPiSSALinear)}
     if not layers:

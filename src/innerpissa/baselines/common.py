@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from innerpissa.anatomy import decoder_blocks
+from innerpissa.anatomy import CapturePoint, decoder_blocks
 from innerpissa.data.pairs import ContrastivePair, PairCollator, PairDataset
 from innerpissa.steering import Steerer
-from innerpissa.train.directions import CapturePoint, capture_pairs
+from innerpissa.train.directions import capture_pairs
 
 #: edit(x, out) -> new out, for one module: x is the module's first input, out its (first) output
 OutputEdit = Callable[[Tensor, Tensor], Tensor]

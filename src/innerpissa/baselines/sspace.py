@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from innerpissa.anatomy import CapturePoint
 from innerpissa.baselines.common import (
     SignedSteerer,
     block_name,
@@ -39,7 +40,6 @@ from innerpissa.baselines.common import (
 )
 from innerpissa.baselines.vectors import WIDE_COEFFS
 from innerpissa.data.pairs import ContrastivePair
-from innerpissa.train.directions import CapturePoint
 
 DEFAULT_MODULES = ("self_attn.o_proj", "mlp.down_proj")
 SSPACE_FITS = ("lstsq", "projection")

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from innerpissa.anatomy import CapturePoint
 from innerpissa.baselines.common import (
     SignedSteerer,
     block_name,
@@ -52,7 +53,7 @@ from innerpissa.baselines.common import (
     save_tensors,
 )
 from innerpissa.data.pairs import ContrastivePair, PairCollator
-from innerpissa.train.directions import CapturePoint, direction_from_diffs
+from innerpissa.train.directions import direction_from_diffs
 
 VECTOR_METHODS = ("pca", "mean_diff", "random")
 PCA_STYLES = ("repeng", "v0")

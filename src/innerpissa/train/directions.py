@@ -12,45 +12,19 @@ and frozen: the adapter is trained to move hidden states along it, never to move
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from innerpissa.anatomy import decoder_blocks
+from innerpissa.anatomy import (
+    CapturePoint,
+    HiddenCapture,
+    StopForward,
+    decoder_blocks,
+    gather_last,
+)
 
 DIRECTION_METHODS = ("mean", "pca", "pca_aligned", "per_sample")
-HIDDEN_STATES_PREFIX = "hidden_states."
-
-
-class StopForward(Exception):
-    """Raised by a `HiddenCapture(stop_early=True)` hook once everything needed has been captured."""
-
-
-@dataclass(frozen=True)
-class CapturePoint:
-    """A module's `output` or `input` by name, or `hidden_states.<i>` (HF `output_hidden_states` index)."""
-
-    module: str
-    where: str = "output"
-
-    def __post_init__(self) -> None:
-        if self.where not in ("output", "input"):
-            raise ValueError(f"where must be 'output' or 'input', got {self.where!r}")
-
-    @property
-    def key(self) -> str:
-        return self.module if self.is_hidden_states else f"{self.module}:{self.where}"
-
-    @property
-    def is_hidden_states(self) -> bool:
-        return self.module.startswith(HIDDEN_STATES_PREFIX)
-
-    @classmethod
-    def parse(cls, spec: str) -> CapturePoint:
-        """'model.layers.24.mlp.up_proj:input', 'model.layers.20' (output) or 'hidden_states.20'."""
-        name, _, where = spec.partition(":")
-        return cls(name, where or "output")
 
 
 def default_loss_point(model: nn.Module, depth: float = 0.8, module: str = "mlp.up_proj",
@@ -66,76 +40,6 @@ def default_loss_point(model: nn.Module, depth: float = 0.8, module: str = "mlp.
     name = f"{prefix}.{block}.{module}" if module else f"{prefix}.{block}"
     model.get_submodule(name)  # clear error now, not at the first forward
     return CapturePoint(name, where)
-
-
-class HiddenCapture:
-    """Context manager holding forward hooks; after each forward, `hidden[key]` is the [B, T, d] tensor.
-
-    Tensors keep their graph (the trainer back-propagates through them); wrap in `torch.no_grad()` for the
-    reference pass. For `hidden_states.<i>` points, run the forward with `output_hidden_states=True` and call
-    `read_outputs(outputs)` (see `needs_hidden_states`). `stop_early` raises `StopForward` as soon as every
-    point is captured, so a direction-only pass skips the later blocks and the LM head (catch it).
-    """
-
-    def __init__(self, model: nn.Module, points: Sequence[CapturePoint], stop_early: bool = False):
-        self.model, self.points = model, list(points)
-        self.stop_early = stop_early and not any(p.is_hidden_states for p in self.points)
-        self.hidden: dict[str, Tensor] = {}
-        self._handles: list = []
-
-    @property
-    def needs_hidden_states(self) -> bool:
-        return any(p.is_hidden_states for p in self.points)
-
-    def _hook(self, key: str, where: str):
-        def hook(_mod, args, kwargs, output=None):
-            if where == "input":
-                x = args[0] if args else kwargs.get("hidden_states", kwargs.get("input", next(iter(kwargs.values()))))
-            else:
-                x = output[0] if isinstance(output, tuple | list) else output
-            self.hidden[key] = x
-            if self.stop_early and all(p.key in self.hidden for p in self.points):
-                raise StopForward
-
-        return hook
-
-    def __enter__(self) -> HiddenCapture:
-        for p in self.points:
-            if p.is_hidden_states:
-                continue
-            mod = self.model.get_submodule(p.module)
-            if p.where == "input":
-                h = mod.register_forward_pre_hook(self._hook(p.key, "input"), with_kwargs=True)
-            else:
-                h = mod.register_forward_hook(self._hook(p.key, "output"), with_kwargs=True)
-            self._handles.append(h)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    def read_outputs(self, outputs) -> None:
-        """Copy `hidden_states.<i>` points out of a model output run with `output_hidden_states=True`."""
-        for p in self.points:
-            if p.is_hidden_states:
-                hs = getattr(outputs, "hidden_states", None)
-                if hs is None:
-                    raise ValueError(f"{p.key} needs the forward to run with output_hidden_states=True")
-                self.hidden[p.key] = hs[int(p.module.removeprefix(HIDDEN_STATES_PREFIX))]
-
-
-def gather_last(hidden: Tensor, attention_mask: Tensor, n: int) -> Tensor:
-    """[B, T, d] -> [B, n, d]: the last `n` real tokens of each row, in order (any padding side)."""
-    am = attention_mask.bool()
-    T = am.shape[-1]
-    pos = torch.arange(T, device=am.device)
-    last = torch.where(am, pos, torch.full_like(pos, -1)).amax(-1)  # [B]
-    idx = last[:, None] - torch.arange(n - 1, -1, -1, device=am.device)  # [B, n]
-    if (idx < 0).any() or not am.gather(1, idx.clamp(min=0)).all():
-        raise ValueError(f"some rows have fewer than {n} contiguous real tokens at their end")
-    return hidden.gather(1, idx[..., None].expand(-1, -1, hidden.shape[-1]))
 
 
 BASIS_SIDES = ("U", "V", "VS", "raw")

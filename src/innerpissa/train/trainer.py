@@ -19,6 +19,7 @@ from torch import Tensor
 
 from innerpissa.adapter import adapter_layers, adapter_parameters, attach, save_adapter, steer
 from innerpissa.adapter.io import base_model_identity
+from innerpissa.anatomy import HiddenCapture
 from innerpissa.data.batching import PairBatch, PairCollator, PairDataset
 from innerpissa.data.pairs import pairs_from_sources, shuffle_pairs, split_pairs
 from innerpissa.errors import InnerPissaError, InputError, ResumeMismatch
@@ -26,7 +27,6 @@ from innerpissa.fileio import atomic_save_safetensors, atomic_write_json, dumps_
 from innerpissa.models import load_model
 from innerpissa.train.checkpoint import Checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint
 from innerpissa.train.config import TrainConfig
-from innerpissa.train.directions import HiddenCapture
 from innerpissa.train.fingerprint import fingerprint_diff, run_fingerprint
 from innerpissa.train.losses import combine
 from innerpissa.train.prefix import frozen_prefix
