@@ -270,3 +270,21 @@ def test_frozen_prefix_stays_off_when_a_lower_block_is_hooked(adapted):
         h.remove()
     with frozen_prefix(model) as memo:
         assert memo is not None
+
+
+def test_sweep_with_a_per_row_vector_steerer_matches_plain_scoring(adapted, rows):
+    """Vectors take per-row coefficients too, so the one-pass sweep batches them: same scores as one c at a time."""
+    from innerpissa.baselines.vectors import SteeringVectors, VectorSteerer
+
+    model, tok = adapted
+    d = model.config.hidden_size
+    st = VectorSteerer(model, SteeringVectors({1: torch.randn(d, generator=torch.Generator().manual_seed(3))},
+                                              "mean_diff"))
+    st.flip_sign()
+    assert st.per_row_coeffs
+    kw = {"coeffs": [-2.0, 0.0, 1.0], "batch_size": 4, "progress": False, "axes": []}
+    base = H.evaluate(model, tok, rows, st, shared_prefix=False, frozen_prefix=False, batch_coeffs=False, **kw)
+    fast = H.evaluate(model, tok, rows, st, **kw)
+    for c in SCORES:
+        assert np.abs(fast[c] - base[c]).max() <= 1e-4, c
+    assert np.abs(base.loc[base.coeff == -2.0, "nll"].to_numpy() - base.loc[base.coeff == 1.0, "nll"].to_numpy()).max() > 1e-3

@@ -25,6 +25,9 @@ class Steerer(ABC):
     #: whether `at` also accepts a 1-D tensor with one coefficient per batch row (a sweep then runs every
     #: coefficient in one batched pass)
     per_row_coeffs: bool = False
+    #: whether `at(c)` leaves the model untouched and c acts only through `system_prompt` (prompting): every
+    #: coefficient's rows can then share one batch, each with its own system message
+    prompt_only: bool = False
 
     @abstractmethod
     def at(self, c: float):  # -> ContextManager[None]
@@ -45,6 +48,7 @@ class NoSteering(Steerer):
 
     name = "base"
     default_coeffs = (0.0,)
+    prompt_only = True
 
     @contextmanager
     def at(self, c: float) -> Iterator[None]:

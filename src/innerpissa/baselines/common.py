@@ -45,8 +45,15 @@ class SignedSteerer(Steerer):
         return self.sign * float(c)
 
     @contextmanager
-    def at(self, c: float) -> Iterator[None]:
-        """State c: the untouched model at (signed) c = 0, else whatever `applied(signed c)` does."""
+    def at(self, c: float | Tensor) -> Iterator[None]:
+        """State c: the untouched model at (signed) c = 0, else whatever `applied(signed c)` does. Steerers
+        with `per_row_coeffs` also take a 1-D tensor, one coefficient per batch row."""
+        if isinstance(c, Tensor):
+            if not self.per_row_coeffs:
+                raise TypeError(f"{type(self).__name__} takes one float coefficient, not a per-row tensor")
+            with self.applied(self.sign * c):
+                yield
+            return
         c = self.signed(c)
         if c == 0.0:
             yield

@@ -36,6 +36,7 @@ class PersonaPrompting(SignedSteerer):
 
     name = "prompting"
     default_coeffs = (-1.0, 0.0, 1.0)
+    prompt_only = True
 
     def __init__(self, positive: str | None = None, negative: str | None = None, neutral: str | None = None,
                  mode: str = "append", builtin: str = "honesty"):

@@ -278,9 +278,18 @@ class VectorSteerer(SignedSteerer):
                 self._placed[name] = v.to(device=device, dtype=dtype)
         return self._placed
 
+    per_row_coeffs = True
+
     @contextmanager
-    def applied(self, c: float) -> Iterator[None]:
-        edits = {name: (lambda _x, out, v=v: out + c * v) for name, v in self._deltas().items()}
+    def applied(self, c: float | Tensor) -> Iterator[None]:
+        """Block outputs get c * v; a 1-D tensor c puts batch row i at c[i]."""
+        edits = {}
+        for name, v in self._deltas().items():
+            if isinstance(c, Tensor):
+                cc = c.to(device=v.device, dtype=v.dtype)
+                edits[name] = lambda _x, out, v=v, cc=cc: out + cc.view(-1, *([1] * (out.dim() - 1))) * v
+            else:
+                edits[name] = lambda _x, out, v=v: out + c * v
         with edited_outputs(self.model, edits):
             yield
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from innerpissa.data.builtin import BUILTIN_DIR
 from innerpissa.eval.gen_metrics import Scorer, text_metrics
 from innerpissa.eval.harness import pad_left
-from innerpissa.steering import AdapterSteerer, NoSteering, Steerer
+from innerpissa.steering import Steerer
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 PROMPT_SPLITS = ("dev", "test", "all")
@@ -48,50 +48,22 @@ def chat_ids(tokenizer, user: str, system: str = DEFAULT_SYSTEM) -> list[int]:
     return list(tokenizer(f"{system}\n\nUser: {user}\n\nAssistant:")["input_ids"])
 
 
-def _vector_class():
-    from innerpissa.baselines.vectors import VectorSteerer
-
-    return VectorSteerer
-
-
-def _prompt_class():
-    from innerpissa.baselines.prompting import PersonaPrompting
-
-    return PersonaPrompting
-
-
 def supports_per_row(steerer: Steerer) -> bool:
     """Whether `per_row_state` can put each batch row at its own coefficient for this steerer."""
-    return isinstance(steerer, NoSteering | AdapterSteerer | _vector_class() | _prompt_class())
+    return steerer.per_row_coeffs or steerer.prompt_only
 
 
 @contextmanager
 def per_row_state(steerer: Steerer, c: Tensor) -> Iterator[None]:
-    """The model with batch row i at coefficient c[i] (1-D tensor), for the steerers `supports_per_row`.
-
-    Adapter: `steer(model, c)` (each layer takes a per-row coefficient). Vectors: block outputs get
-    `sign * c[i] * v` on row i. Prompting and no steering change nothing here (prompting acts through each
-    row's system message); prompting's coefficients are still validated.
-    """
-    if isinstance(steerer, NoSteering):
-        yield
-    elif isinstance(steerer, _prompt_class()):
+    """The model with batch row i at coefficient c[i] (1-D tensor), for the steerers `supports_per_row`:
+    `steerer.at(c)` for those taking per-row coefficients; nothing for prompt-only steerers (each row carries
+    its own system message), whose coefficients are still validated."""
+    if steerer.prompt_only:
         for x in c.tolist():
             steerer.system_prompt(x, DEFAULT_SYSTEM)
         yield
-    elif isinstance(steerer, AdapterSteerer):
-        from innerpissa.adapter import steer
-
-        with steer(steerer.model, c):
-            yield
-    elif isinstance(steerer, _vector_class()):
-        from innerpissa.baselines.common import edited_outputs
-
-        edits = {}
-        for name, v in steerer._deltas().items():
-            cc = (steerer.sign * c).to(device=v.device, dtype=v.dtype)
-            edits[name] = lambda _x, out, v=v, cc=cc: out + cc.view(-1, *([1] * (out.dim() - 1))) * v
-        with edited_outputs(steerer.model, edits):
+    elif steerer.per_row_coeffs:
+        with steerer.at(c):
             yield
     else:
         raise TypeError(f"{type(steerer).__name__} cannot take per-row coefficients; generate per coefficient")
