@@ -204,7 +204,7 @@ def test_detach_one_keeps_the_other(two):
 def test_lora_baseline_composes_with_innerpissa(tiny, tmp_path):
     from peft import PeftModel
 
-    from innerpissa.baselines.lora import attach_lora
+    from innerpissa.adapter.lora import attach_lora
 
     model, tok = tiny
     batch = tok(PROMPTS, return_tensors="pt", padding=True)

@@ -141,7 +141,7 @@ def _load_lora(model, cfg) -> None:
     from safetensors.torch import load_file
 
     from innerpissa.adapter import adapter_layers
-    from innerpissa.baselines.lora import attach_lora
+    from innerpissa.adapter.lora import attach_lora
 
     attach_lora(model, cfg.adapter)
     saved = load_file(str(cfg.out / "lora.safetensors"))

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from innerpissa.adapter import adapter_parameters, steer
 from innerpissa.adapter.config import AdapterConfig
+from innerpissa.adapter.lora import attach_lora
 from innerpissa.baselines.common import SignedSteerer, fingerprint
-from innerpissa.baselines.lora import attach_lora
 from innerpissa.data.pairs import ContrastivePair, render_prompt
 
 NEUTRAL_USER = "Make statements about the world."

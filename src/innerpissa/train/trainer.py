@@ -19,6 +19,7 @@ from torch import Tensor
 
 from innerpissa.adapter import adapter_layers, adapter_parameters, attach, save_adapter, steer
 from innerpissa.adapter.io import base_model_identity
+from innerpissa.adapter.lora import attach_lora
 from innerpissa.anatomy import HiddenCapture
 from innerpissa.data.batching import PairBatch, PairCollator, PairDataset
 from innerpissa.data.pairs import pairs_from_sources, shuffle_pairs, split_pairs
@@ -105,8 +106,6 @@ class Trainer:
         self.fingerprint = run_fingerprint(cfg.to_dict(), train_pairs, val_pairs, base_model_identity(self.model))
 
         if cfg.method == "lora":  # the LoRA-scaled-by-c baseline, trained with the same loss
-            from innerpissa.baselines.lora import attach_lora
-
             attach_lora(self.model, cfg.adapter)
         else:
             attach(self.model, cfg.adapter)

@@ -1,4 +1,4 @@
-"""LoRA baselines: a LoRA scaled by c trained with InnerPiSSA's own loss, and supervised LoRA (SFT).
+"""LoRA scaled by c: an adapter kind beside InnerPiSSA, trained with the same loss (the LoRA(c) baseline).
 
 `CoeffLoRALinear` computes `W x + c B A x`: the usual LoRA with the coefficient as its scale, so the trainer,
 `steer` and the evaluation treat it exactly like the InnerPiSSA adapter. The journal expects it to do worse:
