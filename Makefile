@@ -9,7 +9,7 @@ STAMP := $(VENV)/.innerpissa-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-all demo lint bench clean
+.PHONY: setup test demo lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,6 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q -m "not slow"
-
-test-all: setup
 	$(PY) -m pytest -q
 
 demo: setup
