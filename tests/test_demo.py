@@ -9,7 +9,7 @@ from innerpissa.demo import ScoreRow, score_table, verdict
 
 
 def test_score_table_means_and_ci_per_coefficient():
-    df = pd.DataFrame({"c": [-1.0] * 3 + [0.0] * 3 + [1.0] * 3,
+    df = pd.DataFrame({"c": [-1.0] * 3 + [0.0] * 3 + [1.0] * 3, "prompt_idx": [0, 1, 2] * 3,
                        "score": [-0.5, -0.4, -0.6, 0.0, 0.1, -0.1, 0.5, 0.7, 0.6],
                        "nll": [1.0, 1.2, np.nan, 0.8, 0.8, 0.8, 0.9, 0.9, 0.9],
                        "distinct2": [0.9] * 9})
@@ -19,14 +19,19 @@ def test_score_table_means_and_ci_per_coefficient():
     assert rows[0].nll == 1.1  # NaN NLL (an empty continuation) is left out of the mean
     for r in rows:
         assert r.lo <= r.mean <= r.hi
+    # the change vs c = 0 is paired by prompt: +1 gains 0.5, 0.6, 0.7 on prompts 0, 1, 2
+    assert np.isclose(rows[2].delta, 0.6) and 0.5 <= rows[2].delta_lo <= rows[2].delta_hi <= 0.7
+    assert rows[1].delta == 0.0 and np.isclose(rows[0].delta, -0.5)
 
 
 def test_verdict_says_what_holds():
-    ok = [ScoreRow(-1, -0.5, -0.6, -0.4, 1, 1), ScoreRow(0, 0.0, -0.1, 0.1, 1, 1), ScoreRow(1, 0.5, 0.4, 0.6, 1, 1)]
+    ok = [ScoreRow(-1, -0.5, -0.6, -0.4, -0.5, -0.6, -0.4, 1, 1), ScoreRow(0, 0.0, -0.1, 0.1, 0, 0, 0, 1, 1),
+          ScoreRow(1, 0.5, 0.4, 0.6, 0.5, 0.4, 0.6, 1, 1)]
     assert verdict(ok).count("yes") == 3
-    flat = [ScoreRow(-1, 0.1, -0.2, 0.4, 1, 1), ScoreRow(0, 0.0, -0.1, 0.1, 1, 1), ScoreRow(1, 0.05, -0.2, 0.3, 1, 1)]
+    flat = [ScoreRow(-1, 0.1, -0.2, 0.4, 0.1, -0.1, 0.3, 1, 1), ScoreRow(0, 0.0, -0.1, 0.1, 0, 0, 0, 1, 1),
+            ScoreRow(1, 0.05, -0.2, 0.3, 0.05, -0.1, 0.2, 1, 1)]
     v = verdict(flat)
-    assert "monotone in c: NO" in v and "above c=0: NO" in v and "below c=0: NO" in v
+    assert "monotone in c: NO" in v and "above 0 (paired CI): NO" in v and "below 0 (paired CI): NO" in v
 
 
 def test_demo_runs_end_to_end_on_the_tiny_model(tmp_path, capsys):

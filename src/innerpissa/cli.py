@@ -126,8 +126,8 @@ class Demo:
     """Contrastive pairs per trained adapter (training + validation)."""
     epochs: int = 2
     """Training epochs per adapter."""
-    n_prompts: int = 24
-    """Held-out neutral prompts whose continuations are scored at each c."""
+    n_prompts: int = 35
+    """Held-out neutral prompts (the `dev` split, never the reported `test` one) scored at each c."""
     n_show: int = 3
     """Of those, how many to print at c = -1, 0, +1."""
     max_new_tokens: int = 32

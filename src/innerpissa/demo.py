@@ -26,12 +26,15 @@ LABELS = {-1.0: "gloomy  ", 0.0: "base    ", 1.0: "cheerful"}
 
 @dataclass
 class ScoreRow:
-    """The concept score of one coefficient's continuations."""
+    """The concept score of one coefficient's continuations, and its change vs c = 0 paired over prompts."""
 
     c: float
     mean: float
     lo: float
     hi: float
+    delta: float
+    delta_lo: float
+    delta_hi: float
     nll: float
     distinct2: float
 
@@ -49,26 +52,37 @@ def demo_train_config(concept: str, model: str, out: Path, n_pairs: int, epochs:
 
 
 def score_table(df, n_boot: int = 1000) -> list[ScoreRow]:
-    """Per coefficient: mean concept score with a percentile bootstrap CI over prompts, mean NLL, distinct-2."""
+    """Per coefficient: mean concept score with a percentile bootstrap CI over prompts, its change vs c = 0
+    with a paired bootstrap CI (the same prompts resampled at both coefficients), mean NLL and distinct-2."""
     from innerpissa.eval.gen_metrics import bootstrap_mean_ci
 
+    base = df[df.c == 0.0].set_index("prompt_idx")["score"]
     rows = []
     for c, g in df.groupby("c", sort=True):
         lo, hi = bootstrap_mean_ci(g["score"].to_numpy(), n_boot=n_boot)
-        rows.append(ScoreRow(float(c), float(g["score"].mean()), lo, hi, float(np.nanmean(g["nll"])),
-                             float(g["distinct2"].mean())))
+        diff = (g.set_index("prompt_idx")["score"] - base).dropna().to_numpy()
+        dlo, dhi = bootstrap_mean_ci(diff, n_boot=n_boot) if c != 0.0 else (0.0, 0.0)
+        rows.append(ScoreRow(float(c), float(g["score"].mean()), lo, hi, float(diff.mean()), dlo, dhi,
+                             float(np.nanmean(g["nll"])), float(g["distinct2"].mean())))
     return rows
 
 
 def verdict(rows: list[ScoreRow]) -> str:
-    """Is the score monotone in c, and do the CIs at c = -1 and +1 exclude the c = 0 value?"""
+    """Is the score monotone in c, and does the paired CI of the change at c = +1 and c = -1 exclude 0?"""
     by_c = {r.c: r for r in rows}
-    base = by_c[0.0].mean
     means = [r.mean for r in sorted(rows, key=lambda r: r.c)]
     monotone = all(a < b for a, b in zip(means, means[1:], strict=False))
-    up, down = by_c[1.0].lo > base, by_c[-1.0].hi < base
-    return (f"monotone in c: {'yes' if monotone else 'NO'}; CI at c=+1 above c=0: {'yes' if up else 'NO'}; "
-            f"CI at c=-1 below c=0: {'yes' if down else 'NO'}")
+    up, down = by_c[1.0].delta_lo > 0, by_c[-1.0].delta_hi < 0
+    return (f"monotone in c: {'yes' if monotone else 'NO'}; change at c=+1 above 0 (paired CI): "
+            f"{'yes' if up else 'NO'}; change at c=-1 below 0 (paired CI): {'yes' if down else 'NO'}")
+
+
+def print_table(rows: list[ScoreRow]) -> None:
+    print("    c   sentiment [95% CI]         change vs c=0 [paired 95% CI]   NLL (unsteered)  distinct-2")
+    for r in rows:
+        print(f"  {r.c:+.0f}   {r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]    {r.delta:+.3f} [{r.delta_lo:+.3f}, "
+              f"{r.delta_hi:+.3f}]          {r.nll:.3f}            {r.distinct2:.3f}")
+    print(f"  {verdict(rows)}")
 
 
 def run_demo(args) -> None:
@@ -122,10 +136,7 @@ def run_demo(args) -> None:
     rows = score_table(df)
     print(f"\n[3/4] VADER sentiment of the continuations of {len(prompts)} held-out prompts "
           "(-1 gloomy .. +1 cheerful; mean [95% bootstrap CI over prompts])")
-    print("    c   sentiment [95% CI]         NLL (unsteered model)  distinct-2")
-    for r in rows:
-        print(f"  {r.c:+.0f}   {r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]    {r.nll:.3f}                  {r.distinct2:.3f}")
-    print(f"  {verdict(rows)}")
+    print_table(rows)
 
     # 4. the research part
     if honesty:
