@@ -6,6 +6,7 @@ for left padding (every batched forward in this library pads on the left so the 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -79,21 +80,45 @@ def smollm2_path() -> Path:
     target = cache_dir() / SMOLLM2_DIRNAME
     if (target / "config.json").exists():
         return target
-    gguf = smollm2_gguf_path()
+    return convert_gguf(smollm2_gguf_path(), target)
+
+
+def gguf_folder(gguf: str | os.PathLike) -> Path:
+    """A local `.gguf` file as a plain fp32 Hugging Face folder in the cache, converted on first use.
+
+    The cache folder is keyed by the file's resolved path, size and modification time, so a replaced file
+    is converted again."""
+    path = Path(gguf).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {gguf} does not exist; give an existing .gguf file")
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / f"gguf-{path.stem}-{key}"
+    if (target / "config.json").exists():
+        return target
+    return convert_gguf(path, target)
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantise a GGUF file into `target` (fp32 weights + tokenizer), written as a unit."""
     try:
         import gguf as _gguf  # noqa: F401
     except ImportError as e:
-        raise ImportError("converting the embedded SmolLM2 needs the `gguf` package: pip install gguf") from e
+        raise ImportError("converting a GGUF file needs the `gguf` package: pip install gguf") from e
     from transformers import GgufConfig
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True),
-        dtype=torch.float32,
-    )
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.float32,
+        )
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"could not convert GGUF file {gguf}: {e}; transformers reads GGUF files of the "
+                         "architectures it lists under GGUF support (Llama, Qwen2/3, Mistral, ...)") from e
     target.parent.mkdir(parents=True, exist_ok=True)
     # write into a temporary sibling and rename, so an interrupted conversion never leaves half a model
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         model.config.quantization_config = None
         if hasattr(model, "hf_quantizer"):
@@ -171,7 +196,8 @@ def load_model(
     """Load a causal LM and its tokenizer.
 
     `name_or_path`: a Hugging Face id or local folder; `"smollm2"` for the embedded SmolLM2-135M-Instruct;
-    `"tiny-random"` (or `"tiny-random-qwen3"`) for a tiny random model used in tests.
+    `"tiny-random"` (or `"tiny-random-qwen3"`) for a tiny random model used in tests; a path to a `.gguf`
+    file, dequantised once into an fp32 folder in the cache (like the embedded model).
     `device_map` (e.g. `"auto"`) places a large model across devices through accelerate.
     """
     torch_dtype = _resolve_dtype(dtype)
@@ -181,6 +207,8 @@ def load_model(
         model = model.to(torch_dtype)
         return (model.to(device) if device else model), tok
     path = str(smollm2_path()) if name_or_path == "smollm2" else name_or_path
+    if name_or_path.lower().endswith(".gguf"):
+        path = str(gguf_folder(name_or_path))
     if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().exists():
         raise FileNotFoundError(f"model folder {name_or_path} does not exist; give a local folder, a Hugging Face "
                                 "id, 'smollm2' (embedded) or 'tiny-random'")
@@ -198,9 +226,9 @@ def load_model(
             f"could not load model {name_or_path!r}: {e}\nGive a local folder, a Hugging Face id reachable "
             "from this machine, 'smollm2' (embedded) or 'tiny-random'."
         ) from e
-    if name_or_path == "smollm2":
-        model.config.name_or_path = "smollm2"
-        model.name_or_path = "smollm2"
+    if name_or_path == "smollm2" or name_or_path.lower().endswith(".gguf"):  # record what the user named
+        model.config.name_or_path = name_or_path
+        model.name_or_path = name_or_path
     if device and device_map is None:
         model = model.to(device)
     return model.eval(), _prepare_tokenizer(tok)

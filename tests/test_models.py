@@ -1,0 +1,28 @@
+"""load_model on a .gguf path: converted once into the cache, equal to the embedded model's conversion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from innerpissa.models import gguf_folder, load_model, smollm2_gguf_path
+
+
+def test_missing_gguf_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(str(tmp_path / "nope.gguf"))
+
+
+@pytest.mark.smollm2
+def test_a_gguf_path_loads_like_the_embedded_model(smollm2, tmp_path, monkeypatch):
+    model_ref, tok = smollm2
+    monkeypatch.setenv("INNERPISSA_CACHE", str(tmp_path / "cache"))
+    gguf = smollm2_gguf_path()
+    model, tok2 = load_model(str(gguf))
+    folder = gguf_folder(gguf)  # the second call finds the converted folder (no second conversion)
+    assert folder.parent == tmp_path / "cache" and (folder / "config.json").exists()
+    assert model.config.name_or_path == str(gguf)  # adapters record the file the user named
+    ids = tok("The weather today is", return_tensors="pt")["input_ids"]
+    assert tok2("The weather today is", return_tensors="pt")["input_ids"].tolist() == ids.tolist()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, model_ref(ids).logits)
