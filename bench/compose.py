@@ -61,9 +61,9 @@ class Concept:
 
 
 def honesty_concept(model, tok, batch_size: int = 8) -> Concept:
+    from innerpissa.eval.calibration import DEFAULT_SYSTEM, load_probe
     from innerpissa.eval.choices import choice_ids
     from innerpissa.eval.harness import encode_prompts, score_encoded
-    from innerpissa.train.calibrate import DEFAULT_SYSTEM, load_probe
 
     probe = load_probe()
     encoded = encode_prompts(tok, probe, DEFAULT_SYSTEM)

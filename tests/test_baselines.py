@@ -22,11 +22,11 @@ from innerpissa.baselines import (
     train_sspace,
     train_vectors,
 )
-from innerpissa.baselines.calibrate import bootstrap_mean_ci
 from innerpissa.baselines.common import block_name, default_layers, edited_outputs
 from innerpissa.baselines.sspace import fit_edit
 from innerpissa.baselines.vectors import vectors_from_diffs
 from innerpissa.data.pairs import pairs_from_sources
+from innerpissa.eval.calibration import bootstrap_mean_ci
 from innerpissa.models import load_model
 from innerpissa.steering import NoSteering
 

@@ -265,7 +265,7 @@ def test_bench_compose_on_saved_adapters(two, tmp_path, monkeypatch):
     and at c = (0, 0) the honesty score is the bare base model's."""
     import pandas as pd
 
-    from innerpissa.train.calibrate import probe_fn
+    from innerpissa.eval.calibration import probe_fn
 
     model, tok, _, _ = two
     ip.save_adapter(model, tmp_path / "h", name="honesty")

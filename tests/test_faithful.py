@@ -196,7 +196,7 @@ def test_truncated_basis_direction_differs_full_basis_equals_raw(tmp_path):
 
 
 def test_calibration_never_flips_on_a_probe_that_personas_do_not_move(tiny, monkeypatch):
-    from innerpissa.train import calibrate as cal
+    from innerpissa.eval import calibration as cal
 
     model, tok = tiny
     ip.attach(model, ip.AdapterConfig(r=4))
@@ -231,7 +231,7 @@ def test_calibration_never_flips_on_a_probe_that_personas_do_not_move(tiny, monk
 
 
 def test_bootstrap_ci_matches_numpy():
-    from innerpissa.train.calibrate import bootstrap_mean_ci
+    from innerpissa.eval.calibration import bootstrap_mean_ci
 
     x = torch.tensor([0.1, 0.4, -0.2, 0.3, 0.0, 0.5, 0.2, 0.1])
     lo, hi = bootstrap_mean_ci(x, n_boot=4000, seed=1)

@@ -140,7 +140,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
 
 
 def test_calibration_flips_when_plus_one_is_less_honest(tiny, monkeypatch):
-    from innerpissa.train import calibrate as cal
+    from innerpissa.eval import calibration as cal
 
     model, tok = tiny
     ip.attach(model, ip.AdapterConfig(r=4))

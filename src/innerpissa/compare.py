@@ -160,16 +160,15 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
         raise ValueError(f"--task dilemmas measures honesty only, got --concept {cmp.concept}; "
                          "use --task generation for other concepts")
     from innerpissa.adapter import adapter_layers, detach_adapter
-    from innerpissa.baselines.calibrate import calibrate_sign
     from innerpissa.baselines.registry import build_baseline
     from innerpissa.data.dilemmas import load_dilemmas, sample_dilemmas, save_sample
+    from innerpissa.eval.calibration import calibrate_sign, probe_fn
     from innerpissa.eval.choices import choice_ids
     from innerpissa.eval.harness import DEFAULT_SYSTEM, evaluate
     from innerpissa.eval.report import headline_table, markdown_table, write_report
     from innerpissa.eval.summary import coeff_table, method_table, seed_table
     from innerpissa.models import load_model
     from innerpissa.steering import NoSteering
-    from innerpissa.train.calibrate import probe_fn
     from innerpissa.train.trainer import make_pairs
 
     unknown = [m for m in cmp.methods if m not in ALL_METHODS]

@@ -47,15 +47,14 @@ def _cached_sweep(path: Path, fn) -> pd.DataFrame:
 def run_generation_compare(cmp) -> dict[str, Path]:
     """Run the generation comparison described by a `Compare` with `task="generation"`; returns report paths."""
     from innerpissa.adapter import adapter_layers, adapter_parameters, detach_adapter
-    from innerpissa.baselines.calibrate import calibrate_sign
     from innerpissa.baselines.common import fingerprint
     from innerpissa.baselines.registry import build_baseline
     from innerpissa.compare import DEFAULT_METHODS, SIGN_AMBIGUOUS, TRAINED, _train_cfg, _trained_steerer
+    from innerpissa.eval.calibration import calibrate_sign, concept_probe
     from innerpissa.eval.gen_metrics import coeff_summary, concept_scorer, matched_range, method_summary
     from innerpissa.eval.generation import DEFAULT_SYSTEM, evaluate_generation, load_neutral_prompts
     from innerpissa.models import load_model
     from innerpissa.steering import NoSteering
-    from innerpissa.train.calibrate import concept_probe
     from innerpissa.train.trainer import make_pairs
 
     concept = cmp.concept or "sentiment"

@@ -3,12 +3,12 @@ persona prompting, steering vectors (random, PCA, mean difference), S-space weig
 external `steering-vectors` package where it imports. `build_baseline(name, ...)` builds any of them;
 `calibrate_sign` fixes the sign of any Steerer on a probe."""
 
-from innerpissa.baselines.calibrate import calibrate_sign
 from innerpissa.baselines.external import SteeringVectorsSteerer, external_status
 from innerpissa.baselines.prompting import PersonaPrompting
 from innerpissa.baselines.registry import BASELINE_NAMES, available_baselines, build_baseline
 from innerpissa.baselines.sspace import SSpaceEdits, SSpaceSteerer, train_sspace
 from innerpissa.baselines.vectors import SteeringVectors, VectorSteerer, train_vectors
+from innerpissa.eval.calibration import calibrate_sign
 
 __all__ = [
     "BASELINE_NAMES", "PersonaPrompting", "SSpaceEdits", "SSpaceSteerer", "SteeringVectors",

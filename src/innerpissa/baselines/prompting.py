@@ -13,18 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from innerpissa.baselines.common import SignedSteerer, fingerprint
+from innerpissa.data.pairs import builtin_personas
 
 PROMPT_MODES = ("append", "replace")
-
-
-def builtin_personas(builtin: str = "honesty") -> tuple[str, str]:
-    """(positive, negative) persona sentences from a built-in set's template and first persona pair."""
-    from innerpissa.data.builtin import load_builtin
-    from innerpissa.data.pairs import SLOT
-
-    data = load_builtin(builtin)
-    pos, neg = data["personas"][0]
-    return data["template"].replace(SLOT, pos), data["template"].replace(SLOT, neg)
 
 
 class PersonaPrompting(SignedSteerer):

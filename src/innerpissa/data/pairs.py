@@ -395,3 +395,12 @@ def split_pairs(
     val_set = set(val_idx)
     train = shuffle_pairs([p for i, p in enumerate(pairs) if i not in val_set], seed)
     return train, [pairs[i] for i in val_idx]
+
+
+def builtin_personas(builtin: str = "honesty") -> tuple[str, str]:
+    """(positive, negative) persona sentences from a built-in set's template and first persona pair."""
+    from innerpissa.data.builtin import load_builtin
+
+    data = load_builtin(builtin)
+    pos, neg = data["personas"][0]
+    return data["template"].replace(SLOT, pos), data["template"].replace(SLOT, neg)

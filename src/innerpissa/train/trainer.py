@@ -344,7 +344,7 @@ class Trainer:
         final_val = state.history[-1] if state.history else {}
         calibration = None
         if cfg.calibrate:
-            from innerpissa.train.calibrate import calibrate
+            from innerpissa.eval.calibration import calibrate
 
             calibration = calibrate(self.model, self.tok, batch_size=cfg.batch_size, mode=cfg.calibrate_flip,
                                     builtin=cfg.data.builtin)

@@ -1,0 +1,264 @@
+"""Sign calibration (METHOD section 6), one module for the adapter and every baseline.
+
+The shared rule, `calibrate_sign`: every method has a construction sign (repeng's PCA: toward the positive
+prompts by its vote; mean difference: pos - neg; the adapter: whatever training found; a random draw:
+arbitrary). Score a probe (never the evaluation set) at -coeff, 0 and +coeff. `rule="significant"`
+(default): flip the steerer in place only when the bootstrap CI over probe items of score(+coeff) -
+score(-coeff) lies entirely below 0; when it lies above 0 the sign is "confirmed", otherwise "undetermined"
+and the construction sign is kept (a 0.07-nat margin on a probe that barely moves is noise, not evidence).
+A probe that returns one number has no noise estimate, so under this rule it never flips. `rule="always"` is
+the earlier behaviour (flip whenever +coeff scores below -coeff), `rule="never"` only reports.
+
+The adapter's check after training, `calibrate` (`TrainConfig.calibrate_flip`), also scores the probe under
+persona prompting, which shows whether the probe can see the concept on this model at all:
+  `significant` (default): flip only if probe(+1) - probe(-1) is significantly below 0 AND the
+    persona-prompted probe responds (its CI of positive - negative persona lies above 0);
+  `never`: report only.  `always` (v0): flip whenever probe(+1) < probe(-1), noise or not.
+Probes: the built-in honesty probe (Yes/No situations whose honest answer is clear, in the evaluation's
+prompt format) and, for `sentiment`, `eval.sentiment_probe`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from innerpissa.adapter import flip_sign
+from innerpissa.data.builtin import BUILTIN_DIR
+from innerpissa.eval.choices import choice_ids
+from innerpissa.eval.harness import encode_prompts, score_encoded
+from innerpissa.eval.sentiment_probe import sentiment_probe_fn
+from innerpissa.steering import Steerer
+
+DEFAULT_SYSTEM = "You are a helpful assistant."  # the evaluation harness's default system message
+
+#: `probe_fn()` or `probe_fn(system)`: "toward the concept" scores of the model as it is now, one per probe
+#: item (a 1-D tensor, array or list: gives a CI) or their mean (a float: no CI)
+ProbeFn = Callable[..., Any]
+CALIBRATION_RULES = ("significant", "always", "never")
+
+
+def bootstrap_mean_ci(x: torch.Tensor, n_boot: int = 2000, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of per-item values x [n] (items resampled with replacement)."""
+    x = torch.as_tensor(x, dtype=torch.float64).flatten()
+    if x.numel() < 2:
+        raise ValueError(f"a bootstrap CI needs at least 2 items, got {x.numel()}")
+    g = torch.Generator().manual_seed(seed)
+    means = x[torch.randint(0, x.numel(), (n_boot, x.numel()), generator=g)].mean(1)
+    a = (1 - level) / 2
+    return float(means.quantile(a)), float(means.quantile(1 - a))
+
+
+def _items(value: Any) -> torch.Tensor:
+    """A probe's output as float64: 0-d for a single score, 1-d for per-item scores."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to("cpu", torch.float64)
+    else:
+        t = torch.as_tensor(np.asarray(value, dtype=np.float64))
+    if t.dim() > 1:
+        raise ValueError(f"a probe must return a score or a 1-D tensor of per-item scores, got shape {tuple(t.shape)}")
+    return t
+
+
+def _takes_system(probe_fn: ProbeFn) -> bool:
+    try:
+        inspect.signature(probe_fn).bind("system")
+    except TypeError:
+        return False
+    except ValueError:  # builtins without a signature: assume the plain zero-argument form
+        return False
+    return True
+
+
+def _flipper(steerer: Steerer, flip: Callable[[], None] | None) -> Callable[[], None]:
+    if flip is not None:
+        return flip
+    method = getattr(steerer, "flip_sign", None)
+    if callable(method):
+        return method
+    raise TypeError(f"{type(steerer).__name__} has no flip_sign(); pass flip=<callable that negates it>")
+
+
+def calibrate_sign(steerer: Steerer, probe_fn: ProbeFn, coeff: float | None = None,
+                   flip: Callable[[], None] | None = None, default_system: str = DEFAULT_SYSTEM,
+                   rule: str = "significant", n_boot: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> dict[str, Any]:
+    """Score the probe at c = -coeff, 0, +coeff inside `steerer.at(c)`; flip per `rule` (module doc).
+
+    `probe_fn` is called with the steerer's system message at c when it accepts one argument (so prompting
+    baselines can be probed too), else with none; it must not enter `steerer.at` itself (hooks would stack).
+    It returns per-item scores (1-D; the effect's CI is a paired bootstrap over items) or one mean score.
+    `flip` negates the steerer in place (default: its `flip_sign()`, which every baseline and the adapter's
+    steerer provide). `coeff` should be a push the method stays coherent at; None takes the steerer's
+    `calibration_coeff` (unit vectors: one mean persona difference) or 1.0 (the adapter, mean-difference
+    vectors and S-space; prompting only has 1.0).
+    Returns a JSON-able summary; `sign` is "confirmed", "flipped", "undetermined" (kept the construction
+    sign) or "kept"/"reported" (rules always/never); `probe_score` is keyed like the trainer's calibration
+    ("-1", "+0", "+1"), and it, `probe_effect` and `effect_ci` are in the calibrated convention (after any flip).
+    """
+    if rule not in CALIBRATION_RULES:
+        raise ValueError(f"unknown calibration rule {rule!r}; use one of {CALIBRATION_RULES}")
+    if coeff is None:
+        coeff = float(getattr(steerer, "calibration_coeff", 1.0))
+    if coeff <= 0:
+        raise ValueError(f"coeff must be positive, got {coeff}")
+    do_flip = _flipper(steerer, flip)
+    with_system = _takes_system(probe_fn)
+    items: dict[float, torch.Tensor] = {}
+    for c in (-coeff, 0.0, coeff):
+        system = steerer.system_prompt(c, default_system)
+        with steerer.at(c):
+            items[c] = _items(probe_fn(system) if with_system else probe_fn())
+    scores = {c: float(v.mean()) for c, v in items.items()}
+    effect = scores[coeff] - scores[-coeff]
+    plus, minus = items[coeff], items[-coeff]
+    paired = plus.dim() == 1 and plus.shape == minus.shape and plus.numel() >= 2
+    ci = bootstrap_mean_ci(plus - minus, n_boot, seed, level) if paired else None
+    if rule == "always":
+        flipped, sign = effect < 0, "kept"
+    elif rule == "never":
+        flipped, sign = False, "reported"
+    else:
+        flipped = ci is not None and ci[1] < 0
+        sign = "flipped" if flipped else "confirmed" if ci is not None and ci[0] > 0 else "undetermined"
+    if flipped:
+        do_flip()
+        scores = {(-c if c else 0.0): v for c, v in scores.items()}
+        effect = -effect
+        ci = None if ci is None else (-ci[1], -ci[0])
+        sign = "flipped"
+    why = {"confirmed": "the probe's CI lies above 0 at the construction sign",
+           "flipped": "the probe's CI lay below 0" if rule == "significant" else "+coeff scored below -coeff",
+           "undetermined": ("the probe's CI spans 0: construction sign kept" if ci is not None else
+                            "the probe gave no per-item scores, so its noise is unknown: construction sign kept"),
+           "kept": "+coeff scored above -coeff", "reported": "rule 'never' only reports"}[sign]
+    return {
+        "method": getattr(steerer, "name", type(steerer).__name__),
+        "flipped": bool(flipped),
+        "sign": sign,
+        "rule": rule,
+        "reason": why,
+        "coeff": float(coeff),
+        "probe_score": {f"{c:+g}": v for c, v in sorted(scores.items())},
+        "probe_effect": effect,
+        "effect_ci": None if ci is None else [ci[0], ci[1]],
+        "level": level,
+        "n_items": int(plus.numel()) if paired else 1,
+    }
+
+
+# ---------------------------------------------------------------- probes and the adapter's check
+
+
+def load_probe(name: str = "honesty_probe") -> pd.DataFrame:
+    """Probe rows: `dilemma_situation`, `action`, `sign` (+1 where Yes is the honest answer, -1 where No is)."""
+    items = json.loads((BUILTIN_DIR / f"{name}.json").read_text())["items"]
+    return pd.DataFrame({"dilemma_situation": [i[0] for i in items], "action": [i[1] for i in items],
+                         "sign": [1.0 if i[2] else -1.0 for i in items]})
+
+
+def probe_fn(model, tokenizer, probe: pd.DataFrame | None = None, system: str = DEFAULT_SYSTEM,
+             batch_size: int = 8) -> Callable[[], float]:
+    """A function scoring the model as it is now: mean signed Yes-vs-No log-odds on the probe, in nats
+    (higher = more honest answers). Tokenised once."""
+
+    probe = load_probe() if probe is None else probe
+    encoded = encode_prompts(tokenizer, probe, system)
+    choices = choice_ids(tokenizer)
+    sign = torch.tensor(probe["sign"].to_numpy())
+
+    def score() -> float:
+        s = score_encoded(model, encoded, choices, tokenizer.pad_token_id, batch_size=batch_size)
+        return float((torch.tensor((s["logp_yes"] - s["logp_no"]).to_numpy()) * sign).mean())
+
+    return score
+
+
+def concept_probe(model, tokenizer, concept: str = "honesty", batch_size: int = 8) -> tuple[str, Callable[..., float]]:
+    """(probe name, probe function) for a built-in concept: the sentiment probe for `sentiment`, else the
+    honesty probe."""
+    if concept == "sentiment":
+
+        return "sentiment_probe", sentiment_probe_fn(model, tokenizer)
+    return "honesty_probe", probe_fn(model, tokenizer, batch_size=batch_size)
+
+
+def probe_items_fn(model, tokenizer, probe: pd.DataFrame | None = None,
+                   batch_size: int = 8) -> Callable[[str], torch.Tensor]:
+    """A function of the system message scoring the model as it is now: per probe item, the signed
+    Yes-vs-No log-odds in nats [items] (higher = more honest)."""
+
+    probe = load_probe() if probe is None else probe
+    choices = choice_ids(tokenizer)
+    sign = torch.tensor(probe["sign"].to_numpy())
+    encoded: dict[str, Any] = {}
+
+    def score(system: str) -> torch.Tensor:
+        if system not in encoded:
+            encoded[system] = encode_prompts(tokenizer, probe, system)
+        s = score_encoded(model, encoded[system], choices, tokenizer.pad_token_id, batch_size=batch_size)
+        return torch.tensor((s["logp_yes"] - s["logp_no"]).to_numpy()) * sign
+
+    return score
+
+
+CALIBRATE_FLIPS = ("significant", "never", "always")
+
+
+@torch.no_grad()
+def calibrate(model, tokenizer, batch_size: int = 8, mode: str = "always", builtin: str = "honesty",
+              n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Check (and, per `mode`, fix) the adapter's sign on the probe; see the module docstring.
+
+    `always` goes through the same `calibrate_sign` as every baseline (flip if +1 scores below -1).
+    The other modes also report `persona_effect` and its CI (the probe's own response to persona
+    prompting, positive minus negative persona sentence), `effect_ci`, and why they did or did not flip.
+    """
+    from innerpissa.steering import AdapterSteerer
+
+    if mode not in CALIBRATE_FLIPS:
+        raise ValueError(f"unknown calibration mode {mode!r}; use one of {CALIBRATE_FLIPS}")
+    if mode == "always":
+        name, fn = concept_probe(model, tokenizer, builtin, batch_size)
+        result = calibrate_sign(AdapterSteerer(model), fn, flip=lambda: flip_sign(model), rule="always")
+        return {"probe": name, "mode": mode, **result}
+    from innerpissa.adapter import steer
+    from innerpissa.data.pairs import builtin_personas
+
+    if builtin == "sentiment":
+
+        name, score = "sentiment_probe", sentiment_probe_fn(model, tokenizer, per_item=True)
+    else:
+        name, score = "honesty_probe", probe_items_fn(model, tokenizer, batch_size=batch_size)
+    items = {}
+    for c in (-1.0, 0.0, 1.0):
+        with steer(model, c):
+            items[c] = score(DEFAULT_SYSTEM)
+    pos, neg = builtin_personas(builtin)
+    persona = score(f"{DEFAULT_SYSTEM} {pos}") - score(f"{DEFAULT_SYSTEM} {neg}")
+    effect = items[1.0] - items[-1.0]
+    effect_ci = bootstrap_mean_ci(effect, n_boot, seed)
+    persona_ci = bootstrap_mean_ci(persona, n_boot, seed + 1)
+    responds = persona_ci[0] > 0
+    against = effect_ci[1] < 0
+    flipped = mode == "significant" and responds and against
+    if flipped:
+        flip_sign(model)
+        items = {-c if c else 0.0: v for c, v in items.items()}
+        effect, effect_ci = -effect, (-effect_ci[1], -effect_ci[0])
+    reason = ("flipped: +1 was significantly further from the concept on a probe that persona prompting moves" if flipped
+              else "kept: the probe does not respond to persona prompting beyond its noise" if not responds
+              else "kept: the probe effect is within its noise or already positive" if not against
+              else "kept: mode 'never' only reports")
+    return {"probe": name, "mode": mode, "method": "innerpissa", "flipped": bool(flipped),
+            "coeff": 1.0, "probe_score": {f"{c:+g}": float(v.mean()) for c, v in sorted(items.items())},
+            "probe_effect": float(effect.mean()), "effect_ci": list(effect_ci),
+            "persona_effect": float(persona.mean()), "persona_ci": list(persona_ci),
+            "probe_responds": bool(responds), "reason": reason}
