@@ -314,3 +314,26 @@ def test_ablate_end_to_end_on_tiny(tmp_path, shared_data):
     sel = set(split_rows(data, Ablate(n_dilemmas=200, split="select"))["dilemma_idx"])
     test = set(split_rows(data, Ablate(n_dilemmas=200, split="test"))["dilemma_idx"])
     assert sel and test and not sel & test
+
+
+def test_ablate_generation_task_on_tiny(tmp_path):
+    """The generation task: variants trained on the sentiment pairs, scored on the same dev prompts."""
+    import pandas as pd
+
+    from innerpissa.ablate import Ablate, run_ablate
+    from innerpissa.eval.generation import load_neutral_prompts
+
+    ab = Ablate(variants=("preset", "shift"), out=tmp_path / "abg", preset="tiny", seeds=(0,), n_pairs=12,
+                epochs=1, coeffs=(-1.0, 0.0, 1.0), n_boot=30, task="generation", n_prompts=3, max_new_tokens=5,
+                overrides={"calibrate": "False"})
+    paths = run_ablate(ab)
+    rows = pd.read_csv(tmp_path / "abg" / "rows.csv")
+    assert set(rows["method"]) == {"preset", "shift"}
+    dev = load_neutral_prompts("dev")[:3]
+    assert set(rows["prompt"]) == set(dev)  # the dev split when choosing variants, never the test prompts
+    assert rows.groupby("method").size().tolist() == [9, 9]  # 3 prompts x 3 coefficients each
+    c0 = rows[rows.c == 0].pivot_table(index="prompt_idx", columns="method", values="score")
+    assert (c0["preset"] == c0["shift"]).all()  # c = 0 is the same base continuation for both
+    assert "shift" in paths["summary"].read_text()
+    cfg_json = (tmp_path / "abg" / "train" / "shift_seed0" / "config.json").read_text()
+    assert '"builtin": "sentiment"' in cfg_json and '"loss_target": "shift"' in cfg_json

@@ -70,6 +70,19 @@ class Ablate:
     """Device (default: cuda when available, else cpu)."""
     overrides: dict[str, str] = field(default_factory=dict)
     """Dotted training settings applied to the preset before each variant, e.g. {'loss.w_coh': '10'}."""
+    task: Literal["dilemmas", "generation"] = "dilemmas"
+    """`dilemmas`: DailyDilemmas (honesty) on the `split` half; `generation`: concept expression in
+    continuations of the held-out neutral prompts (`split` select -> the `dev` prompts, test -> `test`)."""
+    concept: str | None = None
+    """Built-in concept the variants train on (default: honesty for dilemmas, sentiment for generation)."""
+    n_prompts: int | None = None
+    """Generation task: the first n prompts of the split (None: all)."""
+    max_new_tokens: int = 32
+    """Generation task: greedy tokens per continuation."""
+    nll_budget: float = 0.25
+    """Generation task: a side is usable while its mean NLL is at most c = 0's plus this ..."""
+    distinct_frac: float = 0.9
+    """... and its distinct-2 at least this fraction of c = 0's."""
 
     def run(self) -> None:
         paths = run_ablate(self)
@@ -82,6 +95,9 @@ def base_config(ab: Ablate, seed: int):
     from innerpissa.train.overrides import apply_overrides
 
     cfg = preset(ab.preset)
+    concept = ab.concept or ("sentiment" if ab.task == "generation" else None)
+    if concept is not None:
+        cfg.data.builtin = concept
     cfg.seed = cfg.adapter.seed = seed
     cfg.progress = False
     cfg.device = ab.device
@@ -166,6 +182,8 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
     unknown = [v for v in ab.variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if ab.task == "generation":
+        return run_ablate_generation(ab)
     t_start = time.time()
     out = Path(ab.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -206,4 +224,64 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
                          max_dnll=ab.max_dnll, min_valid=ab.min_valid)
     paths["training"] = out / "training.csv"
     print(markdown_table(headline_table(methods)))
+    return paths
+
+
+def run_ablate_generation(ab: Ablate) -> dict[str, Path]:
+    """Every variant x seed on the same pairs, scored on the same held-out neutral prompts (dev prompts for
+    `split="select"`, test prompts for `split="test"`): the concept range at matched fluency per variant."""
+    import torch
+
+    from innerpissa.compare_generation import _cached_sweep, _key, write_generation_report
+    from innerpissa.eval.gen_metrics import coeff_summary, concept_scorer, matched_range, method_summary
+    from innerpissa.eval.generation import DEFAULT_SYSTEM, evaluate_generation, load_neutral_prompts
+    from innerpissa.models import load_model
+
+    t_start = time.time()
+    out = Path(ab.out)
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    configs = [(v, s, variant_config(ab, v, s)) for v in ab.variants for s in ab.seeds]
+    base_cfg = configs[0][2]
+    if len({c.model for _, _, c in configs}) != 1:
+        raise SystemExit("variants must share one base model")
+    concept = base_cfg.data.builtin
+    scorer = concept_scorer(concept)
+    split = "dev" if ab.split == "select" else "test"
+    prompts = load_neutral_prompts(split)[: ab.n_prompts]
+    device = ab.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=device)
+    common = (base_cfg.model, prompts, ab.max_new_tokens, DEFAULT_SYSTEM, scorer.name)
+    print(f"generation ablation on {len(prompts)} {split} prompts; variants {list(ab.variants)}; seeds "
+          f"{list(ab.seeds)}", flush=True)
+
+    def score(steerer, seed: int, tag: str) -> pd.DataFrame:
+        scored = [c for c in ab.coeffs if c != 0]
+        path = out / "cache" / f"{steerer.name}_seed{seed}_{_key(*common, tag, scored)}.pkl"
+        res = _cached_sweep(path, lambda: evaluate_generation(model, tok, prompts, steerer, scored, scorer,
+                                                              ab.max_new_tokens))
+        return res.assign(method=steerer.name, seed=seed)
+
+    from innerpissa.steering import NoSteering
+
+    base = _cached_sweep(out / "cache" / f"base_{_key(*common)}.pkl",
+                         lambda: evaluate_generation(model, tok, prompts, NoSteering(), [0.0], scorer,
+                                                     ab.max_new_tokens))
+    frames, facts = run_variants(model, tok, configs, score, ab.coeffs)
+    facts.to_csv(out / "training.csv", index=False)
+    df = pd.concat([pd.concat([base.assign(method=f["method"].iloc[0], seed=f["seed"].iloc[0]), f])
+                    for f in frames], ignore_index=True)
+    tab = coeff_summary(df, n_boot=ab.n_boot)
+    ranges = matched_range(df, tab, ab.nll_budget, ab.distinct_frac, n_boot=ab.n_boot)
+    summ = method_summary(ranges)
+    ordered = facts.groupby("variant")["val_ordered_pct"].agg(["mean", "min"]).round(1)
+    meta = {"model": base_cfg.model, "preset": ab.preset, "concept": concept, "seeds": list(ab.seeds),
+            "prompts": f"{len(prompts)} ({split} split)", "new tokens": ab.max_new_tokens, "scorer": scorer.name,
+            "fluency budget": f"NLL <= c0 + {ab.nll_budget}, distinct-2 >= {ab.distinct_frac:.0%} of c0",
+            "overrides": dict(ab.overrides),
+            "validation pairs ordered g(-1)<0<g(+1), % (mean, min over seeds)":
+                json.dumps({v: [r["mean"], r["min"]] for v, r in ordered.iterrows()}),
+            "wall time": f"{time.time() - t_start:.0f} s"}
+    paths = write_generation_report(out, df, tab, ranges, summ, meta)
+    paths["training"] = out / "training.csv"
+    print(paths["summary"].read_text())
     return paths
