@@ -371,3 +371,15 @@ def test_fingerprints_identify_the_steering_state(setup, built):
     again.flip_sign()
     assert again.fingerprint() != prints["pca"]
     assert build_baseline("random", model, tok, pairs, seed=5).fingerprint() != prints["random"]
+
+
+def test_a_given_sweep_for_unit_vectors_is_in_mean_difference_units():
+    """PCA vectors are unit length (repeng's); a sweep passed to them means mean-difference units, as for
+    mean-diff vectors, so `--baseline-coeffs 0.5` pushes every vector by half a persona difference."""
+    from innerpissa.baselines.vectors import SteeringVectors, VectorSteerer
+
+    model = torch.nn.Linear(2, 2)
+    unit = SteeringVectors({0: torch.tensor([1.0, 0.0])}, "pca", {"coeff_unit": 7.0})
+    assert VectorSteerer(model, unit, coeffs=(-1.0, 0.0, 0.5)).default_coeffs == (-7.0, 0.0, 3.5)
+    raw = SteeringVectors({0: torch.tensor([3.0, 0.0])}, "mean_diff")
+    assert VectorSteerer(model, raw, coeffs=(-1.0, 0.0, 0.5)).default_coeffs == (-1.0, 0.0, 0.5)

@@ -257,7 +257,9 @@ class VectorSteerer(SignedSteerer):
         self.model, self.vectors = model, vectors
         self.name = name or vectors.method
         unit = vectors.meta.get("coeff_unit")
-        if coeffs is not None:
+        if coeffs is not None and unit:  # a given sweep is in mean-difference units for unit vectors too,
+            self.default_coeffs = scaled_coeffs(float(unit), coeffs)  # so every vector sweeps the same pushes
+        elif coeffs is not None:
             self.default_coeffs = tuple(coeffs)
         elif unit:  # unit vectors (repeng's): the narrow sweep in mean-difference units
             self.default_coeffs = scaled_coeffs(float(unit))
