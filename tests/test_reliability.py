@@ -418,7 +418,7 @@ def test_saving_never_deletes_unrelated_files(tiny, tmp_path):
 
 
 def test_generate_and_export_default_to_the_base_model_the_adapter_records(tiny, tmp_path):
-    from innerpissa.cli import adapter_base_model
+    from innerpissa.cli_eval import adapter_base_model
 
     folder = _saved(tiny, tmp_path / "a")
     assert adapter_base_model(folder, None) == "tiny-random-llama"

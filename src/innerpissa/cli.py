@@ -24,9 +24,9 @@ from typing import Annotated, Union
 import tyro
 
 from innerpissa.ablate import Ablate
-from innerpissa.cli_eval import EvalConfig
+from innerpissa.cli_eval import EvalConfig, adapter_base_model, check_coeffs
 from innerpissa.compare import Compare
-from innerpissa.errors import InnerPissaError, InputError
+from innerpissa.errors import InnerPissaError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -160,26 +160,6 @@ def _commands() -> dict[str, type]:
     return {"train": Train, "demo": Demo, "eval": EvalConfig, "compare": Compare, "ablate": Ablate,
             "generate": Generate,
             "export": Export}
-
-
-def check_coeffs(coeffs, flag: str) -> None:
-    """Coefficients must be finite numbers (checked before any model is loaded)."""
-    import math
-
-    bad = [c for c in coeffs if not math.isfinite(c)]
-    if bad:
-        raise InputError(f"{flag}: coefficients must be finite numbers, got {bad}")
-
-
-def adapter_base_model(adapter: Path | None, model: str | None) -> str:
-    """The base model to load: `--model` if given, else the one the adapter records, else 'smollm2'."""
-    if model is not None:
-        return model
-    if adapter is None:
-        return "smollm2"
-    from innerpissa.adapter import read_adapter_meta
-
-    return (read_adapter_meta(adapter).get("base_model") or {}).get("name_or_path") or "smollm2"
 
 
 def one_line(e: BaseException) -> str:

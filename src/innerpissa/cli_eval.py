@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from innerpissa.data.dilemmas import DEFAULT_TARGET
+from innerpissa.errors import InputError
 
 
 @dataclass
@@ -72,9 +73,28 @@ class EvalConfig:
 Eval = EvalConfig  # the name the `innerpissa` CLI registers
 
 
+def check_coeffs(coeffs, flag: str) -> None:
+    """Coefficients must be finite numbers (checked before any model is loaded)."""
+    import math
+
+    bad = [c for c in coeffs if not math.isfinite(c)]
+    if bad:
+        raise InputError(f"{flag}: coefficients must be finite numbers, got {bad}")
+
+
+def adapter_base_model(adapter: Path | None, model: str | None) -> str:
+    """The base model to load: `--model` if given, else the one the adapter records, else 'smollm2'."""
+    if model is not None:
+        return model
+    if adapter is None:
+        return "smollm2"
+    from innerpissa.adapter import read_adapter_meta
+
+    return (read_adapter_meta(adapter).get("base_model") or {}).get("name_or_path") or "smollm2"
+
+
 def eval_main(cfg: EvalConfig) -> dict[str, Path]:
     """Run the evaluation described by `cfg`; prints the headline table and returns the report paths."""
-    from innerpissa.cli import adapter_base_model, check_coeffs
     from innerpissa.data.dilemmas import (
         LABEL_PREFIX,
         framework_axes,
@@ -82,7 +102,6 @@ def eval_main(cfg: EvalConfig) -> dict[str, Path]:
         sample_dilemmas,
         save_sample,
     )
-    from innerpissa.errors import InputError
     from innerpissa.eval.choices import choice_ids
     from innerpissa.eval.harness import adapter_fingerprint, continuations, evaluate
     from innerpissa.eval.report import EXAMPLE_PROMPTS, headline_table, markdown_table, write_report

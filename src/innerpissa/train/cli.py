@@ -14,21 +14,29 @@ import tyro
 from innerpissa.train.config import PRESETS, TrainConfig, preset
 
 
-def split_preset(argv: list[str]) -> tuple[str, list[str]]:
-    """Take `--preset NAME` (or `--preset=NAME`) out of argv; default smollm2-cpu."""
-    name, rest, i = "smollm2-cpu", [], 0
+def take_flag(argv: list[str], flag: str, missing: str) -> tuple[str | None, list[str]]:
+    """Take `FLAG VALUE` (or `FLAG=VALUE`) out of argv: (the last value or None, the other arguments).
+    `missing` is the error when the flag ends argv without a value."""
+    value, rest, i = None, [], 0
     while i < len(argv):
         a = argv[i]
-        if a == "--preset":
+        if a == flag:
             if i + 1 >= len(argv):
-                raise SystemExit(f"--preset needs a name: one of {', '.join(PRESETS)}")
-            name, i = argv[i + 1], i + 2
+                raise SystemExit(missing)
+            value, i = argv[i + 1], i + 2
             continue
-        if a.startswith("--preset="):
-            name = a.split("=", 1)[1]
+        if a.startswith(f"{flag}="):
+            value = a.split("=", 1)[1]
         else:
             rest.append(a)
         i += 1
+    return value, rest
+
+
+def split_preset(argv: list[str]) -> tuple[str, list[str]]:
+    """Take `--preset NAME` (or `--preset=NAME`) out of argv; default smollm2-cpu."""
+    name, rest = take_flag(argv, "--preset", f"--preset needs a name: one of {', '.join(PRESETS)}")
+    name = name or "smollm2-cpu"
     if name not in PRESETS:
         raise SystemExit(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
     return name, rest
@@ -36,20 +44,7 @@ def split_preset(argv: list[str]) -> tuple[str, list[str]]:
 
 def split_concept(argv: list[str]) -> tuple[str | None, list[str]]:
     """Take `--concept NAME` (or `--concept=NAME`) out of argv: an alias of `--data.builtin NAME`."""
-    name, rest, i = None, [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--concept":
-            if i + 1 >= len(argv):
-                raise SystemExit("--concept needs a name of a built-in persona set, e.g. honesty or sentiment")
-            name, i = argv[i + 1], i + 2
-            continue
-        if a.startswith("--concept="):
-            name = a.split("=", 1)[1]
-        else:
-            rest.append(a)
-        i += 1
-    return name, rest
+    return take_flag(argv, "--concept", "--concept needs a name of a built-in persona set, e.g. honesty or sentiment")
 
 
 def concept_default(name: str, concept: str | None) -> TrainConfig:
