@@ -283,6 +283,9 @@ def test_variants_change_what_they_name():
     assert apply_variant("s-none", base).adapter.s_mode == "none"
     assert apply_variant("logsigmoid", base).loss.kind == "logsigmoid" and apply_variant("raw", v0).loss.kind == "raw"
     assert {"r128", "depth0.8", "s-add", "preset"} <= set(VARIANTS)
+    assert apply_variant("lr2x", base).lr == 2 * base.lr and apply_variant("epochs2x", base).epochs == 2 * base.epochs
+    assert (apply_variant("layers12", base).adapter.n_layers, apply_variant("wcoh0", base).loss.w_coh) == (12, 0.0)
+    assert base.lr == preset("smollm2-cpu").lr  # still untouched
     with pytest.raises(ValueError, match="unknown variant"):
         apply_variant("telepathy", base)
 

@@ -7,7 +7,8 @@ Three kinds:
   * `v0+mask`, `v0+select`, `v0+dims`, `v0+sign` add one change of issue 8 item 1 to `default-v0`;
     `faithful` adds all four (same v0 budget, so method and budget effects stay apart).
   * One-knob changes of whatever config they get (usually the preset's): `preset` (unchanged), `r32`,
-    `r128`, `depth0.5`, `depth0.8`, `s-none`, `s-add`, `no-vrot`, `logsigmoid`, `raw`, `shift`.
+    `r128`, `depth0.5`, `depth0.8`, `s-none`, `s-add`, `no-vrot`, `logsigmoid`, `raw`, `shift`, `layers4`,
+    `layers12` (adapted blocks), `wcoh10`, `wcoh0` (coherence weight), `lr2x`, `epochs2x` (budget).
 Model, output folder, device, seed and data source are never touched, so every variant of an ablation trains
 on the same pairs.
 """
@@ -93,6 +94,12 @@ VARIANTS: dict[str, Variant] = {
     "logsigmoid": _set(loss__kind="logsigmoid"),
     "raw": _set(loss__kind="raw"),
     "shift": _set(loss_target="shift"),
+    "layers4": _set(adapter__n_layers=4),
+    "layers12": _set(adapter__n_layers=12),
+    "wcoh10": _set(loss__w_coh=10.0),
+    "wcoh0": _set(loss__w_coh=0.0),
+    "lr2x": lambda cfg: _set(lr=cfg.lr * 2)(cfg),
+    "epochs2x": lambda cfg: _set(epochs=cfg.epochs * 2)(cfg),
 }
 
 
