@@ -242,7 +242,8 @@ def test_bootstrap_ci_matches_numpy():
 
 
 def test_presets_and_compare_pair_count():
-    from innerpissa.compare import Compare, _train_cfg
+    from innerpissa.compare import Compare
+    from innerpissa.methods import train_config
 
     q = preset("qwen3-4b-gpu")
     assert (q.model, q.adapter.r, q.adapter.rotation_blocks, q.batch_size * q.grad_accum) == \
@@ -253,8 +254,8 @@ def test_presets_and_compare_pair_count():
     assert (v0.adapter.r, v0.epochs, v0.lr, v0.loss.mask_tokens, v0.direction.dims, v0.adapter.select) == \
         (32, 3, 3e-3, 0, None, "top")
     assert "smollm2-cpu-v0" in PRESETS
-    assert _train_cfg(Compare(preset="qwen3-4b-gpu"), "innerpissa", 0).data.n_pairs == 800
-    assert _train_cfg(Compare(preset="qwen3-4b-gpu", n_pairs=50), "innerpissa", 0).data.n_pairs == 50
+    assert train_config(Compare(preset="qwen3-4b-gpu"), 0).data.n_pairs == 800
+    assert train_config(Compare(preset="qwen3-4b-gpu", n_pairs=50), 0).data.n_pairs == 50
 
 
 def test_variants_change_what_they_name():

@@ -24,6 +24,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from innerpissa.methods import cache_key, cached_frame, summary_tag, train_config, train_or_load
+
 #: (steerer, training seed, cache tag) -> results frame (one row per scored item and coefficient)
 ScoreFn = Callable[..., pd.DataFrame]
 
@@ -89,33 +91,15 @@ class Ablate:
         print(f"\nsummary: {paths['summary']}\nplot: {paths['plot']}")
 
 
-def base_config(ab: Ablate, seed: int):
-    """The preset with the ablation's pair count, epochs, overrides and seed (before any variant)."""
-    from innerpissa.train.config import preset
-    from innerpissa.train.overrides import apply_overrides
-
-    cfg = preset(ab.preset)
-    concept = ab.concept or ("sentiment" if ab.task == "generation" else None)
-    if concept is not None:
-        cfg.data.builtin = concept
-    cfg.seed = cfg.adapter.seed = seed
-    cfg.progress = False
-    cfg.device = ab.device
-    apply_overrides(cfg, ab.overrides)
-    return cfg
-
-
 def variant_config(ab: Ablate, name: str, seed: int):
     from innerpissa.train.variants import apply_variant
 
-    base = base_config(ab, seed)
+    base = train_config(ab, seed, name=name)
     cfg = apply_variant(name, base)
     cfg.data = base.data  # every variant trains on the same pairs (default-v0 would otherwise take 200)
-    if ab.n_pairs is not None:
-        cfg.data.n_pairs = ab.n_pairs
     if ab.epochs is not None:
         cfg.epochs = ab.epochs
-    cfg.out = Path(ab.out) / "train" / f"{name}_seed{seed}"
+    cfg.out = base.out
     return cfg
 
 
@@ -124,28 +108,20 @@ def run_variants(model, tok, configs: Sequence[tuple[str, int, object]], score: 
     """Train (or reuse) each (variant, seed, TrainConfig) on `model` and score it with `score(steerer, seed,
     tag)`. Returns the score frames and one line of training facts per variant and seed (steps, seconds,
     % of validation pairs ordered g(-1) < 0 < g(+1), calibration). The model is left without an adapter."""
-    from innerpissa.adapter import adapter_layers, detach_adapter, load_adapter
+    from innerpissa.adapter import adapter_layers, detach_adapter
     from innerpissa.steering import AdapterSteerer
-    from innerpissa.train.trainer import train
 
     frames, facts = [], []
     for name, seed, cfg in configs:
         t0 = time.time()
-        out = Path(cfg.out)
-        if not (out / "summary.json").exists():
-            cfg.resume = (out / "checkpoint" / "state.pt").exists()
-            train(cfg, model, tok)
-        else:
-            load_adapter(model, out / "adapter")
-        summary = json.loads((out / "summary.json").read_text())
+        summary = train_or_load(cfg, model, tok)
         cal = summary.get("calibration") or {}
         facts.append({"variant": name, "seed": seed, "steps": summary.get("steps"),
                       "train_seconds": summary.get("train_seconds"),
                       "val_ordered_pct": summary.get("val_ordered_pct"), "flipped": cal.get("flipped"),
                       "probe_effect": cal.get("probe_effect"), "persona_effect": cal.get("persona_effect")})
-        tag = f"{summary.get('train_seconds')}|{summary.get('calibration')}"
         try:
-            res = score(AdapterSteerer(model, name=name, coeffs=coeffs), seed, tag)
+            res = score(AdapterSteerer(model, name=name, coeffs=coeffs), seed, summary_tag(summary))
         finally:
             if adapter_layers(model):
                 detach_adapter(model)
@@ -232,7 +208,7 @@ def run_ablate_generation(ab: Ablate) -> dict[str, Path]:
     `split="select"`, test prompts for `split="test"`): the concept range at matched fluency per variant."""
     import torch
 
-    from innerpissa.compare_generation import _cached_sweep, _key, write_generation_report
+    from innerpissa.compare_generation import write_generation_report
     from innerpissa.eval.gen_metrics import coeff_summary, concept_scorer, matched_range, method_summary
     from innerpissa.eval.generation import DEFAULT_SYSTEM, evaluate_generation, load_neutral_prompts
     from innerpissa.models import load_model
@@ -256,14 +232,14 @@ def run_ablate_generation(ab: Ablate) -> dict[str, Path]:
 
     def score(steerer, seed: int, tag: str) -> pd.DataFrame:
         scored = [c for c in ab.coeffs if c != 0]
-        path = out / "cache" / f"{steerer.name}_seed{seed}_{_key(*common, tag, scored)}.pkl"
-        res = _cached_sweep(path, lambda: evaluate_generation(model, tok, prompts, steerer, scored, scorer,
+        path = out / "cache" / f"{steerer.name}_seed{seed}_{cache_key(*common, tag, scored)}.pkl"
+        res = cached_frame(path, lambda: evaluate_generation(model, tok, prompts, steerer, scored, scorer,
                                                               ab.max_new_tokens))
         return res.assign(method=steerer.name, seed=seed)
 
     from innerpissa.steering import NoSteering
 
-    base = _cached_sweep(out / "cache" / f"base_{_key(*common)}.pkl",
+    base = cached_frame(out / "cache" / f"base_{cache_key(*common)}.pkl",
                          lambda: evaluate_generation(model, tok, prompts, NoSteering(), [0.0], scorer,
                                                      ab.max_new_tokens))
     frames, facts = run_variants(model, tok, configs, score, ab.coeffs)

@@ -19,12 +19,7 @@ from typing import Literal
 import pandas as pd
 import torch
 
-TRAINED = ("innerpissa", "lora")
-# baselines whose sign is arbitrary (an eigenvector or a random draw) are calibrated on the probe (a flip
-# only on evidence: baselines.calibrate)
-SIGN_AMBIGUOUS = ("pca", "random", "repeng_external")
-DEFAULT_METHODS = ("innerpissa", "lora", "prompting", "pca", "mean_diff", "random", "sspace")
-ALL_METHODS = (*DEFAULT_METHODS, "sft", "steering_vectors", "repeng_external")
+from innerpissa.methods import ALL_METHODS, DEFAULT_METHODS, each_method, train_config
 
 
 @dataclass
@@ -99,58 +94,6 @@ class Compare:
         print(f"\nsummary: {paths['summary']}\nplot: {paths['plot']}")
 
 
-def _train_cfg(cmp: Compare, method: str, seed: int):
-    from innerpissa.train.config import preset
-    from innerpissa.train.overrides import apply_overrides
-
-    cfg = preset(cmp.preset)
-    cfg.method = method
-    cfg.seed = seed
-    cfg.adapter.seed = seed
-    if cmp.n_pairs is not None:
-        cfg.data.n_pairs = cmp.n_pairs
-    cfg.progress = False
-    cfg.device = cmp.device
-    if cmp.epochs is not None:
-        cfg.epochs = cmp.epochs
-    apply_overrides(cfg, cmp.overrides)
-    cfg.out = Path(cmp.out) / "train" / f"{method}_seed{seed}"
-    return cfg
-
-
-def _trained_steerer(cmp: Compare, method: str, seed: int, model, tok):
-    """Train (or reuse) a trained method; returns its steerer with the calibrated weights attached."""
-    from innerpissa.adapter import load_adapter
-    from innerpissa.steering import AdapterSteerer
-    from innerpissa.train.trainer import train
-
-    cfg = _train_cfg(cmp, method, seed)
-    if not (cfg.out / "summary.json").exists():
-        cfg.resume = True  # continue a checkpoint if there is one (its settings must match), else start fresh
-        train(cfg, model, tok)  # attaches to `model`
-    elif method == "innerpissa":
-        load_adapter(model, cfg.out / "adapter")
-    else:
-        _load_lora(model, cfg)
-    summary = json.loads((cfg.out / "summary.json").read_text())
-    tag = f"{summary.get('train_seconds')}|{summary.get('calibration')}"
-    return AdapterSteerer(model, name=method, coeffs=cmp.adapter_coeffs), summary, tag
-
-
-def _load_lora(model, cfg) -> None:
-    from safetensors.torch import load_file
-
-    from innerpissa.adapter import adapter_layers
-    from innerpissa.adapter.lora import attach_lora
-
-    attach_lora(model, cfg.adapter)
-    saved = load_file(str(cfg.out / "lora.safetensors"))
-    with torch.no_grad():
-        for name, layer in adapter_layers(model).items():
-            for k, p in layer.named_parameters(recurse=False):
-                p.copy_(saved[f"{name}.{k}"])
-
-
 def run_compare(cmp: Compare) -> dict[str, Path]:
     if cmp.task == "generation":
         from innerpissa.compare_generation import run_generation_compare
@@ -159,17 +102,14 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     if cmp.concept not in (None, "honesty"):
         raise ValueError(f"--task dilemmas measures honesty only, got --concept {cmp.concept}; "
                          "use --task generation for other concepts")
-    from innerpissa.adapter import adapter_layers, detach_adapter
-    from innerpissa.baselines.registry import build_baseline
     from innerpissa.data.dilemmas import load_dilemmas, sample_dilemmas, save_sample
-    from innerpissa.eval.calibration import calibrate_sign, probe_fn
+    from innerpissa.eval.calibration import probe_fn
     from innerpissa.eval.choices import choice_ids
-    from innerpissa.eval.harness import DEFAULT_SYSTEM, evaluate
+    from innerpissa.eval.harness import evaluate
     from innerpissa.eval.report import headline_table, markdown_table, write_report
     from innerpissa.eval.summary import coeff_table, method_table, seed_table
     from innerpissa.models import load_model
     from innerpissa.steering import NoSteering
-    from innerpissa.train.trainer import make_pairs
 
     unknown = [m for m in cmp.methods if m not in ALL_METHODS]
     if unknown:
@@ -177,7 +117,7 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     t_start = time.time()
     out = Path(cmp.out)
     out.mkdir(parents=True, exist_ok=True)
-    base_cfg = _train_cfg(cmp, "innerpissa", cmp.seeds[0])
+    base_cfg = train_config(cmp, cmp.seeds[0])
     device = cmp.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=device)
     data = load_dilemmas(cmp.data_dir)
@@ -189,51 +129,19 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
           f"seeds {list(cmp.seeds)}", flush=True)
 
     frames, trained_info = [], {}
-    probe = probe_fn(model, tok)
     # c = 0 is the base model for every method (the adapter skips its delta, hooks add 0, the persona prompt
     # keeps the default system message): score it once and share it, instead of once per method and seed
     base = evaluate(model, tok, rows, NoSteering(), [0.0], batch_size=cmp.batch_size, axes=axes,
                     cache_dir=out / "cache", progress=False)
-    for seed in cmp.seeds:
-        train_pairs, _ = make_pairs(_train_cfg(cmp, "innerpissa", seed), tok)
-        act_cache: dict = {}
-        for method in cmp.methods:
-            if method == "prompting" and seed != cmp.seeds[0]:
-                continue  # no training, no seed
-            t0 = time.time()
-            if method in TRAINED:
-                steerer, summary, tag = _trained_steerer(cmp, method, seed, model, tok)
-                trained_info[f"{method}/seed{seed}"] = {"train_seconds": summary.get("train_seconds"),
-                                                        "calibration": summary.get("calibration")}
-                coeffs = list(cmp.adapter_coeffs)
-            elif method == "sft":
-                from innerpissa.baselines.sft import build_sft
-
-                cfg = _train_cfg(cmp, "lora", seed)
-                steerer, sft_info = build_sft(model, tok, train_pairs, cfg.adapter, system=cfg.data.system,
-                                              seed=seed, coeffs=cmp.adapter_coeffs)
-                trained_info[f"sft/seed{seed}"] = {"sft": sft_info}
-                tag, coeffs = steerer.fingerprint(), list(cmp.adapter_coeffs)
-            else:
-                kw = {"cache": act_cache}
-                if cmp.baseline_coeffs is not None and method != "prompting":
-                    kw["coeffs"] = cmp.baseline_coeffs
-                steerer = build_baseline(method, model, tok, train_pairs, seed=seed, **kw)
-                if method in SIGN_AMBIGUOUS:
-                    trained_info[f"{method}/seed{seed}"] = {"calibration": calibrate_sign(steerer, probe)}
-                tag = steerer.fingerprint() if hasattr(steerer, "fingerprint") else ""
-                coeffs = sorted(set(steerer.default_coeffs) | {0.0})
-            shared_zero = steerer.system_prompt(0.0, DEFAULT_SYSTEM) == DEFAULT_SYSTEM
-            scored = [c for c in coeffs if c != 0 or not shared_zero]
-            res = evaluate(model, tok, rows, steerer, scored, seed=seed, batch_size=cmp.batch_size, axes=axes,
-                           cache_dir=out / "cache", cache_tag=tag, progress=False)
-            if shared_zero:
-                res = pd.concat([base.assign(method=steerer.name, seed=seed), res], ignore_index=True)
-            res["train_seconds"] = trained_info.get(f"{method}/seed{seed}", {}).get("train_seconds", 0.0) or 0.0
-            frames.append(res)
-            if adapter_layers(model):
-                detach_adapter(model)
-            print(f"  seed {seed} {method:10s} done in {time.time() - t0:.0f}s", flush=True)
+    for b in each_method(cmp, cmp.methods, model, tok, probe_fn(model, tok), cmp.adapter_coeffs):
+        if b.info:
+            trained_info[f"{b.method}/seed{b.seed}"] = b.info
+        res = evaluate(model, tok, rows, b.steerer, b.scored, seed=b.seed, batch_size=cmp.batch_size, axes=axes,
+                       cache_dir=out / "cache", cache_tag=b.tag, progress=False)
+        if b.shared_zero:
+            res = pd.concat([base.assign(method=b.steerer.name, seed=b.seed), res], ignore_index=True)
+        res["train_seconds"] = b.info.get("train_seconds", 0.0) or 0.0
+        frames.append(res)
 
     res = pd.concat(frames, ignore_index=True)
     coeff_tab = coeff_table(res, cmp.target, axes[1:], n_boot=cmp.n_boot, seed=cmp.sample_seed)

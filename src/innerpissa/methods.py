@@ -1,0 +1,179 @@
+"""What `compare` (both tasks) and `ablate` share: the method lists, a run's training config, training or
+reusing a trained adapter, and the loop that builds every method for every seed on the same pairs (trained
+methods through the trainer, baselines fitted on the pairs and sign-calibrated on the probe), plus the
+on-disk cache of scored sweeps.
+
+A "run" is a `Compare` or an `Ablate`: anything with `preset`, `overrides`, `seeds`, `n_pairs`, `epochs`,
+`device`, `out`, `task` and `concept` (this module sits below both, so it takes them by attribute).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from innerpissa.adapter import adapter_layers, detach_adapter, load_adapter
+from innerpissa.baselines.registry import build_baseline
+from innerpissa.baselines.sft import build_sft
+from innerpissa.eval.calibration import calibrate_sign
+from innerpissa.eval.harness import DEFAULT_SYSTEM
+from innerpissa.steering import AdapterSteerer, Steerer
+from innerpissa.train.config import TrainConfig, preset
+from innerpissa.train.overrides import apply_overrides
+from innerpissa.train.trainer import make_pairs, train
+
+TRAINED = ("innerpissa", "lora")
+# baselines whose sign is arbitrary (an eigenvector or a random draw) are calibrated on the probe (a flip
+# only on evidence: eval.calibration)
+SIGN_AMBIGUOUS = ("pca", "random", "repeng_external")
+DEFAULT_METHODS = ("innerpissa", "lora", "prompting", "pca", "mean_diff", "random", "sspace")
+ALL_METHODS = (*DEFAULT_METHODS, "sft", "steering_vectors", "repeng_external")
+
+
+def run_concept(run: Any) -> str | None:
+    """The built-in concept a run trains on: its own, else sentiment for the generation task (None: the
+    preset's)."""
+    return run.concept or ("sentiment" if run.task == "generation" else None)
+
+
+def train_config(run: Any, seed: int, method: str = "innerpissa", name: str | None = None) -> TrainConfig:
+    """The preset with the run's concept, pair count, epochs, overrides, device and `seed`; its folder is
+    OUT/train/<name or method>_seed<seed>."""
+    cfg = preset(run.preset)
+    if run_concept(run) is not None:
+        cfg.data.builtin = run_concept(run)
+    cfg.method = method
+    cfg.seed = cfg.adapter.seed = seed
+    if run.n_pairs is not None:
+        cfg.data.n_pairs = run.n_pairs
+    if run.epochs is not None:
+        cfg.epochs = run.epochs
+    cfg.progress = False
+    cfg.device = run.device
+    apply_overrides(cfg, run.overrides)
+    cfg.out = Path(run.out) / "train" / f"{name or method}_seed{seed}"
+    return cfg
+
+
+def train_or_load(cfg: TrainConfig, model, tok) -> dict:
+    """Train `cfg` on `model` (continuing its checkpoint if there is one), or load the adapter a finished
+    run left in cfg.out; returns the run's summary. The adapter is attached to `model` either way."""
+    out = Path(cfg.out)
+    if not (out / "summary.json").exists():
+        cfg.resume = True  # continue a checkpoint if there is one (its settings must match), else start fresh
+        train(cfg, model, tok)
+    elif cfg.method == "innerpissa":
+        load_adapter(model, out / "adapter")
+    else:
+        _load_lora(model, cfg)
+    return json.loads((out / "summary.json").read_text())
+
+
+def _load_lora(model, cfg) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from innerpissa.adapter.lora import attach_lora
+
+    attach_lora(model, cfg.adapter)
+    saved = load_file(str(cfg.out / "lora.safetensors"))
+    with torch.no_grad():
+        for name, layer in adapter_layers(model).items():
+            for k, p in layer.named_parameters(recurse=False):
+                p.copy_(saved[f"{name}.{k}"])
+
+
+def summary_tag(summary: Mapping) -> str:
+    """Cache tag of a trained adapter: its training time and calibration (a retrained adapter differs)."""
+    return f"{summary.get('train_seconds')}|{summary.get('calibration')}"
+
+
+@dataclass
+class Built:
+    """One method of one seed, ready to score: the steerer, its coefficients and what to record."""
+
+    method: str
+    seed: int
+    steerer: Steerer
+    coeffs: list[float]
+    tag: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def shared_zero(self) -> bool:
+        """Whether c = 0 is the bare base model (scored once for every method) for this steerer."""
+        return self.steerer.system_prompt(0.0, DEFAULT_SYSTEM) == DEFAULT_SYSTEM
+
+    @property
+    def scored(self) -> list[float]:
+        """The coefficients to score for this method (c = 0 only where it is not the shared base)."""
+        return [c for c in self.coeffs if c != 0 or not self.shared_zero]
+
+
+def build_method(run: Any, method: str, seed: int, model, tok, pairs: Sequence, probe: Callable,
+                 act_cache: dict, adapter_coeffs: Sequence[float],
+                 vector_coeffs: Mapping[str, Sequence[float]] | None = None) -> Built:
+    """Train (or reuse) a trained method, or fit a baseline on `pairs` and calibrate its sign on `probe`."""
+    if method in TRAINED:
+        summary = train_or_load(train_config(run, seed, method), model, tok)
+        info = {"train_seconds": summary.get("train_seconds"), "calibration": summary.get("calibration"),
+                "val_ordered_fwd": (summary.get("final_validation") or {}).get("val_ordered_fwd")}
+        return Built(method, seed, AdapterSteerer(model, name=method, coeffs=adapter_coeffs), list(adapter_coeffs),
+                     summary_tag(summary), info)
+    if method == "sft":
+        cfg = train_config(run, seed, "lora")
+        steerer, sft_info = build_sft(model, tok, pairs, cfg.adapter, system=cfg.data.system, seed=seed,
+                                      coeffs=adapter_coeffs)
+        return Built(method, seed, steerer, list(adapter_coeffs), steerer.fingerprint(), {"sft": sft_info})
+    kw: dict = {"cache": act_cache}
+    if method == "prompting":
+        if run.task == "generation":
+            kw["builtin"] = run_concept(run)
+    elif run.baseline_coeffs is not None:
+        kw["coeffs"] = run.baseline_coeffs
+    elif vector_coeffs and method in vector_coeffs:
+        kw["coeffs"] = vector_coeffs[method]
+    steerer = build_baseline(method, model, tok, pairs, seed=seed, **kw)
+    info = {"calibration": calibrate_sign(steerer, probe)} if method in SIGN_AMBIGUOUS else {}
+    tag = steerer.fingerprint() if hasattr(steerer, "fingerprint") else ""
+    return Built(method, seed, steerer, sorted(set(steerer.default_coeffs) | {0.0}), tag, info)
+
+
+def each_method(run: Any, methods: Sequence[str], model, tok, probe: Callable, adapter_coeffs: Sequence[float],
+                vector_coeffs: Mapping[str, Sequence[float]] | None = None) -> Iterator[Built]:
+    """Every method of every seed of `run`, each on its seed's training pairs (the same for every method;
+    prompting has no seed and runs once). After the caller has scored one, its adapter is detached."""
+    for seed in run.seeds:
+        pairs, _ = make_pairs(train_config(run, seed), tok)
+        act_cache: dict = {}
+        for method in methods:
+            if method == "prompting" and seed != run.seeds[0]:
+                continue  # no training, no seed
+            t0 = time.time()
+            yield build_method(run, method, seed, model, tok, pairs, probe, act_cache, adapter_coeffs, vector_coeffs)
+            if adapter_layers(model):
+                detach_adapter(model)
+            print(f"  seed {seed} {method:10s} done in {time.time() - t0:.0f}s", flush=True)
+
+
+def cache_key(*parts: object) -> str:
+    """A short hash of what a cached result depends on."""
+    return hashlib.sha1(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached_frame(path: Path, fn: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """The frame pickled at `path`, else `fn()` written there atomically."""
+    if path.exists():
+        return pd.read_pickle(path)
+    df = fn()
+    tmp = path.with_suffix(".tmp")
+    df.to_pickle(tmp)
+    tmp.replace(path)
+    return df
