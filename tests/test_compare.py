@@ -45,7 +45,7 @@ def test_compare_lora_baseline_is_reused_exactly(tmp_path, shared_data):
                   n_dilemmas=4, adapter_coeffs=(-1.0, 0.0, 1.0), n_boot=20, data_dir=shared_data / "daily_dilemmas",
                   overrides={"adapter.r": "4"})
     first = pd.read_csv(run_compare(cmp)["rows"])
-    saved = tmp_path / "cmp" / "train" / "lora_seed0" / "lora.safetensors"
+    saved = tmp_path / "cmp" / "train" / "lora_seed0" / "adapter" / "adapter.safetensors"
     assert saved.exists()
     # drop the score cache: the second run must rebuild the LoRA from its saved, calibrated weights
     for f in (tmp_path / "cmp" / "cache").glob("lora__*"):

@@ -22,6 +22,7 @@ import pandas as pd
 from innerpissa.adapter import adapter_layers, detach_adapter, load_adapter
 from innerpissa.baselines.registry import build_baseline
 from innerpissa.baselines.sft import build_sft
+from innerpissa.errors import InputError
 from innerpissa.eval.calibration import calibrate_sign
 from innerpissa.eval.harness import DEFAULT_SYSTEM
 from innerpissa.steering import AdapterSteerer, Steerer
@@ -69,25 +70,11 @@ def train_or_load(cfg: TrainConfig, model, tok) -> dict:
     if not (out / "summary.json").exists():
         cfg.resume = True  # continue a checkpoint if there is one (its settings must match), else start fresh
         train(cfg, model, tok)
-    elif cfg.method == "innerpissa":
-        load_adapter(model, out / "adapter")
+    elif (out / "lora.safetensors").exists() and not (out / "adapter").exists():
+        raise InputError(f"{out} holds a LoRA(c) in the retired lora.safetensors format; remove {out} to retrain it")
     else:
-        _load_lora(model, cfg)
+        load_adapter(model, out / "adapter")  # either kind: the saved config says which
     return json.loads((out / "summary.json").read_text())
-
-
-def _load_lora(model, cfg) -> None:
-    import torch
-    from safetensors.torch import load_file
-
-    from innerpissa.adapter.lora import attach_lora
-
-    attach_lora(model, cfg.adapter)
-    saved = load_file(str(cfg.out / "lora.safetensors"))
-    with torch.no_grad():
-        for name, layer in adapter_layers(model).items():
-            for k, p in layer.named_parameters(recurse=False):
-                p.copy_(saved[f"{name}.{k}"])
 
 
 def summary_tag(summary: Mapping) -> str:
