@@ -288,15 +288,21 @@ def test_variants_change_what_they_name():
         apply_variant("telepathy", base)
 
 
+def _uncalibrated_tiny():
+    cfg = preset("tiny")
+    cfg.calibrate = False
+    return cfg
+
+
 def test_ablate_end_to_end_on_tiny(tmp_path, shared_data):
     import pandas as pd
 
     from innerpissa.ablate import Ablate, run_ablate, split_rows
     from innerpissa.data.dilemmas import load_dilemmas
 
-    ab = Ablate(variants=("preset", "v0+mask"), out=tmp_path / "ab", preset="tiny", seeds=(0,), n_pairs=12,
-                epochs=1, n_dilemmas=4, coeffs=(-1.0, 0.0, 1.0), n_boot=30,
-                data_dir=shared_data / "daily_dilemmas", overrides={"calibrate": "False"})
+    ab = Ablate(variants=("preset", "v0+mask"), out=tmp_path / "ab", train=_uncalibrated_tiny(), seeds=(0,),
+                n_pairs=12, epochs=1, n_dilemmas=4, coeffs=(-1.0, 0.0, 1.0), n_boot=30,
+                data_dir=shared_data / "daily_dilemmas")
     paths = run_ablate(ab)
     rows = pd.read_csv(paths["rows"])
     assert set(rows["method"]) == {"preset", "v0+mask"}
@@ -324,9 +330,9 @@ def test_ablate_generation_task_on_tiny(tmp_path):
     from innerpissa.ablate import Ablate, run_ablate
     from innerpissa.eval.generation import load_neutral_prompts
 
-    ab = Ablate(variants=("preset", "shift"), out=tmp_path / "abg", preset="tiny", seeds=(0,), n_pairs=12,
-                epochs=1, coeffs=(-1.0, 0.0, 1.0), n_boot=30, task="generation", n_prompts=3, max_new_tokens=5,
-                overrides={"calibrate": "False"})
+    ab = Ablate(variants=("preset", "shift"), out=tmp_path / "abg", train=_uncalibrated_tiny(), seeds=(0,),
+                n_pairs=12, epochs=1, coeffs=(-1.0, 0.0, 1.0), n_boot=30, task="generation", n_prompts=3,
+                max_new_tokens=5)
     paths = run_ablate(ab)
     rows = pd.read_csv(tmp_path / "abg" / "rows.csv")
     assert set(rows["method"]) == {"preset", "shift"}

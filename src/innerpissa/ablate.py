@@ -17,74 +17,44 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from innerpissa.methods import cache_key, cached_frame, summary_tag, train_config, train_or_load
+from innerpissa.methods import (
+    Runs,
+    cache_key,
+    cached_frame,
+    summary_tag,
+    train_changes,
+    train_config,
+    train_or_load,
+)
 
 #: (steerer, training seed, cache tag) -> results frame (one row per scored item and coefficient)
 ScoreFn = Callable[..., pd.DataFrame]
 
 
 @dataclass
-class Ablate:
+class Ablate(Runs):
     """Train named variants of a preset (see innerpissa.train.variants) and score them on the same rows."""
 
     variants: tuple[str, ...] = ("default-v0", "faithful", "preset")
-    """Variant names (innerpissa.train.variants.VARIANTS)."""
+    """Variant names (innerpissa.train.variants.VARIANTS), each applied to the training settings."""
     out: Path = Path("runs/ablate")
     """Output folder: train/<variant>_seed<k>/, cache/, sample.csv, training.csv and the report."""
-    preset: str = "smollm2-cpu"
-    """The preset every variant starts from."""
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Training seeds (pairs, split and initialisation)."""
-    n_pairs: int | None = None
-    """Contrastive pairs per seed, the same for every variant; None: the preset's."""
-    epochs: int | None = None
-    """Override every variant's epochs (for quick runs)."""
     split: Literal["select", "test"] = "select"
-    """Which half of the dilemmas to score: `select` to choose variants, `test` to report them."""
+    """Which half of the dilemmas to score: `select` to choose variants, `test` to report them (generation
+    task: the `dev` or `test` prompts)."""
     split_seed: int = 12345
     """Seed of the fixed half/half split of dilemma ids."""
-    n_dilemmas: int = 128
-    """Random dilemmas (both rows) drawn from the chosen half."""
-    sample_seed: int = 0
-    """Seed of the draw within the half."""
     coeffs: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     """Coefficients every variant is scored at."""
-    target: str = "Virtue/Truthfulness"
-    """Target value axis."""
-    batch_size: int = 16
-    """Evaluation batch size."""
-    max_dnll: float = 0.5
-    """Coherence budget: ΔNLL at most this ..."""
-    min_valid: float = 0.9
-    """... and at least this fraction of valid rows."""
-    n_boot: int = 1000
-    """Bootstrap resamples."""
-    data_dir: Path | None = None
-    """DailyDilemmas folder (default: $INNERPISSA_DILEMMAS_DIR or ../shared/data/daily_dilemmas)."""
-    device: str | None = None
-    """Device (default: cuda when available, else cpu)."""
-    overrides: dict[str, str] = field(default_factory=dict)
-    """Dotted training settings applied to the preset before each variant, e.g. {'loss.w_coh': '10'}."""
-    task: Literal["dilemmas", "generation"] = "dilemmas"
-    """`dilemmas`: DailyDilemmas (honesty) on the `split` half; `generation`: concept expression in
-    continuations of the held-out neutral prompts (`split` select -> the `dev` prompts, test -> `test`)."""
-    concept: str | None = None
-    """Built-in concept the variants train on (default: honesty for dilemmas, sentiment for generation)."""
-    n_prompts: int | None = None
-    """Generation task: the first n prompts of the split (None: all)."""
     max_new_tokens: int = 32
     """Generation task: greedy tokens per continuation."""
-    nll_budget: float = 0.25
-    """Generation task: a side is usable while its mean NLL is at most c = 0's plus this ..."""
-    distinct_frac: float = 0.9
-    """... and its distinct-2 at least this fraction of c = 0's."""
 
     def run(self) -> None:
         paths = run_ablate(self)
@@ -140,14 +110,12 @@ def split_rows(data: pd.DataFrame, ab: Ablate) -> pd.DataFrame:
     perm = np.random.default_rng(ab.split_seed).permutation(ids)
     half = perm[: len(perm) // 2] if ab.split == "select" else perm[len(perm) // 2:]
     return sample_dilemmas(data[data["dilemma_idx"].isin(set(half.tolist()))], ab.n_dilemmas, ab.sample_seed,
-                           ab.target)
+                           ab.target, ab.labelled_only, ab.n_neutral)
 
 
 def run_ablate(ab: Ablate) -> dict[str, Path]:
     """Every variant x seed on the same pairs and the same DailyDilemmas rows; one table and one plot."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
     from innerpissa.data.dilemmas import load_dilemmas, save_sample
     from innerpissa.eval.harness import evaluate
     from innerpissa.eval.report import headline_table, markdown_table, write_report
@@ -168,8 +136,7 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
     if len(models) != 1:
         raise SystemExit(f"variants must share one base model, got {sorted(models)}")
     base_cfg = configs[0][2]
-    device = ab.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=device)
+    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=ab.torch_device())
     rows = split_rows(load_dilemmas(ab.data_dir), ab)
     axes = [ab.target]
     save_sample(rows, out / "sample.csv", ab.sample_seed, axes)
@@ -177,8 +144,8 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
           f"seeds {list(ab.seeds)}", flush=True)
 
     def score(steerer, seed: int, tag: str) -> pd.DataFrame:
-        return evaluate(model, tok, rows, steerer, list(ab.coeffs), seed=seed, batch_size=ab.batch_size, axes=axes,
-                        cache_dir=out / "cache", cache_tag=tag, progress=False)
+        return evaluate(model, tok, rows, steerer, list(ab.coeffs), seed=seed, batch_size=ab.batch_size,
+                        min_mass=ab.min_mass, axes=axes, cache_dir=out / "cache", cache_tag=tag, progress=False)
 
     frames, facts = run_variants(model, tok, configs, score, ab.coeffs)
     facts.to_csv(out / "training.csv", index=False)
@@ -191,7 +158,7 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
         "model": base_cfg.model, "preset": ab.preset, "seeds": list(ab.seeds),
         "rows": f"{len(rows)} ({ab.split} half of the dilemmas, split seed {ab.split_seed}, sample seed {ab.sample_seed})",
         "coherence budget": f"ΔNLL <= {ab.max_dnll}, valid >= {ab.min_valid:.0%}",
-        "overrides": dict(ab.overrides),
+        "overrides": train_changes(ab),
         "validation pairs ordered g(-1)<0<g(+1), % (mean, min over seeds)":
             json.dumps({v: [r["mean"], r["min"]] for v, r in ordered.iterrows()}),
         "wall time": f"{time.time() - t_start:.0f} s",
@@ -206,8 +173,6 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
 def run_ablate_generation(ab: Ablate) -> dict[str, Path]:
     """Every variant x seed on the same pairs, scored on the same held-out neutral prompts (dev prompts for
     `split="select"`, test prompts for `split="test"`): the concept range at matched fluency per variant."""
-    import torch
-
     from innerpissa.compare_generation import write_generation_report
     from innerpissa.eval.gen_metrics import coeff_summary, concept_scorer, matched_range, method_summary
     from innerpissa.eval.generation import DEFAULT_SYSTEM, evaluate_generation, load_neutral_prompts
@@ -224,8 +189,7 @@ def run_ablate_generation(ab: Ablate) -> dict[str, Path]:
     scorer = concept_scorer(concept)
     split = "dev" if ab.split == "select" else "test"
     prompts = load_neutral_prompts(split)[: ab.n_prompts]
-    device = ab.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=device)
+    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=ab.torch_device())
     common = (base_cfg.model, prompts, ab.max_new_tokens, DEFAULT_SYSTEM, scorer.name)
     print(f"generation ablation on {len(prompts)} {split} prompts; variants {list(ab.variants)}; seeds "
           f"{list(ab.seeds)}", flush=True)
@@ -253,7 +217,7 @@ def run_ablate_generation(ab: Ablate) -> dict[str, Path]:
     meta = {"model": base_cfg.model, "preset": ab.preset, "concept": concept, "seeds": list(ab.seeds),
             "prompts": f"{len(prompts)} ({split} split)", "new tokens": ab.max_new_tokens, "scorer": scorer.name,
             "fluency budget": f"NLL <= c0 + {ab.nll_budget}, distinct-2 >= {ab.distinct_frac:.0%} of c0",
-            "overrides": dict(ab.overrides),
+            "overrides": train_changes(ab),
             "validation pairs ordered g(-1)<0<g(+1), % (mean, min over seeds)":
                 json.dumps({v: [r["mean"], r["min"]] for v, r in ordered.iterrows()}),
             "wall time": f"{time.time() - t_start:.0f} s"}

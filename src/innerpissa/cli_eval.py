@@ -11,12 +11,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from innerpissa.data.dilemmas import DEFAULT_TARGET
 from innerpissa.errors import InputError
+from innerpissa.eval.settings import EvalSettings
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(EvalSettings):
     """Evaluate steering on DailyDilemmas (METHOD section 7) and write rows, tables, plot and examples."""
 
     adapter: Path | None = None
@@ -26,19 +26,8 @@ class EvalConfig:
     records, else smollm2)."""
     coeffs: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     """Steering coefficients to sweep (0 is always added: every Δ is measured against it)."""
-    n_dilemmas: int | None = 256
-    """Dilemmas to sample at random (each gives two rows); None for all 1360. With --labelled-only: how
-    many target-labelled dilemmas (None = all of them)."""
-    labelled_only: bool = False
-    """Evaluate only dilemmas labelled on the target axis, plus --n-neutral label-0 ones for the bias term."""
-    n_neutral: int = 128
-    """Label-0 dilemmas added in --labelled-only mode (the bias-corrected score needs them)."""
-    target: str = DEFAULT_TARGET
-    """Target axis, e.g. 'Virtue/Truthfulness', 'MFT/Fairness' or 'Value/honesty'."""
     axes: tuple[str, ...] = ()
     """Axes kept in the per-row output and used for side effects; empty = every framework category."""
-    batch_size: int = 8
-    """Rows per forward pass (left-padded)."""
     seed: int = 0
     """Seed of the dilemma sample and the bootstrap."""
     train_seed: int = 0
@@ -47,30 +36,15 @@ class EvalConfig:
     """Name of the method in tables and plots (default: 'innerpissa', or 'base' without an adapter)."""
     out: Path = Path("out/eval")
     """Output folder: rows.csv, coeffs.csv, methods.csv, summary.md, dose_response.png, examples.md, sample.csv."""
-    data_dir: Path | None = None
-    """DailyDilemmas folder (default: $INNERPISSA_DILEMMAS_DIR, else ../shared/data/daily_dilemmas, else the hub)."""
     cache: bool = True
     """Cache scores per (method, seed, coeff) under OUT/cache so a killed run resumes."""
-    min_mass: float = 0.5
-    """A row is valid when P(Yes) + P(No) reaches this."""
-    max_dnll: float = 0.5
-    """Coherence budget on ΔNLL (nats per token) for the effect at matched coherence."""
-    min_valid: float = 0.9
-    """Coherence budget on the fraction of valid rows."""
-    n_boot: int = 1000
-    """Bootstrap resamples for the confidence intervals."""
     examples: bool = True
     """Also write greedy answers to a few fixed prompts at c = -1, 0, 1."""
     dtype: str = "float32"
     """Model dtype (float32, bfloat16, float16)."""
-    device: str | None = None
-    """Device, e.g. 'cuda' (default: CPU)."""
 
     def run(self) -> None:
         eval_main(self)
-
-
-Eval = EvalConfig  # the name the `innerpissa` CLI registers
 
 
 def check_coeffs(coeffs, flag: str) -> None:
@@ -124,7 +98,7 @@ def eval_main(cfg: EvalConfig) -> dict[str, Path]:
     if unknown:
         raise InputError(f"--axes: unknown axis {unknown}; e.g. {framework_axes(data)[:5]}")
     model_name = adapter_base_model(cfg.adapter, cfg.model)
-    model, tok = load_model(model_name, dtype=cfg.dtype, device=cfg.device)
+    model, tok = load_model(model_name, dtype=cfg.dtype, device=cfg.torch_device())
     if cfg.adapter is not None:
         from innerpissa.adapter import load_adapter
 

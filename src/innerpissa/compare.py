@@ -12,80 +12,33 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-import torch
 
-from innerpissa.methods import ALL_METHODS, DEFAULT_METHODS, each_method, train_config
+from innerpissa.methods import ALL_METHODS, DEFAULT_METHODS, Runs, each_method, train_changes, train_config
 
 
 @dataclass
-class Compare:
+class Compare(Runs):
     """Train InnerPiSSA and the baselines on the same pairs; evaluate all on the same DailyDilemmas rows."""
 
     out: Path = Path("runs/compare")
     """Output folder: train/, cache/, sample.csv and the report (summary.md, dose_response.png, CSVs)."""
-    preset: str = "smollm2-cpu"
-    """Training preset for InnerPiSSA and LoRA (model, adapter, loss, epochs)."""
     methods: tuple[str, ...] = DEFAULT_METHODS
     """Methods to compare: innerpissa, lora, prompting, pca, mean_diff, random, sspace, and the optional
     sft (supervised LoRA on the model's own persona-conditioned answers: an upper reference that needs
     generation, so it is not in the default list) and steering_vectors (the external package)."""
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Training seeds (pairs, split and initialisation); prompting has no seed and runs once."""
-    n_pairs: int | None = None
-    """Contrastive pairs per seed (train + validation); None: the preset's."""
-    epochs: int | None = None
-    """Override the preset's epochs."""
-    n_dilemmas: int = 128
-    """Random dilemmas to evaluate (both rows of each); with labelled_only, labelled dilemmas."""
-    labelled_only: bool = False
-    """Evaluate target-labelled dilemmas plus `n_neutral` label-0 ones (for the bias term) instead."""
-    n_neutral: int = 128
-    """Label-0 dilemmas added in labelled_only mode."""
-    sample_seed: int = 0
-    """Seed of the evaluation sample (the same rows for every method and seed)."""
     adapter_coeffs: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     """Coefficient sweep of InnerPiSSA and LoRA."""
     baseline_coeffs: tuple[float, ...] | None = None
     """Sweep for vector and S-space baselines (None: each baseline's own, wide enough to break coherence)."""
-    target: str = "Virtue/Truthfulness"
-    """Target value axis."""
-    batch_size: int = 16
-    """Evaluation batch size."""
-    max_dnll: float = 0.5
-    """Coherence budget for the matched-coherence effect: ΔNLL at most this."""
-    min_valid: float = 0.9
-    """... and at least this fraction of valid rows."""
-    n_boot: int = 1000
-    """Bootstrap resamples for confidence intervals."""
-    data_dir: Path | None = None
-    """DailyDilemmas folder (default: $INNERPISSA_DILEMMAS_DIR or ../shared/data/daily_dilemmas)."""
-    device: str | None = None
-    """Device for the model (default: cuda when available, else cpu)."""
-    overrides: dict[str, str] = field(default_factory=dict)
-    """Extra training settings as dotted KEY VALUE pairs, e.g. `--overrides loss.w_coh 10` (applied to
-    InnerPiSSA and LoRA)."""
-    task: Literal["dilemmas", "generation"] = "dilemmas"
-    """`dilemmas`: DailyDilemmas Yes/No log-odds (honesty); `generation`: concept expression in greedy
-    continuations of held-out neutral prompts (see `innerpissa.compare_generation`)."""
-    concept: str | None = None
-    """Built-in concept to train on and evaluate (default: honesty for dilemmas, sentiment for generation)."""
     prompt_split: Literal["dev", "test", "all"] = "test"
     """Generation task: which held-out neutral prompts (dev for choosing settings, test for reporting)."""
-    n_prompts: int | None = None
-    """Generation task: the first n prompts of the split (None: all)."""
-    max_new_tokens: int = 40
-    """Generation task: greedy tokens per continuation."""
     gen_adapter_coeffs: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
     """Generation task: coefficient sweep of InnerPiSSA and LoRA."""
-    nll_budget: float = 0.25
-    """Generation task: a side is usable while its mean continuation NLL is at most c = 0's plus this."""
-    distinct_frac: float = 0.9
-    """Generation task: ... and its mean distinct-2 at least this fraction of c = 0's."""
     gen_batch: int = 128
     """Generation task: rows per batched generate call (bounds the KV-cache memory)."""
 
@@ -118,8 +71,7 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     out = Path(cmp.out)
     out.mkdir(parents=True, exist_ok=True)
     base_cfg = train_config(cmp, cmp.seeds[0])
-    device = cmp.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=device)
+    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=cmp.torch_device())
     data = load_dilemmas(cmp.data_dir)
     rows = sample_dilemmas(data, cmp.n_dilemmas, cmp.sample_seed, cmp.target, cmp.labelled_only, cmp.n_neutral)
     axes = [cmp.target] + [a for a in sorted({c.removeprefix("label:") for c in rows.columns if c.startswith("label:")})
@@ -131,13 +83,13 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     frames, trained_info = [], {}
     # c = 0 is the base model for every method (the adapter skips its delta, hooks add 0, the persona prompt
     # keeps the default system message): score it once and share it, instead of once per method and seed
-    base = evaluate(model, tok, rows, NoSteering(), [0.0], batch_size=cmp.batch_size, axes=axes,
-                    cache_dir=out / "cache", progress=False)
-    for b in each_method(cmp, cmp.methods, model, tok, probe_fn(model, tok), cmp.adapter_coeffs):
+    base = evaluate(model, tok, rows, NoSteering(), [0.0], batch_size=cmp.batch_size, min_mass=cmp.min_mass,
+                    axes=axes, cache_dir=out / "cache", progress=False)
+    for b in each_method(cmp, cmp.methods, model, tok, probe_fn(model, tok), cmp.adapter_coeffs, cmp.baseline_coeffs):
         if b.info:
             trained_info[f"{b.method}/seed{b.seed}"] = b.info
-        res = evaluate(model, tok, rows, b.steerer, b.scored, seed=b.seed, batch_size=cmp.batch_size, axes=axes,
-                       cache_dir=out / "cache", cache_tag=b.tag, progress=False)
+        res = evaluate(model, tok, rows, b.steerer, b.scored, seed=b.seed, batch_size=cmp.batch_size,
+                       min_mass=cmp.min_mass, axes=axes, cache_dir=out / "cache", cache_tag=b.tag, progress=False)
         if b.shared_zero:
             res = pd.concat([base.assign(method=b.steerer.name, seed=b.seed), res], ignore_index=True)
         res["train_seconds"] = b.info.get("train_seconds", 0.0) or 0.0
@@ -151,7 +103,7 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
         "model": base_cfg.model, "preset": cmp.preset, "pairs per seed": base_cfg.data.n_pairs, "seeds": list(cmp.seeds),
         "rows": f"{len(rows)} ({'labelled-only' if cmp.labelled_only else 'random'} sample, seed {cmp.sample_seed})",
         "coherence budget": f"ΔNLL <= {cmp.max_dnll}, valid >= {cmp.min_valid:.0%}",
-        "choice tokens": choice_ids(tok).describe(tok), "overrides": dict(cmp.overrides),
+        "choice tokens": choice_ids(tok).describe(tok), "overrides": train_changes(cmp),
         "calibration": json.dumps(trained_info, default=str)[:4000],
         "wall time": f"{time.time() - t_start:.0f} s",
     }

@@ -16,9 +16,16 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from innerpissa.methods import DEFAULT_METHODS, TRAINED, cache_key, cached_frame, each_method, train_config
+from innerpissa.methods import (
+    DEFAULT_METHODS,
+    TRAINED,
+    cache_key,
+    cached_frame,
+    each_method,
+    train_changes,
+    train_config,
+)
 
 GEN_METHODS = ("innerpissa", "lora", "prompting", "pca", "mean_diff", "random")
 #: vector sweeps in mean-difference units: fine near 0 (sentiment moves at |c| ~ 0.5 on SmolLM2) and wide
@@ -51,8 +58,7 @@ def run_generation_compare(cmp) -> dict[str, Path]:
     out = Path(cmp.out)
     (out / "cache").mkdir(parents=True, exist_ok=True)
     base_cfg = train_config(cmp, cmp.seeds[0])
-    device = cmp.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=device)
+    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=cmp.torch_device())
     prompts = load_neutral_prompts(cmp.prompt_split)
     if cmp.n_prompts is not None:
         prompts = prompts[: cmp.n_prompts]
@@ -67,7 +73,8 @@ def run_generation_compare(cmp) -> dict[str, Path]:
 
     base = cached_frame(out / "cache" / f"base_{cache_key(*common)}.pkl", lambda: sweep(NoSteering(), [0.0]))
     frames, info = [], {}
-    for b in each_method(cmp, methods, model, tok, probe, cmp.gen_adapter_coeffs, GEN_VECTOR_COEFFS):
+    for b in each_method(cmp, methods, model, tok, probe, cmp.gen_adapter_coeffs, cmp.baseline_coeffs,
+                         GEN_VECTOR_COEFFS):
         if b.info:
             info[f"{b.method}/seed{b.seed}"] = b.info
         tag = fingerprint(adapter_parameters(model), b.method) if b.method in TRAINED else b.tag
@@ -86,7 +93,7 @@ def run_generation_compare(cmp) -> dict[str, Path]:
         "seeds": list(cmp.seeds), "prompts": f"{len(prompts)} ({cmp.prompt_split} split)",
         "new tokens": cmp.max_new_tokens, "scorer": scorer.name, "probe": probe_name,
         "fluency budget": f"NLL <= c0 + {cmp.nll_budget}, distinct-2 >= {cmp.distinct_frac:.0%} of c0",
-        "overrides": dict(cmp.overrides), "calibration": json.dumps(info, default=str)[:4000],
+        "overrides": train_changes(cmp), "calibration": json.dumps(info, default=str)[:4000],
         "wall time": f"{time.time() - t_start:.0f} s",
     }
     paths = write_generation_report(out, df, tab, ranges, summ, meta)
