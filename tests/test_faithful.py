@@ -297,7 +297,7 @@ def _uncalibrated_tiny():
 def test_ablate_end_to_end_on_tiny(tmp_path, shared_data):
     import pandas as pd
 
-    from innerpissa.ablate import Ablate, run_ablate, split_rows
+    from innerpissa.ablate import Ablate, dilemma_half, run_ablate
     from innerpissa.data.dilemmas import load_dilemmas
 
     ab = Ablate(variants=("preset", "v0+mask"), out=tmp_path / "ab", train=_uncalibrated_tiny(), seeds=(0,),
@@ -318,9 +318,10 @@ def test_ablate_end_to_end_on_tiny(tmp_path, shared_data):
     assert variant_config(ab, "default-v0", 0).data == variant_config(ab, "preset", 0).data  # same pairs
     # the select and test halves never share a dilemma
     data = load_dilemmas(shared_data / "daily_dilemmas")
-    sel = set(split_rows(data, Ablate(n_dilemmas=200, split="select"))["dilemma_idx"])
-    test = set(split_rows(data, Ablate(n_dilemmas=200, split="test"))["dilemma_idx"])
-    assert sel and test and not sel & test
+    sel = set(dilemma_half(data, Ablate(split="select"))["dilemma_idx"])
+    test = set(dilemma_half(data, Ablate(split="test"))["dilemma_idx"])
+    assert sel and test and not sel & test and sel | test == set(data["dilemma_idx"])
+    assert set(rows["dilemma_idx"]) <= sel  # the default split scores the select half only
 
 
 def test_ablate_generation_task_on_tiny(tmp_path):

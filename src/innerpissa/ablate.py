@@ -102,24 +102,18 @@ def run_variants(model, tok, configs: Sequence[tuple[str, int, object]], score: 
     return frames, pd.DataFrame(facts)
 
 
-def split_rows(data: pd.DataFrame, ab: Ablate) -> pd.DataFrame:
-    """The ablation's rows: `n_dilemmas` drawn from one fixed half of the dilemma ids (never the other)."""
-    from innerpissa.data.dilemmas import sample_dilemmas
-
+def dilemma_half(data: pd.DataFrame, ab: Ablate) -> pd.DataFrame:
+    """The rows of one fixed half of the dilemma ids (`split`: select or test; never the other half)."""
     ids = np.array(sorted(data["dilemma_idx"].unique()))
     perm = np.random.default_rng(ab.split_seed).permutation(ids)
     half = perm[: len(perm) // 2] if ab.split == "select" else perm[len(perm) // 2:]
-    return sample_dilemmas(data[data["dilemma_idx"].isin(set(half.tolist()))], ab.n_dilemmas, ab.sample_seed,
-                           ab.target, ab.labelled_only, ab.n_neutral)
+    return data[data["dilemma_idx"].isin(set(half.tolist()))]
 
 
 def run_ablate(ab: Ablate) -> dict[str, Path]:
     """Every variant x seed on the same pairs and the same DailyDilemmas rows; one table and one plot."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from innerpissa.data.dilemmas import load_dilemmas, save_sample
-    from innerpissa.eval.harness import evaluate
-    from innerpissa.eval.report import headline_table, markdown_table, write_report
-    from innerpissa.eval.summary import coeff_table, method_table, seed_table
+    from innerpissa.data.dilemmas import load_dilemmas
     from innerpissa.models import load_model
     from innerpissa.train.variants import VARIANTS
 
@@ -137,36 +131,26 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
         raise SystemExit(f"variants must share one base model, got {sorted(models)}")
     base_cfg = configs[0][2]
     model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=ab.torch_device())
-    rows = split_rows(load_dilemmas(ab.data_dir), ab)
-    axes = [ab.target]
-    save_sample(rows, out / "sample.csv", ab.sample_seed, axes)
+    rows, axes = ab.draw_rows(ab.sample_seed, out, [ab.target], data=dilemma_half(load_dilemmas(ab.data_dir), ab))
     print(f"ablation on {rows['dilemma_idx'].nunique()} dilemmas ({ab.split} half); variants {list(ab.variants)}; "
           f"seeds {list(ab.seeds)}", flush=True)
 
     def score(steerer, seed: int, tag: str) -> pd.DataFrame:
-        return evaluate(model, tok, rows, steerer, list(ab.coeffs), seed=seed, batch_size=ab.batch_size,
-                        min_mass=ab.min_mass, axes=axes, cache_dir=out / "cache", cache_tag=tag, progress=False)
+        return ab.score(model, tok, rows, steerer, ab.coeffs, axes, out, seed=seed, tag=tag)
 
     frames, facts = run_variants(model, tok, configs, score, ab.coeffs)
     facts.to_csv(out / "training.csv", index=False)
-    res = pd.concat(frames, ignore_index=True)
-    coeff_tab = coeff_table(res, ab.target, [], n_boot=ab.n_boot, seed=ab.sample_seed)
-    methods = method_table(res, coeff_tab, ab.target, ab.max_dnll, ab.min_valid, n_boot=ab.n_boot,
-                           seed=ab.sample_seed)
     ordered = facts.groupby("variant")["val_ordered_pct"].agg(["mean", "min"]).round(1)
     info = {
         "model": base_cfg.model, "preset": ab.preset, "seeds": list(ab.seeds),
         "rows": f"{len(rows)} ({ab.split} half of the dilemmas, split seed {ab.split_seed}, sample seed {ab.sample_seed})",
-        "coherence budget": f"ΔNLL <= {ab.max_dnll}, valid >= {ab.min_valid:.0%}",
         "overrides": train_changes(ab),
         "validation pairs ordered g(-1)<0<g(+1), % (mean, min over seeds)":
             json.dumps({v: [r["mean"], r["min"]] for v, r in ordered.iterrows()}),
         "wall time": f"{time.time() - t_start:.0f} s",
     }
-    paths = write_report(out, res, coeff_tab, methods, seed_table(methods), ab.target, info,
-                         max_dnll=ab.max_dnll, min_valid=ab.min_valid)
+    paths = ab.report(out, pd.concat(frames, ignore_index=True), axes, ab.sample_seed, info)
     paths["training"] = out / "training.csv"
-    print(markdown_table(headline_table(methods)))
     return paths
 
 

@@ -55,12 +55,8 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     if cmp.concept not in (None, "honesty"):
         raise ValueError(f"--task dilemmas measures honesty only, got --concept {cmp.concept}; "
                          "use --task generation for other concepts")
-    from innerpissa.data.dilemmas import load_dilemmas, sample_dilemmas, save_sample
     from innerpissa.eval.calibration import probe_fn
     from innerpissa.eval.choices import choice_ids
-    from innerpissa.eval.harness import evaluate
-    from innerpissa.eval.report import headline_table, markdown_table, write_report
-    from innerpissa.eval.summary import coeff_table, method_table, seed_table
     from innerpissa.models import load_model
     from innerpissa.steering import NoSteering
 
@@ -70,45 +66,29 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     t_start = time.time()
     out = Path(cmp.out)
     out.mkdir(parents=True, exist_ok=True)
+    rows, axes = cmp.draw_rows(cmp.sample_seed, out)
     base_cfg = train_config(cmp, cmp.seeds[0])
     model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=cmp.torch_device())
-    data = load_dilemmas(cmp.data_dir)
-    rows = sample_dilemmas(data, cmp.n_dilemmas, cmp.sample_seed, cmp.target, cmp.labelled_only, cmp.n_neutral)
-    axes = [cmp.target] + [a for a in sorted({c.removeprefix("label:") for c in rows.columns if c.startswith("label:")})
-                           if a != cmp.target and "/" in a and not a.startswith("Value/")]
-    save_sample(rows, out / "sample.csv", cmp.sample_seed, axes)
     print(f"evaluating {rows['dilemma_idx'].nunique()} dilemmas ({len(rows)} rows); methods {list(cmp.methods)}; "
           f"seeds {list(cmp.seeds)}", flush=True)
 
     frames, trained_info = [], {}
     # c = 0 is the base model for every method (the adapter skips its delta, hooks add 0, the persona prompt
     # keeps the default system message): score it once and share it, instead of once per method and seed
-    base = evaluate(model, tok, rows, NoSteering(), [0.0], batch_size=cmp.batch_size, min_mass=cmp.min_mass,
-                    axes=axes, cache_dir=out / "cache", progress=False)
+    base = cmp.score(model, tok, rows, NoSteering(), [0.0], axes, out)
     for b in each_method(cmp, cmp.methods, model, tok, probe_fn(model, tok), cmp.adapter_coeffs, cmp.baseline_coeffs):
         if b.info:
             trained_info[f"{b.method}/seed{b.seed}"] = b.info
-        res = evaluate(model, tok, rows, b.steerer, b.scored, seed=b.seed, batch_size=cmp.batch_size,
-                       min_mass=cmp.min_mass, axes=axes, cache_dir=out / "cache", cache_tag=b.tag, progress=False)
+        res = cmp.score(model, tok, rows, b.steerer, b.scored, axes, out, seed=b.seed, tag=b.tag)
         if b.shared_zero:
             res = pd.concat([base.assign(method=b.steerer.name, seed=b.seed), res], ignore_index=True)
         res["train_seconds"] = b.info.get("train_seconds", 0.0) or 0.0
         frames.append(res)
 
-    res = pd.concat(frames, ignore_index=True)
-    coeff_tab = coeff_table(res, cmp.target, axes[1:], n_boot=cmp.n_boot, seed=cmp.sample_seed)
-    methods = method_table(res, coeff_tab, cmp.target, cmp.max_dnll, cmp.min_valid, n_boot=cmp.n_boot,
-                           seed=cmp.sample_seed)
     info = {
         "model": base_cfg.model, "preset": cmp.preset, "pairs per seed": base_cfg.data.n_pairs, "seeds": list(cmp.seeds),
-        "rows": f"{len(rows)} ({'labelled-only' if cmp.labelled_only else 'random'} sample, seed {cmp.sample_seed})",
-        "coherence budget": f"ΔNLL <= {cmp.max_dnll}, valid >= {cmp.min_valid:.0%}",
-        "choice tokens": choice_ids(tok).describe(tok), "overrides": train_changes(cmp),
-        "calibration": json.dumps(trained_info, default=str)[:4000],
+        "rows": cmp.rows_info(rows, cmp.sample_seed), "choice tokens": choice_ids(tok).describe(tok),
+        "overrides": train_changes(cmp), "calibration": json.dumps(trained_info, default=str)[:4000],
         "wall time": f"{time.time() - t_start:.0f} s",
     }
-    paths = write_report(out, res, coeff_tab, methods, seed_table(methods), cmp.target, info,
-                         max_dnll=cmp.max_dnll, min_valid=cmp.min_valid)
-    print(markdown_table(headline_table(methods)))
-    return paths
-
+    return cmp.report(out, pd.concat(frames, ignore_index=True), axes, cmp.sample_seed, info)

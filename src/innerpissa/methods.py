@@ -86,13 +86,13 @@ def run_concept(run: Runs) -> str | None:
     return run.concept or ("sentiment" if run.task == "generation" else None)
 
 
-def train_config(run: Runs, seed: int, method: str = "innerpissa", name: str | None = None) -> TrainConfig:
-    """The run's training settings (else its preset's) with its concept, pair count, epochs, device and
-    `seed`; its folder is OUT/train/<name or method>_seed<seed>."""
+def train_config(run: Runs, seed: int, method: str | None = None, name: str | None = None) -> TrainConfig:
+    """The run's training settings (else its preset's) with its concept, pair count, epochs, device, `seed`
+    and `method` (None: the settings'); its folder is OUT/train/<name or method>_seed<seed>."""
     cfg = copy.deepcopy(run.train) if run.train is not None else preset(run.preset)
     if run_concept(run) is not None:
         cfg.data.builtin = run_concept(run)
-    cfg.method = method
+    cfg.method = method or cfg.method
     cfg.seed = cfg.adapter.seed = seed
     if run.n_pairs is not None:
         cfg.data.n_pairs = run.n_pairs
@@ -100,7 +100,7 @@ def train_config(run: Runs, seed: int, method: str = "innerpissa", name: str | N
         cfg.epochs = run.epochs
     cfg.progress = False
     cfg.device = run.device
-    cfg.out = Path(run.out) / "train" / f"{name or method}_seed{seed}"
+    cfg.out = Path(run.out) / "train" / f"{name or cfg.method}_seed{seed}"
     return cfg
 
 
