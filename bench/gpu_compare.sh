@@ -13,13 +13,16 @@ OUT=${OUT:-/tmp/out}
 python3 - <<'PY' 2>&1 | grep -v -E "Loading weights|Converting|Writing model" | tee /tmp/compare.log
 import time
 from innerpissa.compare import Compare, run_compare
+from innerpissa.train.config import preset
 t = time.time()
 run_compare(Compare(out="/tmp/cmp", n_dilemmas=256, seeds=(0, 1, 2),
                     adapter_coeffs=(-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)))
 print(f"headline compare: {time.time() - t:.0f}s", flush=True)
 t = time.time()
+shift = preset("smollm2-cpu")
+shift.loss_target = "shift"
 run_compare(Compare(out="/tmp/cmp_shift", methods=("innerpissa",), n_dilemmas=256, seeds=(0, 1, 2),
-                    adapter_coeffs=(-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0), overrides={"loss_target": "shift"}))
+                    adapter_coeffs=(-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0), train=shift))
 print(f"shift variant: {time.time() - t:.0f}s", flush=True)
 PY
 cp /tmp/cmp/summary.md "$OUT/summary.md"; cp /tmp/cmp/dose_response.png "$OUT/dose_response.png"

@@ -226,6 +226,27 @@ def test_save_load_round_trip(adapted, tmp_path):
     assert not list(tmp_path.glob("a/.*")), "temporary files left behind"
 
 
+def test_lora_kind_round_trips_through_the_one_save_and_load(tiny, tmp_path):
+    """LoRA(c) is saved and loaded by save_adapter / load_adapter like InnerPiSSA, the kind read from the JSON."""
+    from innerpissa.adapter.lora import CoeffLoRALinear, attach_lora
+
+    model, tok = tiny
+    batch = _inputs(tok)
+    base = _logits(model, batch)
+    attach_lora(model, ip.AdapterConfig(r=4, layers=(0, 1), seed=3))
+    _randomize(model)
+    ip.save_adapter(model, tmp_path / "lora", coeff_range=(-1.0, 1.0))
+    assert ip.read_adapter_meta(tmp_path / "lora")["kind"] == "lora"
+    fresh, _ = ip.load_model("tiny-random")
+    ip.load_adapter(fresh, tmp_path / "lora")
+    assert all(isinstance(layer, CoeffLoRALinear) for layer in ip.adapter_layers(fresh).values())
+    assert ip.adapter_layers(fresh).keys() == ip.adapter_layers(model).keys()
+    for c in (1.0, -1.0):
+        assert torch.equal(_logits(fresh, batch, c), _logits(model, batch, c))
+    assert not torch.equal(_logits(fresh, batch, 1.0), _logits(fresh, batch, -1.0))
+    assert torch.equal(_logits(fresh, batch, 0.0), base)  # c = 0 is exactly the base model
+
+
 def test_load_into_other_model_names_the_module(adapted, tmp_path):
     model = adapted[0]
     ip.save_adapter(model, tmp_path / "a")

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from innerpissa.compare import Compare, run_compare
+from innerpissa.train.config import preset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,11 +42,12 @@ def test_compare_rejects_unknown_method(tmp_path):
 
 
 def test_compare_lora_baseline_is_reused_exactly(tmp_path, shared_data):
-    cmp = Compare(out=tmp_path / "cmp", preset="tiny", methods=("lora",), seeds=(0,), n_pairs=12, epochs=1,
-                  n_dilemmas=4, adapter_coeffs=(-1.0, 0.0, 1.0), n_boot=20, data_dir=shared_data / "daily_dilemmas",
-                  overrides={"adapter.r": "4"})
+    train = preset("tiny")
+    train.adapter.r = 4
+    cmp = Compare(out=tmp_path / "cmp", preset="tiny", train=train, methods=("lora",), seeds=(0,), n_pairs=12,
+                  epochs=1, n_dilemmas=4, adapter_coeffs=(-1.0, 0.0, 1.0), n_boot=20, data_dir=shared_data / "daily_dilemmas")
     first = pd.read_csv(run_compare(cmp)["rows"])
-    saved = tmp_path / "cmp" / "train" / "lora_seed0" / "lora.safetensors"
+    saved = tmp_path / "cmp" / "train" / "lora_seed0" / "adapter" / "adapter.safetensors"
     assert saved.exists()
     # drop the score cache: the second run must rebuild the LoRA from its saved, calibrated weights
     for f in (tmp_path / "cmp" / "cache").glob("lora__*"):

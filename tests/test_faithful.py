@@ -242,7 +242,8 @@ def test_bootstrap_ci_matches_numpy():
 
 
 def test_presets_and_compare_pair_count():
-    from innerpissa.compare import Compare, _train_cfg
+    from innerpissa.compare import Compare
+    from innerpissa.methods import train_config
 
     q = preset("qwen3-4b-gpu")
     assert (q.model, q.adapter.r, q.adapter.rotation_blocks, q.batch_size * q.grad_accum) == \
@@ -253,8 +254,8 @@ def test_presets_and_compare_pair_count():
     assert (v0.adapter.r, v0.epochs, v0.lr, v0.loss.mask_tokens, v0.direction.dims, v0.adapter.select) == \
         (32, 3, 3e-3, 0, None, "top")
     assert "smollm2-cpu-v0" in PRESETS
-    assert _train_cfg(Compare(preset="qwen3-4b-gpu"), "innerpissa", 0).data.n_pairs == 800
-    assert _train_cfg(Compare(preset="qwen3-4b-gpu", n_pairs=50), "innerpissa", 0).data.n_pairs == 50
+    assert train_config(Compare(preset="qwen3-4b-gpu"), 0).data.n_pairs == 800
+    assert train_config(Compare(preset="qwen3-4b-gpu", n_pairs=50), 0).data.n_pairs == 50
 
 
 def test_variants_change_what_they_name():
@@ -290,15 +291,21 @@ def test_variants_change_what_they_name():
         apply_variant("telepathy", base)
 
 
+def _uncalibrated_tiny():
+    cfg = preset("tiny")
+    cfg.calibrate = False
+    return cfg
+
+
 def test_ablate_end_to_end_on_tiny(tmp_path, shared_data):
     import pandas as pd
 
-    from innerpissa.ablate import Ablate, run_ablate, split_rows
+    from innerpissa.ablate import Ablate, dilemma_half, run_ablate
     from innerpissa.data.dilemmas import load_dilemmas
 
-    ab = Ablate(variants=("preset", "v0+mask"), out=tmp_path / "ab", preset="tiny", seeds=(0,), n_pairs=12,
-                epochs=1, n_dilemmas=4, coeffs=(-1.0, 0.0, 1.0), n_boot=30,
-                data_dir=shared_data / "daily_dilemmas", overrides={"calibrate": "False"})
+    ab = Ablate(variants=("preset", "v0+mask"), out=tmp_path / "ab", train=_uncalibrated_tiny(), seeds=(0,),
+                n_pairs=12, epochs=1, n_dilemmas=4, coeffs=(-1.0, 0.0, 1.0), n_boot=30,
+                data_dir=shared_data / "daily_dilemmas")
     paths = run_ablate(ab)
     rows = pd.read_csv(paths["rows"])
     assert set(rows["method"]) == {"preset", "v0+mask"}
@@ -314,9 +321,10 @@ def test_ablate_end_to_end_on_tiny(tmp_path, shared_data):
     assert variant_config(ab, "default-v0", 0).data == variant_config(ab, "preset", 0).data  # same pairs
     # the select and test halves never share a dilemma
     data = load_dilemmas(shared_data / "daily_dilemmas")
-    sel = set(split_rows(data, Ablate(n_dilemmas=200, split="select"))["dilemma_idx"])
-    test = set(split_rows(data, Ablate(n_dilemmas=200, split="test"))["dilemma_idx"])
-    assert sel and test and not sel & test
+    sel = set(dilemma_half(data, Ablate(split="select"))["dilemma_idx"])
+    test = set(dilemma_half(data, Ablate(split="test"))["dilemma_idx"])
+    assert sel and test and not sel & test and sel | test == set(data["dilemma_idx"])
+    assert set(rows["dilemma_idx"]) <= sel  # the default split scores the select half only
 
 
 def test_ablate_generation_task_on_tiny(tmp_path):
@@ -326,9 +334,9 @@ def test_ablate_generation_task_on_tiny(tmp_path):
     from innerpissa.ablate import Ablate, run_ablate
     from innerpissa.eval.generation import load_neutral_prompts
 
-    ab = Ablate(variants=("preset", "shift"), out=tmp_path / "abg", preset="tiny", seeds=(0,), n_pairs=12,
-                epochs=1, coeffs=(-1.0, 0.0, 1.0), n_boot=30, task="generation", n_prompts=3, max_new_tokens=5,
-                overrides={"calibrate": "False"})
+    ab = Ablate(variants=("preset", "shift"), out=tmp_path / "abg", train=_uncalibrated_tiny(), seeds=(0,),
+                n_pairs=12, epochs=1, coeffs=(-1.0, 0.0, 1.0), n_boot=30, task="generation", n_prompts=3,
+                max_new_tokens=5)
     paths = run_ablate(ab)
     rows = pd.read_csv(tmp_path / "abg" / "rows.csv")
     assert set(rows["method"]) == {"preset", "shift"}

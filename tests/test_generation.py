@@ -172,7 +172,7 @@ def test_neutral_prompts_are_held_out_and_split():
 def test_sentiment_concept_builds_pairs_and_train_cli_alias(tiny):
     from innerpissa.data.builtin import builtin_sets, load_builtin
     from innerpissa.data.pairs import pairs_from_sources
-    from innerpissa.train.cli import concept_default, split_concept
+    from innerpissa.train.cli import read_start
 
     assert "sentiment" in builtin_sets()
     data = load_builtin("sentiment")
@@ -182,12 +182,13 @@ def test_sentiment_concept_builds_pairs_and_train_cli_alias(tiny):
     assert len(pairs) == len(data["personas"]) * len(data["suffixes"])
     positives = {p.positive for p in pairs}
     assert any("a cheerful person" in p for p in positives) and not any("gloomy" in p for p in positives)
-    assert split_concept(["--lr", "1", "--concept", "sentiment"]) == ("sentiment", ["--lr", "1"])
-    assert split_concept(["--concept=sentiment"]) == ("sentiment", [])
-    cfg = concept_default("tiny", "sentiment")
+    start, rest = read_start(["--lr", "1", "--concept", "sentiment", "--preset", "tiny"])
+    assert (start.concept, rest) == ("sentiment", ["--lr", "1"])
+    assert read_start(["--concept=sentiment"])[0].concept == "sentiment"
+    cfg = start.config()
     assert cfg.data.builtin == "sentiment" and cfg.out is None  # default_out gives runs/sentiment-<timestamp>
     with pytest.raises(SystemExit, match="unknown concept"):
-        concept_default("tiny", "telepathy")
+        read_start(["--concept", "telepathy"])[0].config()
 
 
 def test_compare_generation_end_to_end_and_resume(tmp_path):

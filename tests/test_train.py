@@ -156,8 +156,27 @@ def test_calibration_flips_when_plus_one_is_less_honest(tiny, monkeypatch):
 
 
 def test_train_cli_errors_for_unknown_preset():
-    from innerpissa.train.cli import split_preset
+    from innerpissa.train.cli import read_start
 
-    assert split_preset(["--preset", "tiny", "--lr", "1"]) == ("tiny", ["--lr", "1"])
-    with pytest.raises(SystemExit, match="unknown preset"):
-        split_preset(["--preset=huge"])
+    start, rest = read_start(["--lr", "1", "--preset", "tiny", "--help"])
+    assert start.preset == "tiny" and rest == ["--lr", "1", "--help"]
+    assert read_start(["--preset=qwen3-4b-gpu"])[0].config() == preset("qwen3-4b-gpu")
+    with pytest.raises(SystemExit):
+        read_start(["--preset=huge"])
+
+
+def test_compare_and_ablate_take_typed_training_options_on_the_preset():
+    from innerpissa.cli import parse_command
+    from innerpissa.methods import train_changes, train_config
+
+    cmp = parse_command(["compare", "--preset", "tiny", "--train.loss.w-coh", "10", "--n-dilemmas", "6"])
+    want = preset("tiny")
+    want.loss.w_coh = 10.0
+    assert cmp.train == want and cmp.n_dilemmas == 6 and cmp.batch_size == 16
+    assert train_changes(cmp) == ["loss.w_coh: 40.0 -> 10.0"]
+    cfg = train_config(cmp, seed=2, method="lora")
+    assert (cfg.loss.w_coh, cfg.seed, cfg.adapter.seed, cfg.method, cfg.model) == (10.0, 2, 2, "lora", "tiny-random")
+    ab = parse_command(["ablate", "--train.adapter.r", "32"])
+    assert ab.train.adapter.r == 32 and ab.train.loss.w_coh == preset("smollm2-cpu").loss.w_coh
+    with pytest.raises(SystemExit):
+        parse_command(["compare", "--train.loss.no-such-field", "1"])

@@ -17,105 +17,59 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from innerpissa.methods import (
+    Runs,
+    cache_key,
+    cached_frame,
+    summary_tag,
+    train_changes,
+    train_config,
+    train_or_load,
+)
+
 #: (steerer, training seed, cache tag) -> results frame (one row per scored item and coefficient)
 ScoreFn = Callable[..., pd.DataFrame]
 
 
 @dataclass
-class Ablate:
+class Ablate(Runs):
     """Train named variants of a preset (see innerpissa.train.variants) and score them on the same rows."""
 
     variants: tuple[str, ...] = ("default-v0", "faithful", "preset")
-    """Variant names (innerpissa.train.variants.VARIANTS)."""
+    """Variant names (innerpissa.train.variants.VARIANTS), each applied to the training settings."""
     out: Path = Path("runs/ablate")
     """Output folder: train/<variant>_seed<k>/, cache/, sample.csv, training.csv and the report."""
-    preset: str = "smollm2-cpu"
-    """The preset every variant starts from."""
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Training seeds (pairs, split and initialisation)."""
-    n_pairs: int | None = None
-    """Contrastive pairs per seed, the same for every variant; None: the preset's."""
-    epochs: int | None = None
-    """Override every variant's epochs (for quick runs)."""
     split: Literal["select", "test"] = "select"
-    """Which half of the dilemmas to score: `select` to choose variants, `test` to report them."""
+    """Which half of the dilemmas to score: `select` to choose variants, `test` to report them (generation
+    task: the `dev` or `test` prompts)."""
     split_seed: int = 12345
     """Seed of the fixed half/half split of dilemma ids."""
-    n_dilemmas: int = 128
-    """Random dilemmas (both rows) drawn from the chosen half."""
-    sample_seed: int = 0
-    """Seed of the draw within the half."""
     coeffs: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     """Coefficients every variant is scored at."""
-    target: str = "Virtue/Truthfulness"
-    """Target value axis."""
-    batch_size: int = 16
-    """Evaluation batch size."""
-    max_dnll: float = 0.5
-    """Coherence budget: ΔNLL at most this ..."""
-    min_valid: float = 0.9
-    """... and at least this fraction of valid rows."""
-    n_boot: int = 1000
-    """Bootstrap resamples."""
-    data_dir: Path | None = None
-    """DailyDilemmas folder (default: $INNERPISSA_DILEMMAS_DIR or ../shared/data/daily_dilemmas)."""
-    device: str | None = None
-    """Device (default: cuda when available, else cpu)."""
-    overrides: dict[str, str] = field(default_factory=dict)
-    """Dotted training settings applied to the preset before each variant, e.g. {'loss.w_coh': '10'}."""
-    task: Literal["dilemmas", "generation"] = "dilemmas"
-    """`dilemmas`: DailyDilemmas (honesty) on the `split` half; `generation`: concept expression in
-    continuations of the held-out neutral prompts (`split` select -> the `dev` prompts, test -> `test`)."""
-    concept: str | None = None
-    """Built-in concept the variants train on (default: honesty for dilemmas, sentiment for generation)."""
-    n_prompts: int | None = None
-    """Generation task: the first n prompts of the split (None: all)."""
     max_new_tokens: int = 32
     """Generation task: greedy tokens per continuation."""
-    nll_budget: float = 0.25
-    """Generation task: a side is usable while its mean NLL is at most c = 0's plus this ..."""
-    distinct_frac: float = 0.9
-    """... and its distinct-2 at least this fraction of c = 0's."""
 
     def run(self) -> None:
         paths = run_ablate(self)
         print(f"\nsummary: {paths['summary']}\nplot: {paths['plot']}")
 
 
-def base_config(ab: Ablate, seed: int):
-    """The preset with the ablation's pair count, epochs, overrides and seed (before any variant)."""
-    from innerpissa.train.config import preset
-    from innerpissa.train.overrides import apply_overrides
-
-    cfg = preset(ab.preset)
-    concept = ab.concept or ("sentiment" if ab.task == "generation" else None)
-    if concept is not None:
-        cfg.data.builtin = concept
-    cfg.seed = cfg.adapter.seed = seed
-    cfg.progress = False
-    cfg.device = ab.device
-    apply_overrides(cfg, ab.overrides)
-    return cfg
-
-
 def variant_config(ab: Ablate, name: str, seed: int):
     from innerpissa.train.variants import apply_variant
 
-    base = base_config(ab, seed)
+    base = train_config(ab, seed, name=name)
     cfg = apply_variant(name, base)
     cfg.data = base.data  # every variant trains on the same pairs (default-v0 would otherwise take 200)
-    if ab.n_pairs is not None:
-        cfg.data.n_pairs = ab.n_pairs
     if ab.epochs is not None:
         cfg.epochs = ab.epochs
-    cfg.out = Path(ab.out) / "train" / f"{name}_seed{seed}"
+    cfg.out = base.out
     return cfg
 
 
@@ -124,28 +78,20 @@ def run_variants(model, tok, configs: Sequence[tuple[str, int, object]], score: 
     """Train (or reuse) each (variant, seed, TrainConfig) on `model` and score it with `score(steerer, seed,
     tag)`. Returns the score frames and one line of training facts per variant and seed (steps, seconds,
     % of validation pairs ordered g(-1) < 0 < g(+1), calibration). The model is left without an adapter."""
-    from innerpissa.adapter import adapter_layers, detach_adapter, load_adapter
+    from innerpissa.adapter import adapter_layers, detach_adapter
     from innerpissa.steering import AdapterSteerer
-    from innerpissa.train.trainer import train
 
     frames, facts = [], []
     for name, seed, cfg in configs:
         t0 = time.time()
-        out = Path(cfg.out)
-        if not (out / "summary.json").exists():
-            cfg.resume = (out / "checkpoint" / "state.pt").exists()
-            train(cfg, model, tok)
-        else:
-            load_adapter(model, out / "adapter")
-        summary = json.loads((out / "summary.json").read_text())
+        summary = train_or_load(cfg, model, tok)
         cal = summary.get("calibration") or {}
         facts.append({"variant": name, "seed": seed, "steps": summary.get("steps"),
                       "train_seconds": summary.get("train_seconds"),
                       "val_ordered_pct": summary.get("val_ordered_pct"), "flipped": cal.get("flipped"),
                       "probe_effect": cal.get("probe_effect"), "persona_effect": cal.get("persona_effect")})
-        tag = f"{summary.get('train_seconds')}|{summary.get('calibration')}"
         try:
-            res = score(AdapterSteerer(model, name=name, coeffs=coeffs), seed, tag)
+            res = score(AdapterSteerer(model, name=name, coeffs=coeffs), seed, summary_tag(summary))
         finally:
             if adapter_layers(model):
                 detach_adapter(model)
@@ -156,26 +102,18 @@ def run_variants(model, tok, configs: Sequence[tuple[str, int, object]], score: 
     return frames, pd.DataFrame(facts)
 
 
-def split_rows(data: pd.DataFrame, ab: Ablate) -> pd.DataFrame:
-    """The ablation's rows: `n_dilemmas` drawn from one fixed half of the dilemma ids (never the other)."""
-    from innerpissa.data.dilemmas import sample_dilemmas
-
+def dilemma_half(data: pd.DataFrame, ab: Ablate) -> pd.DataFrame:
+    """The rows of one fixed half of the dilemma ids (`split`: select or test; never the other half)."""
     ids = np.array(sorted(data["dilemma_idx"].unique()))
     perm = np.random.default_rng(ab.split_seed).permutation(ids)
     half = perm[: len(perm) // 2] if ab.split == "select" else perm[len(perm) // 2:]
-    return sample_dilemmas(data[data["dilemma_idx"].isin(set(half.tolist()))], ab.n_dilemmas, ab.sample_seed,
-                           ab.target)
+    return data[data["dilemma_idx"].isin(set(half.tolist()))]
 
 
 def run_ablate(ab: Ablate) -> dict[str, Path]:
     """Every variant x seed on the same pairs and the same DailyDilemmas rows; one table and one plot."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    from innerpissa.data.dilemmas import load_dilemmas, save_sample
-    from innerpissa.eval.harness import evaluate
-    from innerpissa.eval.report import headline_table, markdown_table, write_report
-    from innerpissa.eval.summary import coeff_table, method_table, seed_table
+    from innerpissa.data.dilemmas import load_dilemmas
     from innerpissa.models import load_model
     from innerpissa.train.variants import VARIANTS
 
@@ -192,47 +130,34 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
     if len(models) != 1:
         raise SystemExit(f"variants must share one base model, got {sorted(models)}")
     base_cfg = configs[0][2]
-    device = ab.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=device)
-    rows = split_rows(load_dilemmas(ab.data_dir), ab)
-    axes = [ab.target]
-    save_sample(rows, out / "sample.csv", ab.sample_seed, axes)
+    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=ab.torch_device())
+    rows, axes = ab.draw_rows(ab.sample_seed, out, [ab.target], data=dilemma_half(load_dilemmas(ab.data_dir), ab))
     print(f"ablation on {rows['dilemma_idx'].nunique()} dilemmas ({ab.split} half); variants {list(ab.variants)}; "
           f"seeds {list(ab.seeds)}", flush=True)
 
     def score(steerer, seed: int, tag: str) -> pd.DataFrame:
-        return evaluate(model, tok, rows, steerer, list(ab.coeffs), seed=seed, batch_size=ab.batch_size, axes=axes,
-                        cache_dir=out / "cache", cache_tag=tag, progress=False)
+        return ab.score(model, tok, rows, steerer, ab.coeffs, axes, out, seed=seed, tag=tag)
 
     frames, facts = run_variants(model, tok, configs, score, ab.coeffs)
     facts.to_csv(out / "training.csv", index=False)
-    res = pd.concat(frames, ignore_index=True)
-    coeff_tab = coeff_table(res, ab.target, [], n_boot=ab.n_boot, seed=ab.sample_seed)
-    methods = method_table(res, coeff_tab, ab.target, ab.max_dnll, ab.min_valid, n_boot=ab.n_boot,
-                           seed=ab.sample_seed)
     ordered = facts.groupby("variant")["val_ordered_pct"].agg(["mean", "min"]).round(1)
     info = {
         "model": base_cfg.model, "preset": ab.preset, "seeds": list(ab.seeds),
         "rows": f"{len(rows)} ({ab.split} half of the dilemmas, split seed {ab.split_seed}, sample seed {ab.sample_seed})",
-        "coherence budget": f"ΔNLL <= {ab.max_dnll}, valid >= {ab.min_valid:.0%}",
-        "overrides": dict(ab.overrides),
+        "overrides": train_changes(ab),
         "validation pairs ordered g(-1)<0<g(+1), % (mean, min over seeds)":
             json.dumps({v: [r["mean"], r["min"]] for v, r in ordered.iterrows()}),
         "wall time": f"{time.time() - t_start:.0f} s",
     }
-    paths = write_report(out, res, coeff_tab, methods, seed_table(methods), ab.target, info,
-                         max_dnll=ab.max_dnll, min_valid=ab.min_valid)
+    paths = ab.report(out, pd.concat(frames, ignore_index=True), axes, ab.sample_seed, info)
     paths["training"] = out / "training.csv"
-    print(markdown_table(headline_table(methods)))
     return paths
 
 
 def run_ablate_generation(ab: Ablate) -> dict[str, Path]:
     """Every variant x seed on the same pairs, scored on the same held-out neutral prompts (dev prompts for
     `split="select"`, test prompts for `split="test"`): the concept range at matched fluency per variant."""
-    import torch
-
-    from innerpissa.compare_generation import _cached_sweep, _key, write_generation_report
+    from innerpissa.compare_generation import write_generation_report
     from innerpissa.eval.gen_metrics import coeff_summary, concept_scorer, matched_range, method_summary
     from innerpissa.eval.generation import DEFAULT_SYSTEM, evaluate_generation, load_neutral_prompts
     from innerpissa.models import load_model
@@ -248,22 +173,21 @@ def run_ablate_generation(ab: Ablate) -> dict[str, Path]:
     scorer = concept_scorer(concept)
     split = "dev" if ab.split == "select" else "test"
     prompts = load_neutral_prompts(split)[: ab.n_prompts]
-    device = ab.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=device)
+    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=ab.torch_device())
     common = (base_cfg.model, prompts, ab.max_new_tokens, DEFAULT_SYSTEM, scorer.name)
     print(f"generation ablation on {len(prompts)} {split} prompts; variants {list(ab.variants)}; seeds "
           f"{list(ab.seeds)}", flush=True)
 
     def score(steerer, seed: int, tag: str) -> pd.DataFrame:
         scored = [c for c in ab.coeffs if c != 0]
-        path = out / "cache" / f"{steerer.name}_seed{seed}_{_key(*common, tag, scored)}.pkl"
-        res = _cached_sweep(path, lambda: evaluate_generation(model, tok, prompts, steerer, scored, scorer,
+        path = out / "cache" / f"{steerer.name}_seed{seed}_{cache_key(*common, tag, scored)}.pkl"
+        res = cached_frame(path, lambda: evaluate_generation(model, tok, prompts, steerer, scored, scorer,
                                                               ab.max_new_tokens))
         return res.assign(method=steerer.name, seed=seed)
 
     from innerpissa.steering import NoSteering
 
-    base = _cached_sweep(out / "cache" / f"base_{_key(*common)}.pkl",
+    base = cached_frame(out / "cache" / f"base_{cache_key(*common)}.pkl",
                          lambda: evaluate_generation(model, tok, prompts, NoSteering(), [0.0], scorer,
                                                      ab.max_new_tokens))
     frames, facts = run_variants(model, tok, configs, score, ab.coeffs)
@@ -277,7 +201,7 @@ def run_ablate_generation(ab: Ablate) -> dict[str, Path]:
     meta = {"model": base_cfg.model, "preset": ab.preset, "concept": concept, "seeds": list(ab.seeds),
             "prompts": f"{len(prompts)} ({split} split)", "new tokens": ab.max_new_tokens, "scorer": scorer.name,
             "fluency budget": f"NLL <= c0 + {ab.nll_budget}, distinct-2 >= {ab.distinct_frac:.0%} of c0",
-            "overrides": dict(ab.overrides),
+            "overrides": train_changes(ab),
             "validation pairs ordered g(-1)<0<g(+1), % (mean, min over seeds)":
                 json.dumps({v: [r["mean"], r["min"]] for v, r in ordered.iterrows()}),
             "wall time": f"{time.time() - t_start:.0f} s"}

@@ -162,8 +162,7 @@ class Train:
 
 def _commands() -> dict[str, type]:
     return {"train": Train, "demo": Demo, "eval": EvalConfig, "compare": Compare, "ablate": Ablate,
-            "generate": Generate,
-            "export": Export}
+            "generate": Generate, "export": Export}
 
 
 def one_line(e: BaseException) -> str:
@@ -211,19 +210,31 @@ def _tidy_help() -> None:
     ts.remove_single_line_breaks = joined
 
 
+def parse_command(argv: list[str]):
+    """The command object `argv` describes. `compare` and `ablate` read `--preset` first, as `train` does:
+    its config is the default of their --train.* options."""
+    from innerpissa.train.cli import read_start
+    from innerpissa.train.config import preset
+
+    cmds = _commands()
+    defaults = {}
+    if argv and argv[0] in ("compare", "ablate"):
+        name = read_start(argv[1:])[0].preset
+        defaults[argv[0]] = {"default": cmds[argv[0]](preset=name, train=preset(name))}
+    types = tuple(Annotated[cls, tyro.conf.subcommand(name, **defaults.get(name, {}))] for name, cls in cmds.items())
+    return tyro.cli(Union[types], args=argv,  # type: ignore[valid-type]  # noqa: UP007
+                    prog="innerpissa", description="innerpissa: trainable, reversible steering of language models. "
+                    "`innerpissa train --preset smollm2-cpu --help` lists the training options; add --debug to "
+                    "any command for a full traceback on error.")
+
+
 def _dispatch(argv: list[str]) -> None:
     _tidy_help()
-    if argv and argv[0] == "train":  # presets set the defaults, so train parses its own arguments
+    if argv and argv[0] == "train":  # the preset sets the defaults, so train parses its own arguments
         from innerpissa.train.cli import train_main
 
         return train_main(argv[1:])
-    cmds = _commands()
-    types = tuple(Annotated[cls, tyro.conf.subcommand(name)] for name, cls in cmds.items())
-    cmd = tyro.cli(Union[types], args=argv,  # type: ignore[valid-type]  # noqa: UP007
-                   prog="innerpissa", description="innerpissa: trainable, reversible steering of language models. "
-                   "`innerpissa train --preset smollm2-cpu --help` lists the training options; add --debug to "
-                   "any command for a full traceback on error.")
-    cmd.run()
+    parse_command(argv).run()
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from innerpissa.data.dilemmas import DEFAULT_TARGET
 from innerpissa.errors import InputError
+from innerpissa.eval.settings import EvalSettings
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(EvalSettings):
     """Evaluate steering on DailyDilemmas (METHOD section 7) and write rows, tables, plot and examples."""
 
     adapter: Path | None = None
@@ -26,19 +26,8 @@ class EvalConfig:
     records, else smollm2)."""
     coeffs: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     """Steering coefficients to sweep (0 is always added: every Δ is measured against it)."""
-    n_dilemmas: int | None = 256
-    """Dilemmas to sample at random (each gives two rows); None for all 1360. With --labelled-only: how
-    many target-labelled dilemmas (None = all of them)."""
-    labelled_only: bool = False
-    """Evaluate only dilemmas labelled on the target axis, plus --n-neutral label-0 ones for the bias term."""
-    n_neutral: int = 128
-    """Label-0 dilemmas added in --labelled-only mode (the bias-corrected score needs them)."""
-    target: str = DEFAULT_TARGET
-    """Target axis, e.g. 'Virtue/Truthfulness', 'MFT/Fairness' or 'Value/honesty'."""
     axes: tuple[str, ...] = ()
     """Axes kept in the per-row output and used for side effects; empty = every framework category."""
-    batch_size: int = 8
-    """Rows per forward pass (left-padded)."""
     seed: int = 0
     """Seed of the dilemma sample and the bootstrap."""
     train_seed: int = 0
@@ -47,30 +36,15 @@ class EvalConfig:
     """Name of the method in tables and plots (default: 'innerpissa', or 'base' without an adapter)."""
     out: Path = Path("out/eval")
     """Output folder: rows.csv, coeffs.csv, methods.csv, summary.md, dose_response.png, examples.md, sample.csv."""
-    data_dir: Path | None = None
-    """DailyDilemmas folder (default: $INNERPISSA_DILEMMAS_DIR, else ../shared/data/daily_dilemmas, else the hub)."""
     cache: bool = True
     """Cache scores per (method, seed, coeff) under OUT/cache so a killed run resumes."""
-    min_mass: float = 0.5
-    """A row is valid when P(Yes) + P(No) reaches this."""
-    max_dnll: float = 0.5
-    """Coherence budget on ΔNLL (nats per token) for the effect at matched coherence."""
-    min_valid: float = 0.9
-    """Coherence budget on the fraction of valid rows."""
-    n_boot: int = 1000
-    """Bootstrap resamples for the confidence intervals."""
     examples: bool = True
     """Also write greedy answers to a few fixed prompts at c = -1, 0, 1."""
     dtype: str = "float32"
     """Model dtype (float32, bfloat16, float16)."""
-    device: str | None = None
-    """Device, e.g. 'cuda' (default: CPU)."""
 
     def run(self) -> None:
         eval_main(self)
-
-
-Eval = EvalConfig  # the name the `innerpissa` CLI registers
 
 
 def check_coeffs(coeffs, flag: str) -> None:
@@ -95,36 +69,18 @@ def adapter_base_model(adapter: Path | None, model: str | None) -> str:
 
 def eval_main(cfg: EvalConfig) -> dict[str, Path]:
     """Run the evaluation described by `cfg`; prints the headline table and returns the report paths."""
-    from innerpissa.data.dilemmas import (
-        LABEL_PREFIX,
-        framework_axes,
-        load_dilemmas,
-        sample_dilemmas,
-        save_sample,
-    )
     from innerpissa.eval.choices import choice_ids
-    from innerpissa.eval.harness import adapter_fingerprint, continuations, evaluate
-    from innerpissa.eval.report import EXAMPLE_PROMPTS, headline_table, markdown_table, write_report
-    from innerpissa.eval.summary import coeff_table, method_table, seed_table
+    from innerpissa.eval.harness import adapter_fingerprint, continuations
+    from innerpissa.eval.report import EXAMPLE_PROMPTS
     from innerpissa.models import load_model
     from innerpissa.steering import AdapterSteerer, NoSteering
 
     t0 = time.perf_counter()
     check_coeffs(cfg.coeffs, "--coeffs")
-    for flag, v in (("--n-dilemmas", cfg.n_dilemmas), ("--batch-size", cfg.batch_size), ("--n-boot", cfg.n_boot)):
-        if v is not None and v < 1:
-            raise InputError(f"{flag} must be a positive number, got {v}" + (" (None for all dilemmas)"
-                                                                           if flag == "--n-dilemmas" else ""))
-    if cfg.labelled_only and cfg.n_neutral < 0:
-        raise InputError(f"--n-neutral must be >= 0, got {cfg.n_neutral}")
-    data = load_dilemmas(cfg.data_dir)  # bad data or a bad axis fail before the model loads
-    axes = list(dict.fromkeys([cfg.target, *(cfg.axes or framework_axes(data))]))
-    rows = sample_dilemmas(data, cfg.n_dilemmas, cfg.seed, cfg.target, cfg.labelled_only, cfg.n_neutral)
-    unknown = [a for a in axes if LABEL_PREFIX + a not in data.columns]
-    if unknown:
-        raise InputError(f"--axes: unknown axis {unknown}; e.g. {framework_axes(data)[:5]}")
+    out = Path(cfg.out)
+    rows, axes = cfg.draw_rows(cfg.seed, out, cfg.axes)  # bad data, numbers or axes fail before the model loads
     model_name = adapter_base_model(cfg.adapter, cfg.model)
-    model, tok = load_model(model_name, dtype=cfg.dtype, device=cfg.device)
+    model, tok = load_model(model_name, dtype=cfg.dtype, device=cfg.torch_device())
     if cfg.adapter is not None:
         from innerpissa.adapter import load_adapter
 
@@ -135,31 +91,20 @@ def eval_main(cfg: EvalConfig) -> dict[str, Path]:
         steerer = NoSteering()
         steerer.name = cfg.method or "base"
         coeffs = [0.0]
-
-    out = Path(cfg.out)
-    save_sample(rows, out / "sample.csv", cfg.seed, axes)
     print(f"{rows['dilemma_idx'].nunique()} dilemmas ({len(rows)} rows) x {len(coeffs)} coefficients; "
           f"method {steerer.name}")
 
-    res = evaluate(model, tok, rows, steerer, coeffs, seed=cfg.train_seed, batch_size=cfg.batch_size,
-                   min_mass=cfg.min_mass, axes=axes, cache_dir=out / "cache" if cfg.cache else None,
-                   cache_tag=adapter_fingerprint(cfg.adapter) if cfg.adapter is not None else "")
-    coeff_tab = coeff_table(res, cfg.target, axes, n_boot=cfg.n_boot, seed=cfg.seed)
-    methods = method_table(res, coeff_tab, cfg.target, cfg.max_dnll, cfg.min_valid, n_boot=cfg.n_boot, seed=cfg.seed)
+    res = cfg.score(model, tok, rows, steerer, coeffs, axes, out if cfg.cache else None, seed=cfg.train_seed,
+                    tag=adapter_fingerprint(cfg.adapter) if cfg.adapter is not None else "", progress=True)
     examples = None
     if cfg.examples:
         ex_coeffs = [c for c in (-1.0, 0.0, 1.0) if c in coeffs] or [0.0]
         examples = continuations(model, tok, steerer, EXAMPLE_PROMPTS, ex_coeffs)
     info = {
         "model": model_name, "adapter": cfg.adapter or "none (bare base model)", "method": steerer.name,
-        "rows": f"{len(rows)} ({'labelled-only' if cfg.labelled_only else 'random'} sample, seed {cfg.seed})",
-        "validity": f"P(Yes)+P(No) >= {cfg.min_mass}", "coherence budget": f"ΔNLL <= {cfg.max_dnll}, valid >= {cfg.min_valid:.0%}",
-        "choice tokens": choice_ids(tok).describe(tok),
-        "wall time": f"{time.perf_counter() - t0:.0f} s",
+        "rows": cfg.rows_info(rows, cfg.seed), "validity": f"P(Yes)+P(No) >= {cfg.min_mass}",
+        "choice tokens": choice_ids(tok).describe(tok), "wall time": f"{time.perf_counter() - t0:.0f} s",
     }
-    paths = write_report(out, res, coeff_tab, methods, seed_table(methods), cfg.target, info, examples,
-                         cfg.max_dnll, cfg.min_valid)
-    paths["sample"] = out / "sample.csv"
-    print(markdown_table(headline_table(methods)))
+    paths = cfg.report(out, res, axes, cfg.seed, info, examples)
     print(f"\nsummary: {paths['summary']}\nplot: {paths['plot']}")
     return paths

@@ -12,143 +12,39 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-import torch
 
-TRAINED = ("innerpissa", "lora")
-# baselines whose sign is arbitrary (an eigenvector or a random draw) are calibrated on the probe (a flip
-# only on evidence: baselines.calibrate)
-SIGN_AMBIGUOUS = ("pca", "random", "repeng_external")
-DEFAULT_METHODS = ("innerpissa", "lora", "prompting", "pca", "mean_diff", "random", "sspace")
-ALL_METHODS = (*DEFAULT_METHODS, "sft", "steering_vectors", "repeng_external")
+from innerpissa.methods import ALL_METHODS, DEFAULT_METHODS, Runs, each_method, train_changes, train_config
 
 
 @dataclass
-class Compare:
+class Compare(Runs):
     """Train InnerPiSSA and the baselines on the same pairs; evaluate all on the same DailyDilemmas rows."""
 
     out: Path = Path("runs/compare")
     """Output folder: train/, cache/, sample.csv and the report (summary.md, dose_response.png, CSVs)."""
-    preset: str = "smollm2-cpu"
-    """Training preset for InnerPiSSA and LoRA (model, adapter, loss, epochs)."""
     methods: tuple[str, ...] = DEFAULT_METHODS
     """Methods to compare: innerpissa, lora, prompting, pca, mean_diff, random, sspace, and the optional
     sft (supervised LoRA on the model's own persona-conditioned answers: an upper reference that needs
     generation, so it is not in the default list) and steering_vectors (the external package)."""
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Training seeds (pairs, split and initialisation); prompting has no seed and runs once."""
-    n_pairs: int | None = None
-    """Contrastive pairs per seed (train + validation); None: the preset's."""
-    epochs: int | None = None
-    """Override the preset's epochs."""
-    n_dilemmas: int = 128
-    """Random dilemmas to evaluate (both rows of each); with labelled_only, labelled dilemmas."""
-    labelled_only: bool = False
-    """Evaluate target-labelled dilemmas plus `n_neutral` label-0 ones (for the bias term) instead."""
-    n_neutral: int = 128
-    """Label-0 dilemmas added in labelled_only mode."""
-    sample_seed: int = 0
-    """Seed of the evaluation sample (the same rows for every method and seed)."""
     adapter_coeffs: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     """Coefficient sweep of InnerPiSSA and LoRA."""
     baseline_coeffs: tuple[float, ...] | None = None
     """Sweep for vector and S-space baselines (None: each baseline's own, wide enough to break coherence)."""
-    target: str = "Virtue/Truthfulness"
-    """Target value axis."""
-    batch_size: int = 16
-    """Evaluation batch size."""
-    max_dnll: float = 0.5
-    """Coherence budget for the matched-coherence effect: ΔNLL at most this."""
-    min_valid: float = 0.9
-    """... and at least this fraction of valid rows."""
-    n_boot: int = 1000
-    """Bootstrap resamples for confidence intervals."""
-    data_dir: Path | None = None
-    """DailyDilemmas folder (default: $INNERPISSA_DILEMMAS_DIR or ../shared/data/daily_dilemmas)."""
-    device: str | None = None
-    """Device for the model (default: cuda when available, else cpu)."""
-    overrides: dict[str, str] = field(default_factory=dict)
-    """Extra training settings as dotted KEY VALUE pairs, e.g. `--overrides loss.w_coh 10` (applied to
-    InnerPiSSA and LoRA)."""
-    task: Literal["dilemmas", "generation"] = "dilemmas"
-    """`dilemmas`: DailyDilemmas Yes/No log-odds (honesty); `generation`: concept expression in greedy
-    continuations of held-out neutral prompts (see `innerpissa.compare_generation`)."""
-    concept: str | None = None
-    """Built-in concept to train on and evaluate (default: honesty for dilemmas, sentiment for generation)."""
     prompt_split: Literal["dev", "test", "all"] = "test"
     """Generation task: which held-out neutral prompts (dev for choosing settings, test for reporting)."""
-    n_prompts: int | None = None
-    """Generation task: the first n prompts of the split (None: all)."""
-    max_new_tokens: int = 40
-    """Generation task: greedy tokens per continuation."""
     gen_adapter_coeffs: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
     """Generation task: coefficient sweep of InnerPiSSA and LoRA."""
-    nll_budget: float = 0.25
-    """Generation task: a side is usable while its mean continuation NLL is at most c = 0's plus this."""
-    distinct_frac: float = 0.9
-    """Generation task: ... and its mean distinct-2 at least this fraction of c = 0's."""
     gen_batch: int = 128
     """Generation task: rows per batched generate call (bounds the KV-cache memory)."""
 
     def run(self) -> None:
         paths = run_compare(self)
         print(f"\nsummary: {paths['summary']}\nplot: {paths['plot']}")
-
-
-def _train_cfg(cmp: Compare, method: str, seed: int):
-    from innerpissa.train.config import preset
-    from innerpissa.train.overrides import apply_overrides
-
-    cfg = preset(cmp.preset)
-    cfg.method = method
-    cfg.seed = seed
-    cfg.adapter.seed = seed
-    if cmp.n_pairs is not None:
-        cfg.data.n_pairs = cmp.n_pairs
-    cfg.progress = False
-    cfg.device = cmp.device
-    if cmp.epochs is not None:
-        cfg.epochs = cmp.epochs
-    apply_overrides(cfg, cmp.overrides)
-    cfg.out = Path(cmp.out) / "train" / f"{method}_seed{seed}"
-    return cfg
-
-
-def _trained_steerer(cmp: Compare, method: str, seed: int, model, tok):
-    """Train (or reuse) a trained method; returns its steerer with the calibrated weights attached."""
-    from innerpissa.adapter import load_adapter
-    from innerpissa.steering import AdapterSteerer
-    from innerpissa.train.trainer import train
-
-    cfg = _train_cfg(cmp, method, seed)
-    if not (cfg.out / "summary.json").exists():
-        cfg.resume = True  # continue a checkpoint if there is one (its settings must match), else start fresh
-        train(cfg, model, tok)  # attaches to `model`
-    elif method == "innerpissa":
-        load_adapter(model, cfg.out / "adapter")
-    else:
-        _load_lora(model, cfg)
-    summary = json.loads((cfg.out / "summary.json").read_text())
-    tag = f"{summary.get('train_seconds')}|{summary.get('calibration')}"
-    return AdapterSteerer(model, name=method, coeffs=cmp.adapter_coeffs), summary, tag
-
-
-def _load_lora(model, cfg) -> None:
-    from safetensors.torch import load_file
-
-    from innerpissa.adapter import adapter_layers
-    from innerpissa.adapter.lora import attach_lora
-
-    attach_lora(model, cfg.adapter)
-    saved = load_file(str(cfg.out / "lora.safetensors"))
-    with torch.no_grad():
-        for name, layer in adapter_layers(model).items():
-            for k, p in layer.named_parameters(recurse=False):
-                p.copy_(saved[f"{name}.{k}"])
 
 
 def run_compare(cmp: Compare) -> dict[str, Path]:
@@ -159,17 +55,10 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     if cmp.concept not in (None, "honesty"):
         raise ValueError(f"--task dilemmas measures honesty only, got --concept {cmp.concept}; "
                          "use --task generation for other concepts")
-    from innerpissa.adapter import adapter_layers, detach_adapter
-    from innerpissa.baselines.registry import build_baseline
-    from innerpissa.data.dilemmas import load_dilemmas, sample_dilemmas, save_sample
-    from innerpissa.eval.calibration import calibrate_sign, probe_fn
+    from innerpissa.eval.calibration import probe_fn
     from innerpissa.eval.choices import choice_ids
-    from innerpissa.eval.harness import DEFAULT_SYSTEM, evaluate
-    from innerpissa.eval.report import headline_table, markdown_table, write_report
-    from innerpissa.eval.summary import coeff_table, method_table, seed_table
     from innerpissa.models import load_model
     from innerpissa.steering import NoSteering
-    from innerpissa.train.trainer import make_pairs
 
     unknown = [m for m in cmp.methods if m not in ALL_METHODS]
     if unknown:
@@ -177,78 +66,29 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     t_start = time.time()
     out = Path(cmp.out)
     out.mkdir(parents=True, exist_ok=True)
-    base_cfg = _train_cfg(cmp, "innerpissa", cmp.seeds[0])
-    device = cmp.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=device)
-    data = load_dilemmas(cmp.data_dir)
-    rows = sample_dilemmas(data, cmp.n_dilemmas, cmp.sample_seed, cmp.target, cmp.labelled_only, cmp.n_neutral)
-    axes = [cmp.target] + [a for a in sorted({c.removeprefix("label:") for c in rows.columns if c.startswith("label:")})
-                           if a != cmp.target and "/" in a and not a.startswith("Value/")]
-    save_sample(rows, out / "sample.csv", cmp.sample_seed, axes)
+    rows, axes = cmp.draw_rows(cmp.sample_seed, out)
+    base_cfg = train_config(cmp, cmp.seeds[0])
+    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=cmp.torch_device())
     print(f"evaluating {rows['dilemma_idx'].nunique()} dilemmas ({len(rows)} rows); methods {list(cmp.methods)}; "
           f"seeds {list(cmp.seeds)}", flush=True)
 
     frames, trained_info = [], {}
-    probe = probe_fn(model, tok)
     # c = 0 is the base model for every method (the adapter skips its delta, hooks add 0, the persona prompt
     # keeps the default system message): score it once and share it, instead of once per method and seed
-    base = evaluate(model, tok, rows, NoSteering(), [0.0], batch_size=cmp.batch_size, axes=axes,
-                    cache_dir=out / "cache", progress=False)
-    for seed in cmp.seeds:
-        train_pairs, _ = make_pairs(_train_cfg(cmp, "innerpissa", seed), tok)
-        act_cache: dict = {}
-        for method in cmp.methods:
-            if method == "prompting" and seed != cmp.seeds[0]:
-                continue  # no training, no seed
-            t0 = time.time()
-            if method in TRAINED:
-                steerer, summary, tag = _trained_steerer(cmp, method, seed, model, tok)
-                trained_info[f"{method}/seed{seed}"] = {"train_seconds": summary.get("train_seconds"),
-                                                        "calibration": summary.get("calibration")}
-                coeffs = list(cmp.adapter_coeffs)
-            elif method == "sft":
-                from innerpissa.baselines.sft import build_sft
+    base = cmp.score(model, tok, rows, NoSteering(), [0.0], axes, out)
+    for b in each_method(cmp, cmp.methods, model, tok, probe_fn(model, tok), cmp.adapter_coeffs, cmp.baseline_coeffs):
+        if b.info:
+            trained_info[f"{b.method}/seed{b.seed}"] = b.info
+        res = cmp.score(model, tok, rows, b.steerer, b.scored, axes, out, seed=b.seed, tag=b.tag)
+        if b.shared_zero:
+            res = pd.concat([base.assign(method=b.steerer.name, seed=b.seed), res], ignore_index=True)
+        res["train_seconds"] = b.info.get("train_seconds", 0.0) or 0.0
+        frames.append(res)
 
-                cfg = _train_cfg(cmp, "lora", seed)
-                steerer, sft_info = build_sft(model, tok, train_pairs, cfg.adapter, system=cfg.data.system,
-                                              seed=seed, coeffs=cmp.adapter_coeffs)
-                trained_info[f"sft/seed{seed}"] = {"sft": sft_info}
-                tag, coeffs = steerer.fingerprint(), list(cmp.adapter_coeffs)
-            else:
-                kw = {"cache": act_cache}
-                if cmp.baseline_coeffs is not None and method != "prompting":
-                    kw["coeffs"] = cmp.baseline_coeffs
-                steerer = build_baseline(method, model, tok, train_pairs, seed=seed, **kw)
-                if method in SIGN_AMBIGUOUS:
-                    trained_info[f"{method}/seed{seed}"] = {"calibration": calibrate_sign(steerer, probe)}
-                tag = steerer.fingerprint() if hasattr(steerer, "fingerprint") else ""
-                coeffs = sorted(set(steerer.default_coeffs) | {0.0})
-            shared_zero = steerer.system_prompt(0.0, DEFAULT_SYSTEM) == DEFAULT_SYSTEM
-            scored = [c for c in coeffs if c != 0 or not shared_zero]
-            res = evaluate(model, tok, rows, steerer, scored, seed=seed, batch_size=cmp.batch_size, axes=axes,
-                           cache_dir=out / "cache", cache_tag=tag, progress=False)
-            if shared_zero:
-                res = pd.concat([base.assign(method=steerer.name, seed=seed), res], ignore_index=True)
-            res["train_seconds"] = trained_info.get(f"{method}/seed{seed}", {}).get("train_seconds", 0.0) or 0.0
-            frames.append(res)
-            if adapter_layers(model):
-                detach_adapter(model)
-            print(f"  seed {seed} {method:10s} done in {time.time() - t0:.0f}s", flush=True)
-
-    res = pd.concat(frames, ignore_index=True)
-    coeff_tab = coeff_table(res, cmp.target, axes[1:], n_boot=cmp.n_boot, seed=cmp.sample_seed)
-    methods = method_table(res, coeff_tab, cmp.target, cmp.max_dnll, cmp.min_valid, n_boot=cmp.n_boot,
-                           seed=cmp.sample_seed)
     info = {
         "model": base_cfg.model, "preset": cmp.preset, "pairs per seed": base_cfg.data.n_pairs, "seeds": list(cmp.seeds),
-        "rows": f"{len(rows)} ({'labelled-only' if cmp.labelled_only else 'random'} sample, seed {cmp.sample_seed})",
-        "coherence budget": f"ΔNLL <= {cmp.max_dnll}, valid >= {cmp.min_valid:.0%}",
-        "choice tokens": choice_ids(tok).describe(tok), "overrides": dict(cmp.overrides),
-        "calibration": json.dumps(trained_info, default=str)[:4000],
+        "rows": cmp.rows_info(rows, cmp.sample_seed), "choice tokens": choice_ids(tok).describe(tok),
+        "overrides": train_changes(cmp), "calibration": json.dumps(trained_info, default=str)[:4000],
         "wall time": f"{time.time() - t_start:.0f} s",
     }
-    paths = write_report(out, res, coeff_tab, methods, seed_table(methods), cmp.target, info,
-                         max_dnll=cmp.max_dnll, min_valid=cmp.min_valid)
-    print(markdown_table(headline_table(methods)))
-    return paths
-
+    return cmp.report(out, pd.concat(frames, ignore_index=True), axes, cmp.sample_seed, info)

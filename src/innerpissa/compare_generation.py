@@ -11,14 +11,21 @@ depends on, and trained methods are kept, so an interrupted comparison resumes w
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
+
+from innerpissa.methods import (
+    DEFAULT_METHODS,
+    TRAINED,
+    cache_key,
+    cached_frame,
+    each_method,
+    train_changes,
+    train_config,
+)
 
 GEN_METHODS = ("innerpissa", "lora", "prompting", "pca", "mean_diff", "random")
 #: vector sweeps in mean-difference units: fine near 0 (sentiment moves at |c| ~ 0.5 on SmolLM2) and wide
@@ -30,32 +37,15 @@ GEN_VECTOR_COEFFS = {
 }
 
 
-def _key(*parts: object) -> str:
-    return hashlib.sha1(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _cached_sweep(path: Path, fn) -> pd.DataFrame:
-    if path.exists():
-        return pd.read_pickle(path)
-    df = fn()
-    tmp = path.with_suffix(".tmp")
-    df.to_pickle(tmp)
-    tmp.replace(path)
-    return df
-
-
 def run_generation_compare(cmp) -> dict[str, Path]:
     """Run the generation comparison described by a `Compare` with `task="generation"`; returns report paths."""
-    from innerpissa.adapter import adapter_layers, adapter_parameters, detach_adapter
+    from innerpissa.adapter import adapter_parameters
     from innerpissa.baselines.common import fingerprint
-    from innerpissa.baselines.registry import build_baseline
-    from innerpissa.compare import DEFAULT_METHODS, SIGN_AMBIGUOUS, TRAINED, _train_cfg, _trained_steerer
-    from innerpissa.eval.calibration import calibrate_sign, concept_probe
+    from innerpissa.eval.calibration import concept_probe
     from innerpissa.eval.gen_metrics import coeff_summary, concept_scorer, matched_range, method_summary
     from innerpissa.eval.generation import DEFAULT_SYSTEM, evaluate_generation, load_neutral_prompts
     from innerpissa.models import load_model
     from innerpissa.steering import NoSteering
-    from innerpissa.train.trainer import make_pairs
 
     concept = cmp.concept or "sentiment"
     scorer = concept_scorer(concept)
@@ -64,14 +54,11 @@ def run_generation_compare(cmp) -> dict[str, Path]:
     unknown = [m for m in methods if m not in allowed]
     if unknown:
         raise SystemExit(f"method(s) {unknown} not available for --task generation; choose from {', '.join(allowed)}")
-    overrides = {**cmp.overrides, "data.builtin": concept}
-    cmp = dataclasses.replace(cmp, overrides=overrides)
     t_start = time.time()
     out = Path(cmp.out)
     (out / "cache").mkdir(parents=True, exist_ok=True)
-    base_cfg = _train_cfg(cmp, "innerpissa", cmp.seeds[0])
-    device = cmp.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=device)
+    base_cfg = train_config(cmp, cmp.seeds[0])
+    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=cmp.torch_device())
     prompts = load_neutral_prompts(cmp.prompt_split)
     if cmp.n_prompts is not None:
         prompts = prompts[: cmp.n_prompts]
@@ -84,46 +71,18 @@ def run_generation_compare(cmp) -> dict[str, Path]:
         return evaluate_generation(model, tok, prompts, steerer, coeffs, scorer, cmp.max_new_tokens,
                                    max_batch=cmp.gen_batch)
 
-    base = _cached_sweep(out / "cache" / f"base_{_key(*common)}.pkl", lambda: sweep(NoSteering(), [0.0]))
+    base = cached_frame(out / "cache" / f"base_{cache_key(*common)}.pkl", lambda: sweep(NoSteering(), [0.0]))
     frames, info = [], {}
-    for seed in cmp.seeds:
-        train_pairs, _ = make_pairs(_train_cfg(cmp, "innerpissa", seed), tok)
-        act_cache: dict = {}
-        for method in methods:
-            if method == "prompting" and seed != cmp.seeds[0]:
-                continue
-            t0 = time.time()
-            if method in TRAINED:
-                steerer, summary, _ = _trained_steerer(cmp, method, seed, model, tok)
-                info[f"{method}/seed{seed}"] = {"train_seconds": summary.get("train_seconds"),
-                                                "calibration": summary.get("calibration"),
-                                                "val_ordered_fwd": (summary.get("final_validation") or {})
-                                                .get("val_ordered_fwd")}
-                tag = fingerprint(adapter_parameters(model), method)
-                coeffs = list(cmp.gen_adapter_coeffs)
-            else:
-                kw: dict = {"cache": act_cache}
-                if method == "prompting":
-                    kw["builtin"] = concept
-                elif cmp.baseline_coeffs is not None:
-                    kw["coeffs"] = cmp.baseline_coeffs
-                elif method in GEN_VECTOR_COEFFS:
-                    kw["coeffs"] = GEN_VECTOR_COEFFS[method]
-                steerer = build_baseline(method, model, tok, train_pairs, seed=seed, **kw)
-                if method in SIGN_AMBIGUOUS:
-                    info[f"{method}/seed{seed}"] = {"calibration": calibrate_sign(steerer, probe)}
-                tag = steerer.fingerprint() if hasattr(steerer, "fingerprint") else ""
-                coeffs = sorted(set(steerer.default_coeffs) | {0.0})
-            shared_zero = steerer.system_prompt(0.0, DEFAULT_SYSTEM) == DEFAULT_SYSTEM
-            scored = [c for c in coeffs if c != 0 or not shared_zero]
-            path = out / "cache" / f"{method}_seed{seed}_{_key(*common, tag, scored)}.pkl"
-            res = _cached_sweep(path, lambda steerer=steerer, scored=scored: sweep(steerer, scored))
-            if shared_zero:
-                res = pd.concat([base, res], ignore_index=True)
-            frames.append(res.assign(method=method, seed=seed))
-            if adapter_layers(model):
-                detach_adapter(model)
-            print(f"  seed {seed} {method:10s} done in {time.time() - t0:.0f}s", flush=True)
+    for b in each_method(cmp, methods, model, tok, probe, cmp.gen_adapter_coeffs, cmp.baseline_coeffs,
+                         GEN_VECTOR_COEFFS):
+        if b.info:
+            info[f"{b.method}/seed{b.seed}"] = b.info
+        tag = fingerprint(adapter_parameters(model), b.method) if b.method in TRAINED else b.tag
+        path = out / "cache" / f"{b.method}_seed{b.seed}_{cache_key(*common, tag, b.scored)}.pkl"
+        res = cached_frame(path, lambda b=b: sweep(b.steerer, b.scored))
+        if b.shared_zero:
+            res = pd.concat([base, res], ignore_index=True)
+        frames.append(res.assign(method=b.method, seed=b.seed))
 
     df = pd.concat(frames, ignore_index=True)
     tab = coeff_summary(df, n_boot=cmp.n_boot)
@@ -134,7 +93,7 @@ def run_generation_compare(cmp) -> dict[str, Path]:
         "seeds": list(cmp.seeds), "prompts": f"{len(prompts)} ({cmp.prompt_split} split)",
         "new tokens": cmp.max_new_tokens, "scorer": scorer.name, "probe": probe_name,
         "fluency budget": f"NLL <= c0 + {cmp.nll_budget}, distinct-2 >= {cmp.distinct_frac:.0%} of c0",
-        "overrides": dict(cmp.overrides), "calibration": json.dumps(info, default=str)[:4000],
+        "overrides": train_changes(cmp), "calibration": json.dumps(info, default=str)[:4000],
         "wall time": f"{time.time() - t_start:.0f} s",
     }
     paths = write_generation_report(out, df, tab, ranges, summ, meta)

@@ -1,8 +1,9 @@
 """Saving, loading and exporting adapters.
 
-Our format is a folder with `adapter.safetensors` (trainable tensors and the frozen U, S, V, so loading
-needs no SVD and is exact) and `adapter_config.json` (format version, config, base-model identity, every
-wrapped module's name, shape and a weight fingerprint, plus free-form `extra` such as calibration results).
+Our format is a folder with `adapter.safetensors` (trainable tensors and, for InnerPiSSA, the frozen U, S,
+V, so loading needs no SVD and is exact) and `adapter_config.json` (format version, the adapter `kind`:
+innerpissa or lora (LoRA scaled by c), config, base-model identity, every wrapped module's name, shape and a
+weight fingerprint, plus free-form `extra` such as calibration results). One save and one load serve both kinds.
 `export_lora` writes the adapter at one coefficient as a standard PEFT LoRA folder.
 """
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from innerpissa.adapter.config import AdapterConfig
 from innerpissa.adapter.layer import InnerPiSSALinear
+from innerpissa.adapter.lora import CoeffLoRALinear, attach_lora
 from innerpissa.adapter.model import (
     _components,
     _float_coeffs,
@@ -41,7 +43,9 @@ FORMAT = "innerpissa-adapter"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "adapter.safetensors"
 CONFIG_NAME = "adapter_config.json"
-_TENSORS = ("theta_v", "theta_u", "delta", "U", "S", "V")
+#: adapter kind (the JSON's `kind`) -> its layer class and the tensors saved per layer
+KINDS = {"innerpissa": (InnerPiSSALinear, ("theta_v", "theta_u", "delta", "U", "S", "V")),
+         "lora": (CoeffLoRALinear, ("lora_A", "lora_B"))}
 #: the embedded model's upstream checkpoint (its weights here are the dequantised Q4_1 GGUF of it)
 EXPORT_FILES = ("adapter_model.safetensors", "adapter_config.json", "innerpissa_export.json", "README.md")
 SMOLLM2_UPSTREAM = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -88,15 +92,17 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any
     beside it and renamed into place, so an existing adapter is replaced whole or not at all. The JSON records
     the tensor file's sha256 (checked on load) and, when given, the coefficient range it was trained on."""
     layers = _layers_or_raise(model, name)
-    if not all(isinstance(layer, InnerPiSSALinear) for layer in layers.values()):
-        raise TypeError("save_adapter writes InnerPiSSA adapters; this model carries other steerable layers")
+    kind = next((k for k, (cls, _) in KINDS.items() if all(isinstance(ly, cls) for ly in layers.values())), None)
+    if kind is None:
+        raise TypeError(f"save_adapter writes one adapter kind ({', '.join(KINDS)}); this model carries other "
+                        "steerable layers")
     if any(layer.merged_coeff is not None for layer in layers.values()):
         raise RuntimeError("adapter is merged into the weights; unmerge_adapter(model) before saving")
     out = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     modules = []
     for name, layer in layers.items():
-        for t in _TENSORS:
+        for t in KINDS[kind][1]:
             v = getattr(layer, t)
             if v is not None:
                 if not bool(torch.isfinite(v).all()):
@@ -110,6 +116,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "kind": kind,
         "config": cfg.to_dict(),
         "base_model": base_model_identity(model),
         "modules": modules,
@@ -228,10 +235,16 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True,
                 raise ValueError(f"module {name} has other weights than the model the adapter was trained on "
                                  f"(fingerprint {fp} vs {ref}); load the same base model, or pass strict=False")
     tensors = _load_tensors(Path(path), meta)
+    kind = meta.get("kind", "innerpissa")
+    if kind not in KINDS:
+        raise ValueError(f"adapter at {path} is of kind {kind!r}, which this innerpissa does not know; upgrade it")
     if adapter_name not in adapter_names(model):
-        attach(model, cfg, init_svd=False, name=adapter_name)
+        if kind == "lora":
+            attach_lora(model, cfg, name=adapter_name)
+        else:
+            attach(model, cfg, init_svd=False, name=adapter_name)
     for mname, layer in adapter_layers(model, adapter_name).items():
-        for t in _TENSORS:
+        for t in KINDS[kind][1]:
             dst = getattr(layer, t)
             key = f"{mname}.{t}"
             if dst is None:
@@ -243,7 +256,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True,
             if tuple(tensors[key].shape) != tuple(dst.shape):
                 raise ValueError(f"{key} has shape {tuple(tensors[key].shape)} in the file, {tuple(dst.shape)} here")
             dst.copy_(tensors[key].to(dst.device, dst.dtype))
-        layer._cache = None
+        layer._cache = None  # InnerPiSSA's cached rotation
     if meta.get("coeff_range"):
         ranges = dict(getattr(model, "_innerpissa_coeff_range", None) or {})
         ranges[adapter_name] = tuple(meta["coeff_range"])

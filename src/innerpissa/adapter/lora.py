@@ -21,8 +21,10 @@ from innerpissa.adapter.stack import DEFAULT_ADAPTER
 class CoeffLoRALinear(SteerableLinear):
     """`W x + c B A x` (B [d_out, r], A [r, d_in]); B starts small but non-zero so +c and -c differ at once."""
 
-    def __init__(self, base_layer: nn.Linear, r: int, seed: int = 0, init_b_std: float = 1e-3):
+    def __init__(self, base_layer: nn.Linear, r: int, seed: int = 0, init_b_std: float = 1e-3,
+                 cfg: AdapterConfig | None = None):
         super().__init__(base_layer)
+        self.cfg = cfg or AdapterConfig(r=r)
         d_out, d_in = base_layer.weight.shape
         if r > min(d_in, d_out):
             raise ValueError(f"rank r={r} exceeds min(d_in={d_in}, d_out={d_out}); lower r")
@@ -51,13 +53,14 @@ class CoeffLoRALinear(SteerableLinear):
             self.lora_B.neg_()
 
 
-def attach_lora(model: nn.Module, config: AdapterConfig) -> nn.Module:
+def attach_lora(model: nn.Module, config: AdapterConfig, name: str = DEFAULT_ADAPTER) -> nn.Module:
     """Wrap the same modules an InnerPiSSA adapter with `config` would, with rank-r LoRA scaled by c."""
     if adapter_layers(model):
         raise RuntimeError("model already has steerable layers attached; detach_adapter(model) first")
     for p in model.parameters():
         p.requires_grad_(False)
-    for i, name in enumerate(target_names(model, config)):
-        layer = CoeffLoRALinear(base_linear(model.get_submodule(name)), config.r, seed=config.seed * 100_003 + i)
-        add_component(model, name, DEFAULT_ADAPTER, layer)
+    for i, mname in enumerate(target_names(model, config)):
+        layer = CoeffLoRALinear(base_linear(model.get_submodule(mname)), config.r, seed=config.seed * 100_003 + i,
+                                cfg=config)
+        add_component(model, mname, name, layer)
     return model

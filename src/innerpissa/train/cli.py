@@ -2,71 +2,56 @@
 
     innerpissa train --preset smollm2-cpu --out runs/honesty --lr 5e-3 --adapter.r 64
     accelerate launch -m innerpissa.cli train --preset qwen3-4b-gpu --out runs/qwen    # GPUs
+
+tyro reads `--preset` (and `--concept`) first, and the preset's config becomes the defaults of every other
+flag, so `--help` shows the preset's values; `compare` and `ablate` read `--preset` the same way.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 
 import tyro
 
-from innerpissa.train.config import PRESETS, TrainConfig, preset
+from innerpissa.train.config import PRESETS, PresetName, TrainConfig, preset
 
 
-def take_flag(argv: list[str], flag: str, missing: str) -> tuple[str | None, list[str]]:
-    """Take `FLAG VALUE` (or `FLAG=VALUE`) out of argv: (the last value or None, the other arguments).
-    `missing` is the error when the flag ends argv without a value."""
-    value, rest, i = None, [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a == flag:
-            if i + 1 >= len(argv):
-                raise SystemExit(missing)
-            value, i = argv[i + 1], i + 2
-            continue
-        if a.startswith(f"{flag}="):
-            value = a.split("=", 1)[1]
-        else:
-            rest.append(a)
-        i += 1
-    return value, rest
+@dataclass
+class Start:
+    """Where a training config starts."""
 
-
-def split_preset(argv: list[str]) -> tuple[str, list[str]]:
-    """Take `--preset NAME` (or `--preset=NAME`) out of argv; default smollm2-cpu."""
-    name, rest = take_flag(argv, "--preset", f"--preset needs a name: one of {', '.join(PRESETS)}")
-    name = name or "smollm2-cpu"
-    if name not in PRESETS:
-        raise SystemExit(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
-    return name, rest
-
-
-def split_concept(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Take `--concept NAME` (or `--concept=NAME`) out of argv: an alias of `--data.builtin NAME`."""
-    return take_flag(argv, "--concept", "--concept needs a name of a built-in persona set, e.g. honesty or sentiment")
-
-
-def concept_default(name: str, concept: str | None) -> TrainConfig:
-    """The preset's config with the built-in concept set (the default out folder is then
+    preset: PresetName = "smollm2-cpu"
+    """Training preset: its values are the defaults of every training option."""
+    concept: str | None = None
+    """Built-in persona set to train on (an alias of --data.builtin; the default out folder is then
     runs/<concept>-<timestamp>)."""
-    from innerpissa.data.builtin import builtin_sets
 
-    cfg = preset(name)
-    if concept is not None:
-        if concept not in builtin_sets():
-            raise SystemExit(f"unknown concept {concept!r}; built-in concepts: {', '.join(builtin_sets())}")
-        cfg.data.builtin = concept
-    return cfg
+    def config(self) -> TrainConfig:
+        """The preset's config with the concept set."""
+        from innerpissa.data.builtin import builtin_sets
+
+        cfg = preset(self.preset)
+        if self.concept is not None:
+            if self.concept not in builtin_sets():
+                raise SystemExit(f"unknown concept {self.concept!r}; built-in concepts: {', '.join(builtin_sets())}")
+            cfg.data.builtin = self.concept
+        return cfg
+
+
+def read_start(argv: list[str]) -> tuple[Start, list[str]]:
+    """`--preset` and `--concept` as tyro parses them, and the other arguments (`--help` among them)."""
+    return tyro.cli(Start, args=argv, return_unknown_args=True, add_help=False, prog="innerpissa")
 
 
 def train_main(argv: list[str] | None = None) -> None:
     from innerpissa.train.trainer import TrainingDiverged, train
 
-    name, rest = split_preset(list(sys.argv[2:] if argv is None else argv))
-    concept, rest = split_concept(rest)
-    cfg = tyro.cli(TrainConfig, default=concept_default(name, concept), args=rest, prog="innerpissa train",
-                   description=f"Train an InnerPiSSA adapter (preset {name}; presets: {', '.join(PRESETS)}).")
+    start, rest = read_start(list(sys.argv[2:] if argv is None else argv))
+    cfg = tyro.cli(TrainConfig, default=start.config(), args=rest, prog="innerpissa train",
+                   description=f"Train an InnerPiSSA adapter (--preset {start.preset}, the defaults shown; "
+                   f"presets: {', '.join(PRESETS)}; --concept NAME trains on a built-in persona set).")
     try:
         result = train(cfg)
     except TrainingDiverged as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from innerpissa.adapter.config import AdapterConfig
 from innerpissa.train.losses import LossConfig
@@ -165,4 +165,5 @@ def preset(name: str) -> TrainConfig:
     raise ValueError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
 
 
-PRESETS = ("tiny", "smollm2-cpu", "smollm2-cpu-v0", "qwen3-4b-gpu")
+PresetName = Literal["tiny", "smollm2-cpu", "smollm2-cpu-v0", "qwen3-4b-gpu"]
+PRESETS: tuple[str, ...] = get_args(PresetName)

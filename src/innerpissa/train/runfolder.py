@@ -9,7 +9,8 @@ from pathlib import Path
 
 from innerpissa.errors import InputError, RunFolderError
 
-#: what a training run writes into its folder (anything else there is left alone)
+#: what a training run writes into its folder (anything else there is left alone; lora.safetensors: what
+#: LoRA(c) runs wrote before they saved through save_adapter)
 RUN_FILES = ("adapter", "checkpoint", "summary.json", "metrics.jsonl", "config.json", "lora.safetensors")
 
 

@@ -17,14 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from innerpissa.adapter import adapter_layers, adapter_parameters, attach, save_adapter, steer
+from innerpissa.adapter import adapter_parameters, attach, save_adapter, steer
 from innerpissa.adapter.io import base_model_identity
 from innerpissa.adapter.lora import attach_lora
 from innerpissa.anatomy import HiddenCapture
 from innerpissa.data.batching import PairBatch, PairCollator, PairDataset
 from innerpissa.data.pairs import pairs_from_sources, shuffle_pairs, split_pairs
 from innerpissa.errors import InnerPissaError, InputError, ResumeMismatch
-from innerpissa.fileio import atomic_save_safetensors, atomic_write_json, dumps_strict
+from innerpissa.fileio import atomic_write_json, dumps_strict
 from innerpissa.models import load_model
 from innerpissa.train.checkpoint import Checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint
 from innerpissa.train.config import TrainConfig
@@ -321,8 +321,7 @@ class Trainer:
     def _already_finished(self, saved: Checkpoint) -> TrainResult:
         path = self.out / "summary.json"
         summary = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        adapter = self.out / ("adapter" if self.cfg.method == "innerpissa" else "lora.safetensors")
-        return TrainResult(self.out, adapter, summary, already_finished=True)
+        return TrainResult(self.out, self.out / "adapter", summary, already_finished=True)
 
     def _diverged(self, what: str, epoch: int, step: int, detail: dict) -> None:
         bad = sorted(k for k, v in detail.items() if not math.isfinite(float(v)))
@@ -362,14 +361,9 @@ class Trainer:
             "loss_point": self.ref.point.key,
         }
         adapter_path = self.out / "adapter"
-        if self.acc.is_main_process and cfg.method == "innerpissa":
+        if self.acc.is_main_process:  # either kind (InnerPiSSA or LoRA(c)) through the one save path
             save_adapter(self.model, adapter_path, extra={"training": summary, "config": cfg.to_dict()},
                          coeff_range=(min(COEFFS), max(COEFFS)))
-        elif self.acc.is_main_process:  # baselines: the calibrated parameters, by module name
-            adapter_path = self.out / "lora.safetensors"
-            atomic_save_safetensors({f"{n}.{k}": v for n, layer in adapter_layers(self.model).items()
-                                     for k, v in layer.named_parameters(recurse=False)}, adapter_path)
-        if self.acc.is_main_process:
             atomic_write_json(self.out / "summary.json", summary)
         return TrainResult(self.out, adapter_path, summary)
 

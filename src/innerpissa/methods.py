@@ -1,0 +1,210 @@
+"""What `compare` (both tasks) and `ablate` share: the method lists, a run's training config, training or
+reusing a trained adapter, and the loop that builds every method for every seed on the same pairs (trained
+methods through the trainer, baselines fitted on the pairs and sign-calibrated on the probe), plus the
+on-disk cache of scored sweeps.
+
+`Runs` holds the settings both commands have (on top of the evaluation's `SweepSettings`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pandas as pd
+import tyro
+
+from innerpissa.adapter import adapter_layers, detach_adapter, load_adapter
+from innerpissa.baselines.registry import build_baseline
+from innerpissa.baselines.sft import build_sft
+from innerpissa.errors import InputError
+from innerpissa.eval.calibration import calibrate_sign
+from innerpissa.eval.harness import DEFAULT_SYSTEM
+from innerpissa.eval.settings import SweepSettings
+from innerpissa.steering import AdapterSteerer, Steerer
+from innerpissa.train.config import PresetName, TrainConfig, preset
+from innerpissa.train.fingerprint import fingerprint_diff, flatten
+from innerpissa.train.trainer import make_pairs, train
+
+TRAINED = ("innerpissa", "lora")
+# baselines whose sign is arbitrary (an eigenvector or a random draw) are calibrated on the probe (a flip
+# only on evidence: eval.calibration)
+SIGN_AMBIGUOUS = ("pca", "random", "repeng_external")
+DEFAULT_METHODS = ("innerpissa", "lora", "prompting", "pca", "mean_diff", "random", "sspace")
+ALL_METHODS = (*DEFAULT_METHODS, "sft", "steering_vectors", "repeng_external")
+
+
+@dataclass
+class Runs(SweepSettings):
+    """What `compare` and `ablate` share: the training runs (preset, settings, seeds, pairs) and the tasks."""
+
+    out: Path = Path("runs")
+    """Output folder: train/, cache/, sample.csv and the report."""
+    preset: PresetName = "smollm2-cpu"
+    """Training preset: the starting point of every trained run (and of the --train.* defaults)."""
+    train: Annotated[TrainConfig | None, tyro.conf.AvoidSubcommands] = None
+    """Training settings of the trained runs, e.g. --train.loss.w-coh 10 (None: the preset's). Each run's
+    method, seed, out folder, device and progress bar are set per run."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Training seeds (pairs, split and initialisation)."""
+    n_pairs: int | None = None
+    """Contrastive pairs per seed (train + validation), the same for every run; None: the preset's."""
+    epochs: int | None = None
+    """Override the epochs of every trained run (for quick runs)."""
+    sample_seed: int = 0
+    """Seed of the evaluation sample (the same rows for every method and seed)."""
+    task: Literal["dilemmas", "generation"] = "dilemmas"
+    """`dilemmas`: DailyDilemmas Yes/No log-odds (honesty); `generation`: concept expression in greedy
+    continuations of held-out neutral prompts."""
+    concept: str | None = None
+    """Built-in concept to train on and evaluate (default: honesty for dilemmas, sentiment for generation)."""
+    n_prompts: int | None = None
+    """Generation task: the first n prompts of the split (None: all)."""
+    max_new_tokens: int = 40
+    """Generation task: greedy tokens per continuation."""
+    nll_budget: float = 0.25
+    """Generation task: a side is usable while its mean continuation NLL is at most c = 0's plus this ..."""
+    distinct_frac: float = 0.9
+    """... and its mean distinct-2 at least this fraction of c = 0's."""
+
+
+def train_changes(run: Runs) -> list[str]:
+    """The run's training settings that differ from its preset ('name: preset -> run'), for the report."""
+    return [] if run.train is None else fingerprint_diff(flatten(preset(run.preset).to_dict()),
+                                                         flatten(run.train.to_dict()))
+
+
+def run_concept(run: Runs) -> str | None:
+    """The built-in concept a run trains on: its own, else sentiment for the generation task (None: the
+    preset's)."""
+    return run.concept or ("sentiment" if run.task == "generation" else None)
+
+
+def train_config(run: Runs, seed: int, method: str | None = None, name: str | None = None) -> TrainConfig:
+    """The run's training settings (else its preset's) with its concept, pair count, epochs, device, `seed`
+    and `method` (None: the settings'); its folder is OUT/train/<name or method>_seed<seed>."""
+    cfg = copy.deepcopy(run.train) if run.train is not None else preset(run.preset)
+    if run_concept(run) is not None:
+        cfg.data.builtin = run_concept(run)
+    cfg.method = method or cfg.method
+    cfg.seed = cfg.adapter.seed = seed
+    if run.n_pairs is not None:
+        cfg.data.n_pairs = run.n_pairs
+    if run.epochs is not None:
+        cfg.epochs = run.epochs
+    cfg.progress = False
+    cfg.device = run.device
+    cfg.out = Path(run.out) / "train" / f"{name or cfg.method}_seed{seed}"
+    return cfg
+
+
+def train_or_load(cfg: TrainConfig, model, tok) -> dict:
+    """Train `cfg` on `model` (continuing its checkpoint if there is one), or load the adapter a finished
+    run left in cfg.out; returns the run's summary. The adapter is attached to `model` either way."""
+    out = Path(cfg.out)
+    if not (out / "summary.json").exists():
+        cfg.resume = True  # continue a checkpoint if there is one (its settings must match), else start fresh
+        train(cfg, model, tok)
+    elif (out / "lora.safetensors").exists() and not (out / "adapter").exists():
+        raise InputError(f"{out} holds a LoRA(c) in the retired lora.safetensors format; remove {out} to retrain it")
+    else:
+        load_adapter(model, out / "adapter")  # either kind: the saved config says which
+    return json.loads((out / "summary.json").read_text())
+
+
+def summary_tag(summary: Mapping) -> str:
+    """Cache tag of a trained adapter: its training time and calibration (a retrained adapter differs)."""
+    return f"{summary.get('train_seconds')}|{summary.get('calibration')}"
+
+
+@dataclass
+class Built:
+    """One method of one seed, ready to score: the steerer, its coefficients and what to record."""
+
+    method: str
+    seed: int
+    steerer: Steerer
+    coeffs: list[float]
+    tag: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def shared_zero(self) -> bool:
+        """Whether c = 0 is the bare base model (scored once for every method) for this steerer."""
+        return self.steerer.system_prompt(0.0, DEFAULT_SYSTEM) == DEFAULT_SYSTEM
+
+    @property
+    def scored(self) -> list[float]:
+        """The coefficients to score for this method (c = 0 only where it is not the shared base)."""
+        return [c for c in self.coeffs if c != 0 or not self.shared_zero]
+
+
+def build_method(run: Runs, method: str, seed: int, model, tok, pairs: Sequence, probe: Callable,
+                 act_cache: dict, adapter_coeffs: Sequence[float], baseline_coeffs: Sequence[float] | None = None,
+                 vector_coeffs: Mapping[str, Sequence[float]] | None = None) -> Built:
+    """Train (or reuse) a trained method, or fit a baseline on `pairs` and calibrate its sign on `probe`.
+    A baseline sweeps `baseline_coeffs` if given, else `vector_coeffs[method]`, else its own default."""
+    if method in TRAINED:
+        summary = train_or_load(train_config(run, seed, method), model, tok)
+        info = {"train_seconds": summary.get("train_seconds"), "calibration": summary.get("calibration"),
+                "val_ordered_fwd": (summary.get("final_validation") or {}).get("val_ordered_fwd")}
+        return Built(method, seed, AdapterSteerer(model, name=method, coeffs=adapter_coeffs), list(adapter_coeffs),
+                     summary_tag(summary), info)
+    if method == "sft":
+        cfg = train_config(run, seed, "lora")
+        steerer, sft_info = build_sft(model, tok, pairs, cfg.adapter, system=cfg.data.system, seed=seed,
+                                      coeffs=adapter_coeffs)
+        return Built(method, seed, steerer, list(adapter_coeffs), steerer.fingerprint(), {"sft": sft_info})
+    kw: dict = {"cache": act_cache}
+    if method == "prompting":
+        if run.task == "generation":
+            kw["builtin"] = run_concept(run)
+    elif baseline_coeffs is not None:
+        kw["coeffs"] = baseline_coeffs
+    elif vector_coeffs and method in vector_coeffs:
+        kw["coeffs"] = vector_coeffs[method]
+    steerer = build_baseline(method, model, tok, pairs, seed=seed, **kw)
+    info = {"calibration": calibrate_sign(steerer, probe)} if method in SIGN_AMBIGUOUS else {}
+    tag = steerer.fingerprint() if hasattr(steerer, "fingerprint") else ""
+    return Built(method, seed, steerer, sorted(set(steerer.default_coeffs) | {0.0}), tag, info)
+
+
+def each_method(run: Runs, methods: Sequence[str], model, tok, probe: Callable, adapter_coeffs: Sequence[float],
+                baseline_coeffs: Sequence[float] | None = None,
+                vector_coeffs: Mapping[str, Sequence[float]] | None = None) -> Iterator[Built]:
+    """Every method of every seed of `run`, each on its seed's training pairs (the same for every method;
+    prompting has no seed and runs once). After the caller has scored one, its adapter is detached."""
+    for seed in run.seeds:
+        pairs, _ = make_pairs(train_config(run, seed), tok)
+        act_cache: dict = {}
+        for method in methods:
+            if method == "prompting" and seed != run.seeds[0]:
+                continue  # no training, no seed
+            t0 = time.time()
+            yield build_method(run, method, seed, model, tok, pairs, probe, act_cache, adapter_coeffs,
+                               baseline_coeffs, vector_coeffs)
+            if adapter_layers(model):
+                detach_adapter(model)
+            print(f"  seed {seed} {method:10s} done in {time.time() - t0:.0f}s", flush=True)
+
+
+def cache_key(*parts: object) -> str:
+    """A short hash of what a cached result depends on."""
+    return hashlib.sha1(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached_frame(path: Path, fn: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """The frame pickled at `path`, else `fn()` written there atomically."""
+    if path.exists():
+        return pd.read_pickle(path)
+    df = fn()
+    tmp = path.with_suffix(".tmp")
+    df.to_pickle(tmp)
+    tmp.replace(path)
+    return df
