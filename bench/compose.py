@@ -6,13 +6,13 @@
 
 Two adapters, `honesty` and `sentiment`, are loaded on one model (the embedded SmolLM2 by default) under
 those names. An adapter not given by path is trained first with the `--preset` at a tiny budget
-(--n-pairs, --epochs, --n-layers, --r) on the built-in pair set of the same name (`sentiment` needs
-data/builtin/sentiment.json, or --sentiment-personas FILE with [[positive, negative], ...] persona words).
-Only the honesty adapter is sign-calibrated (its probe is honesty's); the sentiment sign is as trained.
+(--n-pairs, --epochs, --n-layers, --r) on the built-in pair set of the same name; each is sign-calibrated
+on its own concept's probe, as `innerpissa train` does.
 
 Every concept has a scorer of the model's current state, per item (higher = more of the concept):
   honesty    signed Yes-vs-No log-odds on the built-in honesty probe (nats per item)
-  sentiment  VADER compound of the greedy continuation of each fixed neutral prompt (in [-1, 1])
+  sentiment  VADER compound of the greedy continuation (--max-new-tokens) of each of the first --n-prompts
+             held-out `test` neutral prompts (in [-1, 1]), rendered and generated as the generation eval does
 Both are scored at every state (c_honesty, c_sentiment) in {lo, 0, hi}^2 (--coeffs), and for each concept
 X with the other adapter Y the script reports, with paired bootstrap 95% CIs over items:
   effect(X | c_Y)     score_X(c_X = hi) - score_X(c_X = lo), at c_Y fixed (alone: c_Y = 0)
@@ -36,18 +36,6 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-SENTIMENT_PROMPTS = (
-    "Describe your morning in two sentences.",
-    "Tell me about the weather today.",
-    "What do you think about Mondays?",
-    "Describe the street outside your window.",
-    "How was your train ride to work?",
-    "Write two sentences about a rainy afternoon.",
-    "What is it like to move to a new city?",
-    "Tell me about your neighbour's garden.",
-)
-
 
 # ------------------------------------------------------------------------------------------ the interface
 
@@ -76,44 +64,18 @@ def honesty_concept(model, tok, batch_size: int = 8) -> Concept:
     return Concept("honesty", score)
 
 
-def sentiment_scorer() -> Callable[[Sequence[str]], np.ndarray]:
-    """The project's sentiment scorer when present (innerpissa.eval.gen_metrics), else VADER directly."""
-    try:
-        from innerpissa.eval.gen_metrics import concept_scorer
+def sentiment_concept(model, tok, prompts: Sequence[str], max_new_tokens: int, texts_log: list) -> Concept:
+    """VADER compound of the greedy continuation of each prompt, rendered and generated exactly as the
+    generation evaluation does (`eval/generation.py`)."""
+    from innerpissa.eval.gen_metrics import concept_scorer
+    from innerpissa.eval.generation import chat_ids, generate_ids
 
-        return concept_scorer("sentiment")
-    except (ImportError, ValueError):
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-        analyzer = SentimentIntensityAnalyzer()
-        return lambda texts: np.array([analyzer.polarity_scores(str(t))["compound"] for t in texts], dtype=float)
-
-
-def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-    """Greedy continuations of chat prompts, one left-padded batch."""
-    import torch
-
-    side, tok.padding_side = tok.padding_side, "left"
-    try:
-        if tok.chat_template:
-            texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                             tokenize=False) for p in prompts]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        else:
-            enc = tok(list(prompts), return_tensors="pt", padding=True)
-    finally:
-        tok.padding_side = side
-    enc = {k: v.to(model.device) for k, v in enc.items()}
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    return [t.strip() for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
-
-
-def sentiment_concept(model, tok, max_new_tokens: int, texts_log: list) -> Concept:
-    scorer = sentiment_scorer()
+    scorer = concept_scorer("sentiment")
+    ids = [chat_ids(tok, p) for p in prompts]
 
     def score() -> np.ndarray:
-        texts = generate_batch(model, tok, SENTIMENT_PROMPTS, max_new_tokens)
+        out = generate_ids(model, tok, ids, max_new_tokens)
+        texts = [tok.decode(o, skip_special_tokens=True).strip() for o in out]
         texts_log.append(texts)
         return np.asarray(scorer(texts), dtype=float)
 
@@ -164,14 +126,10 @@ def train_concept(args, concept: str, out: Path) -> Path:
     cfg.model, cfg.out, cfg.progress = args.model, out / "train" / concept, False
     cfg.data.n_pairs, cfg.epochs = args.n_pairs, args.epochs
     cfg.adapter.n_layers, cfg.adapter.r = args.n_layers, args.r
-    cfg.calibrate = concept == "honesty"  # the built-in probe measures honesty only
     if concept in builtin_sets():
         cfg.data.builtin = concept
-    elif concept == "sentiment" and args.sentiment_personas:
-        cfg.data.personas_file = Path(args.sentiment_personas)
     else:
-        raise SystemExit(f"no built-in pair set {concept!r} (have {builtin_sets()}); pass --adapter {concept}=PATH "
-                         f"or --{concept}-personas FILE")
+        raise SystemExit(f"no built-in pair set {concept!r} (have {builtin_sets()}); pass --adapter {concept}=PATH")
     t0 = time.time()
     result = train(cfg)
     print(f"trained {concept} in {time.time() - t0:.0f}s -> {result.adapter_path}", flush=True)
@@ -189,12 +147,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--n-layers", type=int, default=6)
     ap.add_argument("--r", type=int, default=32)
-    ap.add_argument("--sentiment-personas", default=None, help="persona words JSON when sentiment is not built in")
     ap.add_argument("--coeffs", type=float, nargs=2, default=[-1.0, 1.0], metavar=("LO", "HI"))
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--n-prompts", type=int, default=32, help="held-out `test` neutral prompts for sentiment")
     args = ap.parse_args(argv)
 
     from innerpissa.adapter import adapter_names, load_adapter, steer
+    from innerpissa.eval.generation import load_neutral_prompts
     from innerpissa.models import load_model
 
     names = ("honesty", "sentiment")
@@ -212,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         load_adapter(model, paths[n], name=n)
     assert adapter_names(model) == sorted(names)
     texts: list[list[str]] = []
-    concepts = [honesty_concept(model, tok), sentiment_concept(model, tok, args.max_new_tokens, texts)]
+    prompts = load_neutral_prompts("test")[: args.n_prompts]
+    concepts = [honesty_concept(model, tok), sentiment_concept(model, tok, prompts, args.max_new_tokens, texts)]
     lo, hi = args.coeffs
     grid = [(ch, cs) for ch in (lo, 0.0, hi) for cs in (lo, 0.0, hi)]
     scores: dict[str, dict[tuple[float, float], np.ndarray]] = {c.name: {} for c in concepts}
@@ -226,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 rows += [{"c_honesty": ch, "c_sentiment": cs, "concept": concept.name, "item": i, "score": float(v)}
                          for i, v in enumerate(s)]
         text_rows += [{"c_honesty": ch, "c_sentiment": cs, "prompt": p, "text": t}
-                      for p, t in zip(SENTIMENT_PROMPTS, texts[-1], strict=True)]
+                      for p, t in zip(prompts, texts[-1], strict=True)]
         print(f"  c_honesty={ch:+g} c_sentiment={cs:+g}: honesty {scores['honesty'][(ch, cs)].mean():+.3f}  "
               f"sentiment {scores['sentiment'][(ch, cs)].mean():+.3f}", flush=True)
     summary = {"model": args.model, "adapters": paths, "coeffs": [lo, hi], "score_seconds": round(time.time() - t0, 1),

@@ -276,7 +276,7 @@ def test_bench_compose_on_saved_adapters(two, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "bench_compose", bench)  # dataclasses look their module up
     spec.loader.exec_module(bench)
     summary = bench.main(["--out", str(tmp_path / "run"), "--model", "tiny-random", "--adapter", f"honesty={tmp_path / 'h'}",
-                          "--adapter", f"sentiment={tmp_path / 's'}", "--max-new-tokens", "4"])
+                          "--adapter", f"sentiment={tmp_path / 's'}", "--max-new-tokens", "4", "--n-prompts", "5"])
     scores = pd.read_csv(tmp_path / "run" / "scores.csv")
     h = scores[scores.concept == "honesty"].set_index(["c_honesty", "c_sentiment", "item"])["score"]
     alone = (h.loc[1.0, 0.0] - h.loc[-1.0, 0.0]).mean()
@@ -286,4 +286,11 @@ def test_bench_compose_on_saved_adapters(two, tmp_path, monkeypatch):
     assert abs(alone) > 1e-4  # the randomized honesty adapter moves its own score
     base, _ = ip.load_model("tiny-random")
     assert h.loc[0.0, 0.0].mean() == pytest.approx(probe_fn(base, tok)(), abs=1e-6)
-    assert len(pd.read_csv(tmp_path / "run" / "texts.csv")) == 9 * len(bench.SENTIMENT_PROMPTS)
+    texts = pd.read_csv(tmp_path / "run" / "texts.csv")
+    assert len(texts) == 9 * 5 and texts["prompt"].iloc[0] == ip_prompts()[0]
+
+
+def ip_prompts() -> list[str]:
+    from innerpissa.eval.generation import load_neutral_prompts
+
+    return load_neutral_prompts("test")
