@@ -229,6 +229,14 @@ def test_adapter_steerer_fixes_the_others(two):
     assert torch.equal(got, _logits(model, batch, {"honesty": 1.0, "sentiment": -0.5}))
 
 
+def test_adapter_steerer_flips_only_its_adapter(two):
+    model, _, batch, _ = two
+    before = _logits(model, batch, {"honesty": -1.0, "sentiment": 0.5})
+    ip.AdapterSteerer(model, adapter="honesty").flip_sign()
+    after = _logits(model, batch, {"honesty": 1.0, "sentiment": 0.5})
+    assert torch.allclose(after, before, atol=1e-5)  # honesty at +1 is the old -1; sentiment untouched
+
+
 def test_errors_name_the_adapters(two, tmp_path):
     model = two[0]
     with pytest.raises(ValueError, match=r"several adapters \['honesty', 'sentiment'\]"):

@@ -171,7 +171,7 @@ def build_method(run: Runs, method: str, seed: int, model, tok, pairs: Sequence,
         kw["coeffs"] = vector_coeffs[method]
     steerer = build_baseline(method, model, tok, pairs, seed=seed, **kw)
     info = {"calibration": calibrate_sign(steerer, probe)} if method in SIGN_AMBIGUOUS else {}
-    tag = steerer.fingerprint() if hasattr(steerer, "fingerprint") else ""
+    tag = steerer.fingerprint()
     return Built(method, seed, steerer, sorted(set(steerer.default_coeffs) | {0.0}), tag, info)
 
 

@@ -28,6 +28,8 @@ class Steerer(ABC):
     #: whether `at(c)` leaves the model untouched and c acts only through `system_prompt` (prompting): every
     #: coefficient's rows can then share one batch, each with its own system message
     prompt_only: bool = False
+    #: the push at which sign calibration probes the steerer (unit vectors: one mean persona difference)
+    calibration_coeff: float = 1.0
 
     @abstractmethod
     def at(self, c: float):  # -> ContextManager[None]
@@ -41,6 +43,15 @@ class Steerer(ABC):
         """The lowest decoder block whose computation `at(c)` can change; blocks below it are shared by every
         coefficient of a sweep (computed once). 0, the safe default, shares nothing."""
         return 0
+
+    def flip_sign(self) -> None:
+        """Negate the steering in place (afterwards +c does what -c did); the default cannot."""
+        raise TypeError(f"{type(self).__name__} has no flip_sign(); pass flip=<callable that negates it>")
+
+    def fingerprint(self) -> str:
+        """A short hash of what the steerer applies (vectors, prompts, weights) for result caches; '' when its
+        name and the run's settings identify it."""
+        return ""
 
 
 class NoSteering(Steerer):
@@ -84,6 +95,12 @@ class AdapterSteerer(Steerer):
 
         with steer(self.model, c if self.adapter is None else {**self.others, self.adapter: c}):
             yield
+
+    def flip_sign(self) -> None:
+        """Negate the adapter that c steers (afterwards it equals at c the previous adapter at -c)."""
+        from innerpissa.adapter import flip_sign
+
+        flip_sign(self.model, self.adapter)
 
     def first_steered_block(self, model) -> int:
         from innerpissa.split import first_adapted_block

@@ -78,12 +78,9 @@ def _takes_system(probe_fn: ProbeFn) -> bool:
 
 
 def _flipper(steerer: Steerer, flip: Callable[[], None] | None) -> Callable[[], None]:
-    if flip is not None:
-        return flip
-    method = getattr(steerer, "flip_sign", None)
-    if callable(method):
-        return method
-    raise TypeError(f"{type(steerer).__name__} has no flip_sign(); pass flip=<callable that negates it>")
+    if flip is None and type(steerer).flip_sign is Steerer.flip_sign:
+        steerer.flip_sign()  # raises: say so before any probing
+    return flip if flip is not None else steerer.flip_sign
 
 
 def calibrate_sign(steerer: Steerer, probe_fn: ProbeFn, coeff: float | None = None,
@@ -106,7 +103,7 @@ def calibrate_sign(steerer: Steerer, probe_fn: ProbeFn, coeff: float | None = No
     if rule not in CALIBRATION_RULES:
         raise ValueError(f"unknown calibration rule {rule!r}; use one of {CALIBRATION_RULES}")
     if coeff is None:
-        coeff = float(getattr(steerer, "calibration_coeff", 1.0))
+        coeff = float(steerer.calibration_coeff)
     if coeff <= 0:
         raise ValueError(f"coeff must be positive, got {coeff}")
     do_flip = _flipper(steerer, flip)
@@ -140,7 +137,7 @@ def calibrate_sign(steerer: Steerer, probe_fn: ProbeFn, coeff: float | None = No
                             "the probe gave no per-item scores, so its noise is unknown: construction sign kept"),
            "kept": "+coeff scored above -coeff", "reported": "rule 'never' only reports"}[sign]
     return {
-        "method": getattr(steerer, "name", type(steerer).__name__),
+        "method": steerer.name,
         "flipped": bool(flipped),
         "sign": sign,
         "rule": rule,
@@ -227,7 +224,7 @@ def calibrate(model, tokenizer, batch_size: int = 8, mode: str = "always", built
         raise ValueError(f"unknown calibration mode {mode!r}; use one of {CALIBRATE_FLIPS}")
     if mode == "always":
         name, fn = concept_probe(model, tokenizer, builtin, batch_size)
-        result = calibrate_sign(AdapterSteerer(model), fn, flip=lambda: flip_sign(model), rule="always")
+        result = calibrate_sign(AdapterSteerer(model), fn, rule="always")
         return {"probe": name, "mode": mode, **result}
     from innerpissa.adapter import steer
     from innerpissa.data.pairs import builtin_personas
