@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers import logits, randomize
 from torch import nn
 
 import innerpissa as ip
@@ -21,25 +22,14 @@ def _inputs(tok):
 
 def _randomize(model, std: float = 0.3, seed: int = 1) -> None:
     """Give the adapter non-trivial parameters, as after training."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in ip.adapter_parameters(model):
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
-def _logits(model, batch, c=None):
-    with torch.no_grad():
-        if c is None:
-            return model(**batch).logits
-        with ip.steer(model, c):
-            return model(**batch).logits
+    randomize(ip.adapter_parameters(model), std=std, seed=seed)
 
 
 @pytest.fixture
 def adapted(tiny):
     model, tok = tiny
     batch = _inputs(tok)
-    base = _logits(model, batch)
+    base = logits(model, batch)
     ip.attach(model, ip.AdapterConfig(r=8, layers=(0, 1), rotate_u=True))
     _randomize(model)
     return model, tok, batch, base
@@ -124,9 +114,9 @@ def test_layer_matches_dense_formula():
 
 def test_c0_is_base_and_pm1_differ(adapted):
     model, _, batch, base = adapted
-    l0, lp, lm = _logits(model, batch), _logits(model, batch, 1.0), _logits(model, batch, -1.0)
+    l0, lp, lm = logits(model, batch), logits(model, batch, 1.0), logits(model, batch, -1.0)
     assert (l0 - base).abs().max() <= 1e-5
-    assert (_logits(model, batch, 0.0) - base).abs().max() <= 1e-5
+    assert (logits(model, batch, 0.0) - base).abs().max() <= 1e-5
     assert (lp - base).abs().max() > 1e-3
     assert (lm - base).abs().max() > 1e-3
     assert (lp - lm).abs().max() > 1e-3
@@ -136,10 +126,10 @@ def test_per_example_coefficients_match_separate_forwards(adapted):
     model, tok, _, _ = adapted
     enc = tok([PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]], return_tensors="pt", padding=True)
     c = torch.tensor([1.0, -1.0, -1.0, 0.0])
-    mixed = _logits(model, enc, c)
+    mixed = logits(model, enc, c)
     for i, ci in enumerate(c.tolist()):
         one = {k: v[i:i + 1] for k, v in enc.items()}
-        torch.testing.assert_close(mixed[i:i + 1], _logits(model, one, ci), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(mixed[i:i + 1], logits(model, one, ci), atol=2e-5, rtol=1e-4)
 
 
 def test_steer_restores_previous_coefficient(adapted):
@@ -171,43 +161,43 @@ def test_gradients_flow_at_init_and_differ_by_sign(tiny):
 
 def test_flip_sign_swaps_c(adapted):
     model, _, batch, _ = adapted
-    before = _logits(model, batch, -0.6)
+    before = logits(model, batch, -0.6)
     ip.flip_sign(model)
-    torch.testing.assert_close(_logits(model, batch, 0.6), before, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits(model, batch, 0.6), before, atol=1e-5, rtol=1e-5)
 
 
 def test_merge_equals_unmerged_and_unmerge_restores(adapted):
     model, _, batch, base = adapted
     weights = {n: layer.base_layer.weight.clone() for n, layer in ip.adapter_layers(model).items()}
-    steered = _logits(model, batch, 0.7)
+    steered = logits(model, batch, 0.7)
     ip.merge_adapter(model, 0.7)
-    assert (_logits(model, batch) - steered).abs().max() <= 1e-4
+    assert (logits(model, batch) - steered).abs().max() <= 1e-4
     with pytest.raises(RuntimeError, match="unmerge"):
         with ip.steer(model, 1.0):
             pass
     ip.unmerge_adapter(model)
     for n, layer in ip.adapter_layers(model).items():
         torch.testing.assert_close(layer.base_layer.weight, weights[n], atol=1e-6, rtol=0)
-    assert (_logits(model, batch) - base).abs().max() <= 1e-5
+    assert (logits(model, batch) - base).abs().max() <= 1e-5
 
 
 def test_detach_restores_plain_linear(adapted):
     model, _, batch, base = adapted
-    steered = _logits(model, batch, 1.0)
+    steered = logits(model, batch, 1.0)
     ip.detach_adapter(model, merge_at=1.0)
     assert not ip.adapter_layers(model)
     assert isinstance(model.model.layers[0].self_attn.o_proj, nn.Linear)
-    assert (_logits(model, batch) - steered).abs().max() <= 1e-4
+    assert (logits(model, batch) - steered).abs().max() <= 1e-4
 
 
 def test_qwen3_architecture(tmp_path):
     model, tok = ip.load_model("tiny-random-qwen3")
     batch = _inputs(tok)
-    base = _logits(model, batch)
+    base = logits(model, batch)
     ip.attach(model, ip.AdapterConfig(r=4))
     _randomize(model)
-    assert (_logits(model, batch) - base).abs().max() <= 1e-5
-    assert (_logits(model, batch, 1.0) - base).abs().max() > 1e-3
+    assert (logits(model, batch) - base).abs().max() <= 1e-5
+    assert (logits(model, batch, 1.0) - base).abs().max() > 1e-3
 
 
 # ---------------------------------------------------------------- save, load, export
@@ -222,7 +212,7 @@ def test_save_load_round_trip(adapted, tmp_path):
     fresh, _ = ip.load_model("tiny-random")
     ip.load_adapter(fresh, tmp_path / "a")
     for c in (1.0, -0.5):
-        assert torch.equal(_logits(fresh, batch, c), _logits(model, batch, c))
+        assert torch.equal(logits(fresh, batch, c), logits(model, batch, c))
     assert not list(tmp_path.glob("a/.*")), "temporary files left behind"
 
 
@@ -232,7 +222,7 @@ def test_lora_kind_round_trips_through_the_one_save_and_load(tiny, tmp_path):
 
     model, tok = tiny
     batch = _inputs(tok)
-    base = _logits(model, batch)
+    base = logits(model, batch)
     attach_lora(model, ip.AdapterConfig(r=4, layers=(0, 1), seed=3))
     _randomize(model)
     ip.save_adapter(model, tmp_path / "lora", coeff_range=(-1.0, 1.0))
@@ -242,9 +232,9 @@ def test_lora_kind_round_trips_through_the_one_save_and_load(tiny, tmp_path):
     assert all(isinstance(layer, CoeffLoRALinear) for layer in ip.adapter_layers(fresh).values())
     assert ip.adapter_layers(fresh).keys() == ip.adapter_layers(model).keys()
     for c in (1.0, -1.0):
-        assert torch.equal(_logits(fresh, batch, c), _logits(model, batch, c))
-    assert not torch.equal(_logits(fresh, batch, 1.0), _logits(fresh, batch, -1.0))
-    assert torch.equal(_logits(fresh, batch, 0.0), base)  # c = 0 is exactly the base model
+        assert torch.equal(logits(fresh, batch, c), logits(model, batch, c))
+    assert not torch.equal(logits(fresh, batch, 1.0), logits(fresh, batch, -1.0))
+    assert torch.equal(logits(fresh, batch, 0.0), base)  # c = 0 is exactly the base model
 
 
 def test_load_into_other_model_names_the_module(adapted, tmp_path):
@@ -265,13 +255,13 @@ def test_export_lora_loads_in_peft(adapted, tmp_path):
     from peft import PeftModel
 
     model, _, batch, _ = adapted
-    steered = _logits(model, batch, 0.8)
+    steered = logits(model, batch, 0.8)
     ip.export_lora(model, tmp_path / "lora", c=0.8)
     cfg = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == cfg["lora_alpha"] == 8
     fresh, _ = ip.load_model("tiny-random")
     peft_model = PeftModel.from_pretrained(fresh, str(tmp_path / "lora"))
-    assert (_logits(peft_model, batch) - steered).abs().max() <= 1e-4
+    assert (logits(peft_model, batch) - steered).abs().max() <= 1e-4
 
 
 # ---------------------------------------------------------------- bad input
@@ -334,11 +324,11 @@ def test_randomized_svd_close_to_full_on_smollm2(smollm2):
 def test_smollm2_c0_exact(smollm2):
     model, tok = smollm2
     batch = _inputs(tok)
-    base = _logits(model, batch)
+    base = logits(model, batch)
     ip.attach(model, ip.AdapterConfig(r=16, n_layers=4))
     try:
         _randomize(model, std=0.05)
-        assert (_logits(model, batch) - base).abs().max() <= 1e-5
-        assert (_logits(model, batch, 1.0) - base).abs().max() > 1e-3
+        assert (logits(model, batch) - base).abs().max() <= 1e-5
+        assert (logits(model, batch, 1.0) - base).abs().max() > 1e-3
     finally:
         ip.detach_adapter(model)

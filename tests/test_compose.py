@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import logits, randomize
 from torch import nn
 
 import innerpissa as ip
@@ -20,26 +21,11 @@ CFG_H = ip.AdapterConfig(r=8, layers=(0, 1), rotate_u=True)
 CFG_S = ip.AdapterConfig(r=4, layers=(1,), s_mode="mult", seed=1)
 
 
-def _randomize(params, std: float = 0.3, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
-def _logits(model, batch, c=None):
-    with torch.no_grad():
-        if c is None:
-            return model(**batch).logits
-        with ip.steer(model, c):
-            return model(**batch).logits
-
-
 def _single(cfg, seed):
     """A fresh tiny model with one (default-named) adapter: the reference for composition."""
     model, _ = ip.load_model("tiny-random")
     ip.attach(model, cfg)
-    _randomize(ip.adapter_parameters(model), seed=seed)
+    randomize(ip.adapter_parameters(model), seed=seed)
     return model
 
 
@@ -47,11 +33,11 @@ def _single(cfg, seed):
 def two(tiny):
     model, tok = tiny
     batch = tok(PROMPTS, return_tensors="pt", padding=True)
-    base = _logits(model, batch)
+    base = logits(model, batch)
     ip.attach(model, CFG_H, name="honesty")
     ip.attach(model, CFG_S, name="sentiment")
-    _randomize(ip.adapter_parameters(model, "honesty"), seed=1)
-    _randomize(ip.adapter_parameters(model, "sentiment"), seed=2)
+    randomize(ip.adapter_parameters(model, "honesty"), seed=1)
+    randomize(ip.adapter_parameters(model, "sentiment"), seed=2)
     return model, tok, batch, base
 
 
@@ -72,10 +58,10 @@ def test_names_and_shared_modules(two):
 
 def test_all_zero_is_base_exactly(two):
     model, _, batch, base = two
-    assert torch.equal(_logits(model, batch), base)
-    assert torch.equal(_logits(model, batch, {"honesty": 0.0, "sentiment": 0.0}), base)
-    assert torch.equal(_logits(model, batch, {}), base)
-    assert (_logits(model, batch, {"honesty": 1.0, "sentiment": -1.0}) - base).abs().max() > 1e-3
+    assert torch.equal(logits(model, batch), base)
+    assert torch.equal(logits(model, batch, {"honesty": 0.0, "sentiment": 0.0}), base)
+    assert torch.equal(logits(model, batch, {}), base)
+    assert (logits(model, batch, {"honesty": 1.0, "sentiment": -1.0}) - base).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("which", ["honesty", "sentiment"])
@@ -84,9 +70,9 @@ def test_each_adapter_alone_equals_single_adapter_model(two, which):
     cfg, seed = (CFG_H, 1) if which == "honesty" else (CFG_S, 2)
     single = _single(cfg, seed)
     for c in (1.0, -0.5):
-        assert torch.equal(_logits(model, batch, {which: c}), _logits(single, batch, c))
+        assert torch.equal(logits(model, batch, {which: c}), logits(single, batch, c))
     c = torch.tensor([1.0, -1.0])
-    assert torch.equal(_logits(model, batch, {which: c}), _logits(single, batch, c))
+    assert torch.equal(logits(model, batch, {which: c}), logits(single, batch, c))
 
 
 def test_deltas_add_on_a_shared_layer():
@@ -96,7 +82,7 @@ def test_deltas_add_on_a_shared_layer():
     stack = AdapterStack(lin)
     stack.add("a", InnerPiSSALinear(lin, ip.AdapterConfig(r=4, rotate_u=True, dtype="float64"), seed=3))
     stack.add("b", InnerPiSSALinear(lin, ip.AdapterConfig(r=3, s_mode="add_tanh", dtype="float64"), seed=4))
-    _randomize(stack.parameters(), std=0.2)
+    randomize(stack.parameters(), std=0.2)
     x = torch.randn(5, 12, dtype=torch.float64)
     with torch.no_grad():
         assert torch.equal(stack(x), lin(x))
@@ -109,14 +95,14 @@ def test_steer_combination_per_example_and_restore(two):
     model, tok, _, _ = two
     enc = tok([PROMPTS[0], PROMPTS[1], PROMPTS[1]], return_tensors="pt", padding=True)
     ch, cs = torch.tensor([1.0, -1.0, 0.0]), torch.tensor([-0.5, 0.0, 1.0])
-    mixed = _logits(model, enc, {"honesty": ch, "sentiment": cs})
+    mixed = logits(model, enc, {"honesty": ch, "sentiment": cs})
     for i in range(3):
         one = {k: v[i:i + 1] for k, v in enc.items()}
-        ref = _logits(model, one, {"honesty": ch[i].item(), "sentiment": cs[i].item()})
+        ref = logits(model, one, {"honesty": ch[i].item(), "sentiment": cs[i].item()})
         torch.testing.assert_close(mixed[i:i + 1], ref, atol=2e-5, rtol=1e-4)
     # a tensor for one adapter, a float for the other
-    part = _logits(model, enc, {"honesty": ch, "sentiment": 0.3})
-    ref = _logits(model, {k: v[:1] for k, v in enc.items()}, {"honesty": 1.0, "sentiment": 0.3})
+    part = logits(model, enc, {"honesty": ch, "sentiment": 0.3})
+    ref = logits(model, {k: v[:1] for k, v in enc.items()}, {"honesty": 1.0, "sentiment": 0.3})
     torch.testing.assert_close(part[:1], ref, atol=2e-5, rtol=1e-4)
     layers = ip.adapter_layers(model, "sentiment")
     with ip.steer(model, {"sentiment": 0.5}):
@@ -130,10 +116,10 @@ def test_merged_combination_equals_unmerged_and_unmerge_restores(two):
     model, _, batch, base = two
     coeffs = {"honesty": 1.0, "sentiment": -0.5}
     weights = {n: layer.base_layer.weight.clone() for n, layer in ip.adapter_layers(model, "honesty").items()}
-    steered = _logits(model, batch, coeffs)
+    steered = logits(model, batch, coeffs)
     dw = ip.delta_weights(model, coeffs)
     ip.merge_adapter(model, coeffs)
-    assert (_logits(model, batch) - steered).abs().max() <= 1e-4
+    assert (logits(model, batch) - steered).abs().max() <= 1e-4
     for n, w in weights.items():  # the merged weight is W + Delta_h + Delta_s where they overlap
         torch.testing.assert_close(model.get_submodule(n).base_layer.weight, w + dw[n], atol=1e-6, rtol=0)
     with pytest.raises(RuntimeError, match="unmerge"):
@@ -142,7 +128,7 @@ def test_merged_combination_equals_unmerged_and_unmerge_restores(two):
     ip.unmerge_adapter(model)
     for n, w in weights.items():
         torch.testing.assert_close(model.get_submodule(n).base_layer.weight, w, atol=1e-6, rtol=0)
-    assert (_logits(model, batch) - base).abs().max() <= 1e-5
+    assert (logits(model, batch) - base).abs().max() <= 1e-5
 
 
 def test_exported_combination_loads_in_peft(two, tmp_path):
@@ -150,7 +136,7 @@ def test_exported_combination_loads_in_peft(two, tmp_path):
 
     model, _, batch, _ = two
     coeffs = {"honesty": 0.8, "sentiment": -0.5}
-    steered = _logits(model, batch, coeffs)
+    steered = logits(model, batch, coeffs)
     ip.export_lora(model, tmp_path / "lora", coeffs)
     cfg = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     info = json.loads((tmp_path / "lora" / "innerpissa_export.json").read_text())
@@ -159,7 +145,7 @@ def test_exported_combination_loads_in_peft(two, tmp_path):
     assert info["coefficients"] == coeffs and sorted(info["module_ranks"].values()) == [8, 8, 12, 12]
     fresh, _ = ip.load_model("tiny-random")
     peft_model = PeftModel.from_pretrained(fresh, str(tmp_path / "lora"))
-    assert (_logits(peft_model, batch) - steered).abs().max() <= 1e-4
+    assert (logits(peft_model, batch) - steered).abs().max() <= 1e-4
     # one adapter of the two, by name: the others are left out
     ip.export_lora(model, tmp_path / "h", {"honesty": 0.8})
     assert json.loads((tmp_path / "h" / "adapter_config.json").read_text())["r"] == 8
@@ -177,28 +163,28 @@ def test_save_and_load_by_name(two, tmp_path):
     ip.load_adapter(fresh, tmp_path / "h", name="honesty")
     assert sorted(ip.adapter_names(fresh)) == ["honesty", "sentiment"]
     for coeffs in ({"honesty": 1.0, "sentiment": -0.5}, {"sentiment": 1.0}, {"honesty": -1.0}):
-        assert torch.equal(_logits(fresh, batch, coeffs), _logits(model, batch, coeffs))
+        assert torch.equal(logits(fresh, batch, coeffs), logits(model, batch, coeffs))
     # a named adapter saved alone loads as the default adapter of the one-adapter API
     plain, _ = ip.load_model("tiny-random")
     ip.load_adapter(plain, tmp_path / "h")
-    assert torch.equal(_logits(plain, batch, 0.7), _logits(model, batch, {"honesty": 0.7}))
+    assert torch.equal(logits(plain, batch, 0.7), logits(model, batch, {"honesty": 0.7}))
 
 
 def test_detach_one_keeps_the_other(two):
     model, _, batch, base = two
-    before = _logits(model, batch, {"sentiment": 0.9})
-    steered_h = _logits(model, batch, {"honesty": 1.0})
+    before = logits(model, batch, {"sentiment": 0.9})
+    steered_h = logits(model, batch, {"honesty": 1.0})
     ip.detach_adapter(model, name="honesty")
     assert ip.adapter_names(model) == ["sentiment"]
     assert isinstance(model.model.layers[0].self_attn.o_proj, nn.Linear)  # only honesty wrapped block 0
-    assert torch.equal(_logits(model, batch, 0.9), before)  # one adapter left: a plain float works again
+    assert torch.equal(logits(model, batch, 0.9), before)  # one adapter left: a plain float works again
     ip.attach(model, CFG_H, name="honesty")  # the name is free again; the new adapter starts from its init
-    assert (_logits(model, batch, {"honesty": 1.0}) - steered_h).abs().max() > 1e-3
+    assert (logits(model, batch, {"honesty": 1.0}) - steered_h).abs().max() > 1e-3
     ip.merge_adapter(model, {"honesty": 1.0})
     ip.detach_adapter(model, merge_at={"sentiment": 0.9})  # honesty is not named: it is unmerged, not baked in
     assert not ip.adapter_names(model) and isinstance(model.model.layers[1].mlp.down_proj, nn.Linear)
-    assert (_logits(model, batch) - before).abs().max() <= 1e-4
-    assert (_logits(model, batch) - base).abs().max() > 1e-3
+    assert (logits(model, batch) - before).abs().max() <= 1e-4
+    assert (logits(model, batch) - base).abs().max() > 1e-3
 
 
 def test_lora_baseline_composes_with_innerpissa(tiny, tmp_path):
@@ -208,17 +194,17 @@ def test_lora_baseline_composes_with_innerpissa(tiny, tmp_path):
 
     model, tok = tiny
     batch = tok(PROMPTS, return_tensors="pt", padding=True)
-    base = _logits(model, batch)
+    base = logits(model, batch)
     attach_lora(model, CFG_S)
     ip.attach(model, CFG_H, name="honesty")
-    _randomize(ip.adapter_parameters(model), std=0.2)
+    randomize(ip.adapter_parameters(model), std=0.2)
     assert ip.adapter_names(model) == ["default", "honesty"]
-    assert torch.equal(_logits(model, batch, {"default": 0.0}), base)
+    assert torch.equal(logits(model, batch, {"default": 0.0}), base)
     coeffs = {"default": -0.7, "honesty": 0.6}
-    steered = _logits(model, batch, coeffs)
+    steered = logits(model, batch, coeffs)
     ip.export_lora(model, tmp_path / "lora", coeffs)
     peft_model = PeftModel.from_pretrained(ip.load_model("tiny-random")[0], str(tmp_path / "lora"))
-    assert (_logits(peft_model, batch) - steered).abs().max() <= 1e-4
+    assert (logits(peft_model, batch) - steered).abs().max() <= 1e-4
 
 
 def test_adapter_steerer_fixes_the_others(two):
@@ -226,14 +212,14 @@ def test_adapter_steerer_fixes_the_others(two):
     steerer = ip.AdapterSteerer(model, adapter="honesty", others={"sentiment": -0.5})
     with torch.no_grad(), steerer.at(1.0):
         got = model(**batch).logits
-    assert torch.equal(got, _logits(model, batch, {"honesty": 1.0, "sentiment": -0.5}))
+    assert torch.equal(got, logits(model, batch, {"honesty": 1.0, "sentiment": -0.5}))
 
 
 def test_adapter_steerer_flips_only_its_adapter(two):
     model, _, batch, _ = two
-    before = _logits(model, batch, {"honesty": -1.0, "sentiment": 0.5})
+    before = logits(model, batch, {"honesty": -1.0, "sentiment": 0.5})
     ip.AdapterSteerer(model, adapter="honesty").flip_sign()
-    after = _logits(model, batch, {"honesty": 1.0, "sentiment": 0.5})
+    after = logits(model, batch, {"honesty": 1.0, "sentiment": 0.5})
     assert torch.allclose(after, before, atol=1e-5)  # honesty at +1 is the old -1; sentiment untouched
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import loss_and_grads
 
 from innerpissa.adapter import AdapterConfig, attach, steer
 from innerpissa.data.dilemmas import load_dilemmas, sample_dilemmas
@@ -133,16 +134,6 @@ def _trainer(tmp_path, **kw) -> Trainer:
     return t
 
 
-def _loss_and_grads(t, batch):
-    total, _ = t.losses(batch)
-    t.model.zero_grad()
-    total.backward()
-    grads = torch.cat([p.grad.flatten() for p in t.params])
-    for p in t.params:
-        p.grad = None
-    return total.detach(), grads
-
-
 @pytest.mark.parametrize(("batch_pm", "cache"), [(True, True), (False, True), (True, False), (False, False)])
 def test_training_frozen_prefix_is_a_pure_speedup(tmp_path, batch_pm, cache):
     t = _trainer(tmp_path, batch_pm=batch_pm, cache_reference=cache)
@@ -153,10 +144,10 @@ def test_training_frozen_prefix_is_a_pure_speedup(tmp_path, batch_pm, cache):
     run0 = block0.forward  # counted by wrapping forward: a hook would (rightly) turn the reuse off
     block0.forward = lambda h, *a, **kw: (rows_seen.append(h.shape[0]), run0(h, *a, **kw))[1]
     t.cfg.frozen_prefix = False
-    ref = _loss_and_grads(t, batch)
+    ref = loss_and_grads(t, batch)
     rows_off, rows_seen[:] = sum(rows_seen), []
     t.cfg.frozen_prefix = True
-    fast = _loss_and_grads(t, batch)
+    fast = loss_and_grads(t, batch)
     del block0.forward
     n = batch.input_ids.shape[0]
     assert rows_off >= 2 * n and sum(rows_seen) == n  # block 0 ran once per row instead of once per forward

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import loss_and_grads
 from safetensors.torch import load_file
 
 import innerpissa as ip
@@ -59,13 +60,7 @@ def test_batched_pm_and_cache_are_pure_speedups(tmp_path):
     results = {}
     for batch_pm, cache in ((True, True), (False, True), (True, False)):
         t.cfg.batch_pm, t.cfg.cache_reference = batch_pm, cache
-        total, terms = t.losses(batch)
-        t.model.zero_grad()
-        total.backward()
-        grads = torch.cat([p.grad.flatten() for p in t.params])
-        for p in t.params:
-            p.grad = None
-        results[(batch_pm, cache)] = (total.detach(), grads)
+        results[(batch_pm, cache)] = loss_and_grads(t, batch)
     ref_total, ref_grads = results[(True, True)]
     assert ref_grads.abs().max() > 0
     for total, grads in results.values():

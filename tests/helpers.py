@@ -1,0 +1,35 @@
+"""Small helpers several test modules share (pytest puts tests/ on the path: `from helpers import ...`)."""
+
+from __future__ import annotations
+
+import torch
+
+import innerpissa as ip
+
+
+def randomize(params, std: float = 0.3, seed: int = 1) -> None:
+    """Give adapter parameters non-trivial values, as after training (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def logits(model, batch, c=None):
+    """The model's logits on `batch`, unsteered (c None) or inside `ip.steer(model, c)`."""
+    with torch.no_grad():
+        if c is None:
+            return model(**batch).logits
+        with ip.steer(model, c):
+            return model(**batch).logits
+
+
+def loss_and_grads(trainer, batch):
+    """A trainer's total loss on `batch` and the flattened gradient of its parameters (grads cleared after)."""
+    total, _ = trainer.losses(batch)
+    trainer.model.zero_grad()
+    total.backward()
+    grads = torch.cat([p.grad.flatten() for p in trainer.params])
+    for p in trainer.params:
+        p.grad = None
+    return total.detach(), grads
