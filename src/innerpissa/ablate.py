@@ -157,8 +157,8 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
 def run_ablate_generation(ab: Ablate) -> dict[str, Path]:
     """Every variant x seed on the same pairs, scored on the same held-out neutral prompts (dev prompts for
     `split="select"`, test prompts for `split="test"`): the concept range at matched fluency per variant."""
-    from innerpissa.compare_generation import write_generation_report
-    from innerpissa.eval.gen_metrics import coeff_summary, concept_scorer, matched_range, method_summary
+    from innerpissa.compare_generation import generation_report
+    from innerpissa.eval.gen_metrics import concept_scorer
     from innerpissa.eval.generation import DEFAULT_SYSTEM, evaluate_generation, load_neutral_prompts
     from innerpissa.models import load_model
 
@@ -194,18 +194,13 @@ def run_ablate_generation(ab: Ablate) -> dict[str, Path]:
     facts.to_csv(out / "training.csv", index=False)
     df = pd.concat([pd.concat([base.assign(method=f["method"].iloc[0], seed=f["seed"].iloc[0]), f])
                     for f in frames], ignore_index=True)
-    tab = coeff_summary(df, n_boot=ab.n_boot)
-    ranges = matched_range(df, tab, ab.nll_budget, ab.distinct_frac, n_boot=ab.n_boot)
-    summ = method_summary(ranges)
     ordered = facts.groupby("variant")["val_ordered_pct"].agg(["mean", "min"]).round(1)
     meta = {"model": base_cfg.model, "preset": ab.preset, "concept": concept, "seeds": list(ab.seeds),
             "prompts": f"{len(prompts)} ({split} split)", "new tokens": ab.max_new_tokens, "scorer": scorer.name,
-            "fluency budget": f"NLL <= c0 + {ab.nll_budget}, distinct-2 >= {ab.distinct_frac:.0%} of c0",
             "overrides": train_changes(ab),
             "validation pairs ordered g(-1)<0<g(+1), % (mean, min over seeds)":
                 json.dumps({v: [r["mean"], r["min"]] for v, r in ordered.iterrows()}),
             "wall time": f"{time.time() - t_start:.0f} s"}
-    paths = write_generation_report(out, df, tab, ranges, summ, meta)
+    paths = generation_report(out, df, ab, meta)
     paths["training"] = out / "training.csv"
-    print(paths["summary"].read_text())
     return paths

@@ -42,7 +42,7 @@ def run_generation_compare(cmp) -> dict[str, Path]:
     from innerpissa.adapter import adapter_parameters
     from innerpissa.baselines.common import fingerprint
     from innerpissa.eval.calibration import concept_probe
-    from innerpissa.eval.gen_metrics import coeff_summary, concept_scorer, matched_range, method_summary
+    from innerpissa.eval.gen_metrics import concept_scorer
     from innerpissa.eval.generation import DEFAULT_SYSTEM, evaluate_generation, load_neutral_prompts
     from innerpissa.models import load_model
     from innerpissa.steering import NoSteering
@@ -84,19 +84,25 @@ def run_generation_compare(cmp) -> dict[str, Path]:
             res = pd.concat([base, res], ignore_index=True)
         frames.append(res.assign(method=b.method, seed=b.seed))
 
-    df = pd.concat(frames, ignore_index=True)
-    tab = coeff_summary(df, n_boot=cmp.n_boot)
-    ranges = matched_range(df, tab, cmp.nll_budget, cmp.distinct_frac, n_boot=cmp.n_boot)
-    summ = method_summary(ranges)
     meta = {
         "model": base_cfg.model, "preset": cmp.preset, "concept": concept, "pairs per seed": cmp.n_pairs,
         "seeds": list(cmp.seeds), "prompts": f"{len(prompts)} ({cmp.prompt_split} split)",
         "new tokens": cmp.max_new_tokens, "scorer": scorer.name, "probe": probe_name,
-        "fluency budget": f"NLL <= c0 + {cmp.nll_budget}, distinct-2 >= {cmp.distinct_frac:.0%} of c0",
         "overrides": train_changes(cmp), "calibration": json.dumps(info, default=str)[:4000],
         "wall time": f"{time.time() - t_start:.0f} s",
     }
-    paths = write_generation_report(out, df, tab, ranges, summ, meta)
+    return generation_report(out, pd.concat(frames, ignore_index=True), cmp, meta)
+
+
+def generation_report(out: Path, df: pd.DataFrame, run, meta: dict) -> dict[str, Path]:
+    """Per-coefficient table, matched-fluency ranges (at `run`'s NLL and distinct-2 budget) and the report of
+    the scored continuations `df` (every method/variant x seed, c = 0 rows included); prints the summary."""
+    from innerpissa.eval.gen_metrics import coeff_summary, matched_range, method_summary
+
+    tab = coeff_summary(df, n_boot=run.n_boot)
+    ranges = matched_range(df, tab, run.nll_budget, run.distinct_frac, n_boot=run.n_boot)
+    meta = {**meta, "fluency budget": f"NLL <= c0 + {run.nll_budget}, distinct-2 >= {run.distinct_frac:.0%} of c0"}
+    paths = write_generation_report(out, df, tab, ranges, method_summary(ranges), meta)
     print(paths["summary"].read_text())
     return paths
 

@@ -27,6 +27,7 @@ from innerpissa.errors import InputError
 from innerpissa.eval.calibration import calibrate_sign
 from innerpissa.eval.harness import DEFAULT_SYSTEM
 from innerpissa.eval.settings import SweepSettings
+from innerpissa.fileio import atomic_write
 from innerpissa.steering import AdapterSteerer, Steerer
 from innerpissa.train.config import PresetName, TrainConfig, preset
 from innerpissa.train.fingerprint import fingerprint_diff, flatten
@@ -204,7 +205,5 @@ def cached_frame(path: Path, fn: Callable[[], pd.DataFrame]) -> pd.DataFrame:
     if path.exists():
         return pd.read_pickle(path)
     df = fn()
-    tmp = path.with_suffix(".tmp")
-    df.to_pickle(tmp)
-    tmp.replace(path)
+    atomic_write(path, df.to_pickle)
     return df
