@@ -3,11 +3,13 @@
     .venv/bin/python bench/train_speed.py [--steps 8] [--preset smollm2-cpu]
 
 Times the same micro-batches (round-robin, median per step) these ways:
-- `today`: +1 and -1 in one batched forward, the c = 0 reference from the cache, no frozen-prefix reuse
-  (the default before issue 11);
-- `default`: the current default (`batch_pm=None`: two forwards on CPU, batched on GPU; `frozen_prefix`: the
-  blocks below the first adapted block once per batch);
-- `batched+frozen`, `two_fwd+no_frozen`: the other combinations;  - `no_cache`: a third forward at c = 0;
+- `today`: +1 and -1 in one batched forward, the c = 0 reference from the cache, whole rows, every block
+  per forward (the default before issue 11);
+- `default`: the current default (`batch_pm=None`: two forwards on CPU, batched on GPU; `shared_prefix`: the
+  tokens all rows start with once per coefficient into a KV cache; `frozen_prefix`: the blocks below the
+  first adapted block once per batch); see src/innerpissa/train/forward.py;
+- `frozen_only` (the default before the shared prefix), `shared_only`, `batched+all`, `two_fwd+none`: the
+  other combinations;  `no_cache`: a third forward at c = 0;
 - `bare`: a plain forward + backward of the base model over the same tokens, twice (the +1 and -1 rows),
   with a trivial loss on the same parameters: what any trainer of this adapter must at least pay.
 Prints seconds per step, ratios, the frozen states' memory and the extrapolated time per epoch and per run.
@@ -55,14 +57,15 @@ def main() -> None:
         loss, _ = tr.losses(b)
         loss.backward()
 
-    def step_with(batch_pm: bool | None, cache: bool, frozen: bool):
+    def step_with(batch_pm: bool | None, cache: bool, frozen: bool, shared: bool):
         def run(b: PairBatch) -> None:
-            saved = tr.cfg.batch_pm, tr.cfg.cache_reference, tr.cfg.frozen_prefix
-            tr.cfg.batch_pm, tr.cfg.cache_reference, tr.cfg.frozen_prefix = batch_pm, cache, frozen
+            saved = tr.cfg.batch_pm, tr.cfg.cache_reference, tr.cfg.frozen_prefix, tr.cfg.shared_prefix
+            tr.cfg.batch_pm, tr.cfg.cache_reference, tr.cfg.frozen_prefix, tr.cfg.shared_prefix = \
+                batch_pm, cache, frozen, shared
             try:
                 step_default(b)
             finally:
-                tr.cfg.batch_pm, tr.cfg.cache_reference, tr.cfg.frozen_prefix = saved
+                tr.cfg.batch_pm, tr.cfg.cache_reference, tr.cfg.frozen_prefix, tr.cfg.shared_prefix = saved
         return run
 
     def step_bare(b: PairBatch) -> None:
@@ -71,11 +74,12 @@ def main() -> None:
             out = tr.model(input_ids=rows[0], attention_mask=rows[1], use_cache=False)
         out.logits[:, -1].float().logsumexp(-1).mean().backward()
 
-    modes = {"today": step_with(True, True, False), "default": step_default,
-             "batched+frozen": step_with(True, True, True), "two_fwd+no_frozen": step_with(False, True, False),
-             "no_cache": step_with(None, False, True), "bare": step_bare}
+    modes = {"today": step_with(True, True, False, False), "default": step_default,
+             "frozen_only": step_with(None, True, True, False), "shared_only": step_with(None, True, False, True),
+             "batched+all": step_with(True, True, True, True), "two_fwd+none": step_with(False, True, False, False),
+             "no_cache": step_with(None, False, True, True), "bare": step_bare}
     if args.quick:
-        modes = {k: v for k, v in modes.items() if k in ("today", "default", "batched+frozen", "bare")}
+        modes = {k: v for k, v in modes.items() if k in ("today", "default", "frozen_only", "bare")}
     times: dict[str, list[float]] = {m: [] for m in modes}
     for b in [b for _ in range(args.repeats) for b in batches]:
         for m, fn in modes.items():
@@ -95,12 +99,21 @@ def main() -> None:
               f"epoch ~{med[m] * steps_per_epoch / 60:.1f} min")
     print(f"default / today: {med['default'] / med['today']:.2f}   "
           f"default / bare forward+backward: {med['default'] / med['bare']:.2f}")
-    from innerpissa.train.prefix import frozen_prefix_ok
+    from innerpissa.split import cache_bytes
+    from innerpissa.train.forward import TrainForward
 
-    k = frozen_prefix_ok(tr.model)
-    widest = max(b.input_ids.shape[0] * b.input_ids.shape[1] for b in batches)
-    print(f"frozen prefix: blocks [0, {k}) of {tr.model.config.num_hidden_layers} run once per batch; their output "
-          f"is kept for one batch: {widest * tr.model.config.hidden_size * 4 / 2**20:.1f} MiB at most here; "
+    tokens = kept = 0
+    k = prefix = 0
+    for b in batches:
+        fwd = TrainForward(tr.model, b)
+        k, prefix = fwd.split.k, fwd.prefix_len
+        tokens += b.input_ids.numel()
+        kept = max(kept, sum(s.nbytes for s in fwd.lower if s is not None)
+                   + (cache_bytes(fwd.cache) if fwd.cache is not None else 0))
+        prefix_tokens = fwd.ids.numel() + fwd.prefix_len
+    print(f"shared prefix: {prefix} tokens of every row run once (last batch: {prefix_tokens} tokens per forward "
+          f"instead of {b.input_ids.numel()}); frozen blocks [0, {k}) of {tr.model.config.num_hidden_layers} run "
+          f"once per batch; kept for one batch (lower states + lower keys/values): {kept / 2**20:.1f} MiB at most; "
           f"peak RSS of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
     total = setup + med["default"] * steps_per_epoch * cfg.epochs * 1.1  # +10%: validation each epoch
     print(f"extrapolated full default run: ~{total / 60:.1f} min")

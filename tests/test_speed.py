@@ -1,5 +1,5 @@
 """Speed-ups that must not change a number: the block split, shared-prefix and frozen-prefix sweeps, the
-training frozen-prefix memo, and steering in the model's dtype (tiny random model)."""
+training forward's shared prefix and frozen blocks, and steering in the model's dtype (tiny random model)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from innerpissa.adapter import AdapterConfig, attach, steer
 from innerpissa.data.dilemmas import load_dilemmas, sample_dilemmas
 from innerpissa.eval import harness as H
 from innerpissa.eval.choices import choice_ids
-from innerpissa.eval.sweep import SweepStats, common_prefix_len, prefix_groups, score_sweep
+from innerpissa.eval.sweep import SweepStats, prefix_groups, score_sweep
 from innerpissa.models import load_model
-from innerpissa.split import BlockSplit, first_adapted_block
+from innerpissa.split import BlockSplit, common_prefix_len, first_adapted_block
 from innerpissa.steering import AdapterSteerer
 from innerpissa.train.config import preset
-from innerpissa.train.prefix import frozen_prefix
+from innerpissa.train.forward import TrainForward
 from innerpissa.train.trainer import Trainer
 
 DD = Path(__file__).resolve().parents[2] / "shared" / "data" / "daily_dilemmas"
@@ -134,53 +134,65 @@ def _trainer(tmp_path, **kw) -> Trainer:
     return t
 
 
+def _count_tokens(block) -> tuple[list[int], callable]:
+    """Wrap `block.forward` to count the tokens (rows x columns) it sees; returns (counts, undo).
+    Counted by wrapping forward: a hook would (rightly) move the split below the block."""
+    seen: list[int] = []
+    run = block.forward
+    block.forward = lambda h, *a, **kw: (seen.append(h.shape[0] * h.shape[1]), run(h, *a, **kw))[1]
+
+    def undo():
+        del block.forward
+    return seen, undo
+
+
 @pytest.mark.parametrize(("batch_pm", "cache"), [(True, True), (False, True), (True, False), (False, False)])
-def test_training_frozen_prefix_is_a_pure_speedup(tmp_path, batch_pm, cache):
+@pytest.mark.parametrize(("shared", "frozen"), [(True, True), (True, False), (False, True)])
+def test_training_forward_is_a_pure_speedup(tmp_path, batch_pm, cache, shared, frozen):
+    """Loss and gradients with the shared prefix and/or frozen blocks equal a plain whole-row forward's."""
     t = _trainer(tmp_path, batch_pm=batch_pm, cache_reference=cache)
     batch = t.collate([t.ds[i] for i in t.train_idx[:4]])
     assert (batch.attention_mask == 0).any(), "the test needs left-padded rows"
-    rows_seen: list[int] = []
-    block0 = t.model.get_decoder().layers[0]
-    run0 = block0.forward  # counted by wrapping forward: a hook would (rightly) turn the reuse off
-    block0.forward = lambda h, *a, **kw: (rows_seen.append(h.shape[0]), run0(h, *a, **kw))[1]
-    t.cfg.frozen_prefix = False
+    seen, undo = _count_tokens(t.model.get_decoder().layers[0])
+    t.cfg.shared_prefix, t.cfg.frozen_prefix = False, False
     ref = loss_and_grads(t, batch)
-    rows_off, rows_seen[:] = sum(rows_seen), []
-    t.cfg.frozen_prefix = True
+    plain, seen[:] = sum(seen), []
+    t.cfg.shared_prefix, t.cfg.frozen_prefix = shared, frozen
     fast = loss_and_grads(t, batch)
-    del block0.forward
-    n = batch.input_ids.shape[0]
-    assert rows_off >= 2 * n and sum(rows_seen) == n  # block 0 ran once per row instead of once per forward
+    undo()
+    am = batch.attention_mask.bool()
+    seqs = [batch.input_ids[i][am[i]].tolist() for i in range(len(am))]
+    p = common_prefix_len(seqs)
+    assert p >= 10, "the built-in pairs share their chat template and instruction"
+    assert sum(seen) < plain  # block 0 saw fewer tokens
+    if frozen:  # block 0 (below the adapted block) ran once for the batch
+        fwd = TrainForward(t.model, batch, shared, frozen)
+        assert len(seen) == (2 if shared else 1) and fwd.split.k == 1
     assert ref[1].abs().max() > 0
     torch.testing.assert_close(fast[0], ref[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(fast[1], ref[1], atol=1e-5, rtol=1e-3)
 
 
-def test_frozen_prefix_memo_skips_repeats_and_restores_blocks(adapted):
-    model, tok = adapted
-    ids, mask, pos = _padded(tok, ["one two", "three four five six seven"])
-    layers = list(model.get_decoder().layers)
-    with torch.no_grad():
-        want = {c: model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits for c in (1.0, -1.0)}
-        for c in want:
-            with steer(model, c):
-                want[c] = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
-        with frozen_prefix(model) as memo:
-            got = {}
-            for c in (1.0, -1.0):
-                with steer(model, c):
-                    got[c] = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
-            assert memo is not None and memo.hits == 1  # the second forward replayed block 0
-            with steer(model, torch.tensor([1.0, 1.0, -1.0, -1.0])):
-                both = model(input_ids=ids.repeat(2, 1), attention_mask=mask.repeat(2, 1),
-                             position_ids=pos.repeat(2, 1), use_cache=False).logits
-            assert memo.hits == 2
-    assert list(model.get_decoder().layers) == layers
-    real = mask.bool()
-    for c in want:
-        torch.testing.assert_close(got[c][real], want[c][real], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(both[:2][real], want[1.0][real], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(both[2:][real], want[-1.0][real], atol=1e-5, rtol=1e-5)
+def test_training_forward_layout(tmp_path):
+    """The shared prefix is one row; each remainder keeps its tail and the token before it, positions go on
+    from the prefix, and a capture point in a lower block moves the split below it."""
+    t = _trainer(tmp_path)
+    batch = t.collate([t.ds[i] for i in t.train_idx[:4]])
+    fwd = TrainForward(t.model, batch)
+    p = fwd.prefix_len
+    am = batch.attention_mask.bool()
+    for i in range(batch.input_ids.shape[0]):
+        own = fwd.ids[i][fwd.own_mask[i].bool()].tolist()
+        assert fwd.prefix_ids[0].tolist() + own == batch.input_ids[i][am[i]].tolist()
+        assert len(own) >= int(batch.tail_len[i]) + 1
+        assert fwd.pos[i][fwd.own_mask[i].bool()].tolist() == list(range(p, p + len(own)))
+    assert fwd.split.k == 1
+    h = t.model.get_decoder().layers[0].mlp.register_forward_hook(lambda *a: None)
+    try:
+        assert TrainForward(t.model, batch).split.k == 0
+    finally:
+        h.remove()
+    assert TrainForward(t.model, batch, shared_prefix=False, frozen=False).split is None
 
 
 # ------------------------------------------------------------------------------------------------ dtype
@@ -249,18 +261,6 @@ def test_sweep_with_an_embedding_steerer_matches_plain_scoring(adapted, rows):
     for c in SCORES:
         assert np.abs(fast[c] - base[c]).max() <= 1e-4, c
     assert np.abs(base.loc[base.coeff == -1.0, "nll"].to_numpy() - base.loc[base.coeff == 1.0, "nll"].to_numpy()).max() > 1e-3
-
-
-def test_frozen_prefix_stays_off_when_a_lower_block_is_hooked(adapted):
-    model, _ = adapted
-    h = model.get_decoder().layers[0].mlp.register_forward_hook(lambda *a: None)
-    try:
-        with frozen_prefix(model) as memo:
-            assert memo is None
-    finally:
-        h.remove()
-    with frozen_prefix(model) as memo:
-        assert memo is not None
 
 
 def test_sweep_with_a_per_row_vector_steerer_matches_plain_scoring(adapted, rows):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 import innerpissa as ip
 from innerpissa.anatomy import HiddenCapture
 from innerpissa.train.config import preset
+from innerpissa.train.forward import TrainForward
 from innerpissa.train.reference import tail_width
 from innerpissa.train.trainer import Trainer, TrainingDiverged, train
 
@@ -48,7 +49,7 @@ def test_cached_reference_equals_fresh_c0_forward(tmp_path):
     width = tail_width(batch)
     cached_proj, cached_logp = t.ref.batch_values(batch, width)
     with torch.no_grad(), HiddenCapture(t.model, [t.ref.point]) as cap:
-        fresh_proj, fresh_logp = t._run(batch, 0.0, cap, width)
+        fresh_proj, fresh_logp = t._run(TrainForward(t.model, batch, False, False), (0.0,), cap)[0.0]
     mask = torch.arange(width)[None, :] >= (width - batch.tail_len)[:, None]
     torch.testing.assert_close(fresh_proj, cached_proj, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fresh_logp[mask], cached_logp[mask], atol=1e-5, rtol=1e-5)

@@ -23,12 +23,63 @@ class _Stop(Exception):
     """Raised by the recording pre-hook once block k's input is captured."""
 
 
+def _tile_value(v: Any, n: int, m: int) -> Any:
+    """Keyword argument `v` with its batch dimension (size n) repeated m times (tuples recursively).
+
+    Only tensors of two or more dimensions carry a batch dimension here (masks, position ids, rotary
+    tables); 1-D tensors (cache positions) are left alone even when their length happens to equal n.
+    """
+    if isinstance(v, Tensor):
+        return v.repeat(m, *([1] * (v.dim() - 1))) if v.dim() > 1 and v.shape[0] == n else v
+    if isinstance(v, tuple):
+        return tuple(_tile_value(x, n, m) for x in v)
+    return v
+
+
 @dataclass
 class LowerState:
     """Block k's input hidden states [B, T, d] and the keyword arguments the decoder passed to block k."""
 
     hidden: Tensor
     kwargs: dict[str, Any]
+
+    def tile(self, m: int) -> LowerState:
+        """The same state for m coefficients at once: rows repeated m times, coefficient-major."""
+        if m == 1:
+            return self
+        n = self.hidden.shape[0]
+        return LowerState(_tile_value(self.hidden, n, m), {k: _tile_value(v, n, m) for k, v in self.kwargs.items()})
+
+    @property
+    def nbytes(self) -> int:
+        return self.hidden.numel() * self.hidden.element_size()
+
+
+def tile_index(idx: Tensor, n: int, m: int) -> Tensor:
+    """Row indices into n rows, for m coefficient-major copies of them."""
+    return (idx[None, :] + n * torch.arange(m, device=idx.device)[:, None]).reshape(-1)
+
+
+def pad_rows(seqs, pad_id: int, left: bool) -> tuple[Tensor, Tensor]:
+    """Token id rows padded to one width: (ids [B, T], attention mask [B, T]), padding on the left or right."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, sl] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+def common_prefix_len(seqs) -> int:
+    """Length of the longest common prefix, leaving every sequence at least one token of its own."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return max(n, 0)
 
 
 def decoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Module] | None:

@@ -23,7 +23,16 @@ import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
 from innerpissa.eval.choices import ChoiceIds, choice_logprobs
-from innerpissa.split import BlockSplit, LowerState, cache_bytes, reset_from, select_rows
+from innerpissa.split import (
+    BlockSplit,
+    LowerState,
+    cache_bytes,
+    common_prefix_len,
+    pad_rows,
+    reset_from,
+    select_rows,
+    tile_index,
+)
 
 SCORE_COLUMNS = ("logp_yes", "logp_no", "nll", "n_tokens")
 
@@ -45,16 +54,6 @@ class PrefixGroup:
 
     rows: tuple[int, ...]
     prefix_len: int
-
-
-def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common prefix, leaving every sequence at least one token of its own."""
-    n = min(len(s) for s in seqs) - 1
-    first = seqs[0]
-    for i in range(n):
-        if any(s[i] != first[i] for s in seqs[1:]):
-            return i
-    return max(n, 0)
 
 
 def prefix_groups(encoded: Sequence[Sequence[int]], keys: Sequence[Hashable] | None) -> list[PrefixGroup]:
@@ -82,17 +81,6 @@ def group_batches(groups: Sequence[PrefixGroup], lengths: Sequence[int], batch_r
     return out
 
 
-def _pad(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        sl = slice(width - len(s), width) if left else slice(0, len(s))
-        ids[i, sl] = torch.as_tensor(list(s), dtype=torch.long)
-        mask[i, sl] = 1
-    return ids, mask
-
-
 def _nll(head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
     """Next-token NLL [n] of `states` [n, d] against `targets` [n], the head applied `chunk` rows at a time."""
     out = [F.cross_entropy(head(states[i:i + chunk]).float(), targets[i:i + chunk], reduction="none")
@@ -112,34 +100,12 @@ def _finish(last: torch.Tensor, nll_sum: torch.Tensor, n_tok: torch.Tensor, choi
             "n_tokens": n_tok.cpu().numpy()}
 
 
-def _tile_value(v, n: int, m: int):
-    """Keyword argument `v` with its batch dimension (size n) repeated m times (tuples recursively)."""
-    if isinstance(v, torch.Tensor):
-        return v.repeat(m, *([1] * (v.dim() - 1))) if v.dim() > 0 and v.shape[0] == n else v
-    if isinstance(v, tuple):
-        return tuple(_tile_value(x, n, m) for x in v)
-    return v
-
-
-def _tile(state: LowerState, m: int) -> LowerState:
-    """A recorded lower state for m coefficients at once (coefficient-major rows)."""
-    if m == 1:
-        return state
-    n = state.hidden.shape[0]
-    return LowerState(_tile_value(state.hidden, n, m), {k: _tile_value(v, n, m) for k, v in state.kwargs.items()})
-
-
-def _tile_index(idx: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Row indices into n rows, for m coefficient-major copies of them."""
-    return (idx[None, :] + n * torch.arange(m, device=idx.device)[:, None]).reshape(-1)
-
-
 class _RowsBatch:
     """One batch without prefix sharing: left-padded rows, lower blocks run once."""
 
     def __init__(self, split: BlockSplit, head, seqs, pad_id: int, dev, with_nll: bool, stats: SweepStats):
         self.split, self.head, self.with_nll = split, head, with_nll
-        ids, mask = _pad(seqs, pad_id, left=True)
+        ids, mask = pad_rows(seqs, pad_id, left=True)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         self.ids, self.mask, self.pos = ids.to(dev), mask.to(dev), pos.to(dev)
         # with nothing frozen (k = 0) the embeddings run inside each coefficient's context, like a forward
@@ -156,9 +122,9 @@ class _RowsBatch:
         lower = self.lower or self.split.lower(self.ids, self.mask, self.pos)
         self.stats.see(m * lower.hidden.numel() * lower.hidden.element_size())
         with at_rows(self.ids.shape[0]) if at_rows else nullcontext():
-            hidden = self.split.upper(_tile(lower, m))
+            hidden = self.split.upper(lower.tile(m))
         n = self.ids.shape[0]
-        rows_of = _tile_index(self.rows_of, n, m)
+        rows_of = tile_index(self.rows_of, n, m)
         nll = _nll(self.head, hidden[:, :-1][rows_of, self.t_of.repeat(m)], self.targets.repeat(m), _chunk(self.head))
         nll_sum = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device).index_add_(0, rows_of, nll)
         return _finish(self.head(hidden[:, -1]), nll_sum, self.n_tok.repeat(m), choices, self.with_nll)
@@ -169,7 +135,7 @@ class _Stage:
 
     def __init__(self, seqs, pad_id: int, left: bool, parent: torch.Tensor | None, offset: torch.Tensor,
                  prev_mask: torch.Tensor | None, dev):
-        ids, mask = _pad(seqs, pad_id, left=left)
+        ids, mask = pad_rows(seqs, pad_id, left=left)
         self.ids, self.mask = ids.to(dev), mask.to(dev)
         self.parent = None if parent is None else parent.to(dev)
         self.pos = offset.to(dev)[:, None] + (self.mask.cumsum(-1) - 1).clamp(min=0)
@@ -231,17 +197,17 @@ class _PrefixBatch:
         held = 0
         for st in self.stages:
             n = st.ids.shape[0]
-            parent = None if st.parent is None else _tile_index(st.parent, prev_n, m)
+            parent = None if st.parent is None else tile_index(st.parent, prev_n, m)
             if parent is not None:
                 select_rows(self.cache, parent, start=k)
             # k = 0: nothing is frozen, the embeddings run inside this coefficient's context like a forward
             lower = st.lower or split.lower(st.ids, st.full_mask, st.pos, self.cache)
             held += m * lower.hidden.numel() * lower.hidden.element_size()
             with at_rows(n) if at_rows else nullcontext():
-                h = split.upper(_tile(lower, m))
+                h = split.upper(lower.tile(m))
             own = torch.zeros(n * m, dtype=torch.float32, device=h.device)
             if self.with_nll:
-                pr = _tile_index(st.pair_r, n, m)
+                pr = tile_index(st.pair_r, n, m)
                 own.index_add_(0, pr, _nll(head, h[:, :-1][pr, st.pair_t.repeat(m)], st.targets.repeat(m), chunk))
                 if prev_h is not None:  # the parent's last state predicts this row's first token
                     first = st.ids[torch.arange(n, device=h.device), st.first].repeat(m)

@@ -101,7 +101,10 @@ class TrainConfig:
     """Run c = -1 and c = +1 in one batched forward (per-example coefficients); None: batched on accelerators,
     two forwards on CPU (faster there, bench/train_speed.py)."""
     frozen_prefix: bool = True
-    """Run the blocks below the first adapted block once per batch, not once per coefficient (train/prefix.py)."""
+    """Run the blocks below the first adapted block once per batch, not once per coefficient (train/forward.py)."""
+    shared_prefix: bool = True
+    """Run the tokens every row of a batch starts with (template, system prompt, instruction up to the persona)
+    once per coefficient into a KV cache, and only each row's remainder per row (train/forward.py)."""
     cache_reference: bool = True
     """Cache the c = 0 reference per pair (it is the base model); off only to measure."""
     calibrate: bool = True

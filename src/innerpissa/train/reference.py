@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from innerpissa.anatomy import decoder_and_head
 from innerpissa.data.batching import PairBatch
 from innerpissa.train.directions import (
     CapturePoint,
@@ -26,19 +25,7 @@ from innerpissa.train.directions import (
     project,
     svd_basis,
 )
-
-
-def forward_tail(model: nn.Module, batch: PairBatch, width: int) -> Tensor:
-    """Run the decoder; return next-token log-probs [rows, width] of the last `width` tokens of each row.
-
-    Left padding puts every row's shared tail in its last columns, so the head runs on `width` positions
-    instead of the whole sequence.
-    """
-    decoder, head = decoder_and_head(model)
-    hidden = decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
-    logits = head(hidden[:, -width - 1:-1]).float()
-    targets = batch.input_ids[:, -width:]
-    return logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, -1)
+from innerpissa.train.forward import TrainForward
 
 
 def projections(hidden: Tensor, attention_mask: Tensor, basis: Tensor | None, direction: Tensor,
@@ -107,8 +94,9 @@ def reference_pass(model: nn.Module, batches: Iterable[PairBatch], point: Captur
                 raise ValueError(f"n_tokens={n_tokens} reaches past the shared suffix of some pairs "
                                  f"(shortest shared tail: {int(batch.tail_len.min())} tokens); lower it")
             width = tail_width(batch)
-            logp = forward_tail(model, batch, width).cpu()
-            h = project(gather_last(cap.hidden[point.key], batch.attention_mask, n_tokens), basis).cpu()
+            fwd = TrainForward(model, batch)  # the shared prefix once; the model as it is (c = 0)
+            logp = fwd.run(None).cpu()
+            h = project(gather_last(cap.hidden[point.key], fwd.mask(), n_tokens), basis).cpu()
             idx = batch.pair_index[0::2].cpu()
             if states is None:
                 states = torch.zeros(n_pairs, 2, n_tokens, h.shape[-1])

@@ -1,7 +1,7 @@
 """The training loop, top to bottom: data, adapter, frozen reference, optimisation, checkpoints, calibration.
 
-One step takes a micro-batch of pairs [pos, neg, ...], runs it at c = +1 and c = -1 in one forward (the
-coefficient is per example), reads the hidden states at the loss point and the shared-tail log-probs, and
+One step takes a micro-batch of pairs [pos, neg, ...], runs it at c = +1 and c = -1 (`train/forward.py`:
+the rows' shared prefix and the frozen lower blocks once, the rest per coefficient), reads the hidden states at the loss point and the shared-tail log-probs, and
 combines the projection, coherence and ordering terms (METHOD section 5) against the cached c = 0 reference.
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from innerpissa.adapter import adapter_parameters, attach, save_adapter, steer
+from innerpissa.adapter import adapter_parameters, attach, save_adapter
 from innerpissa.adapter.io import base_model_identity
 from innerpissa.adapter.lora import attach_lora
 from innerpissa.anatomy import HiddenCapture
@@ -29,9 +29,9 @@ from innerpissa.models import load_model
 from innerpissa.train.checkpoint import Checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint
 from innerpissa.train.config import TrainConfig
 from innerpissa.train.fingerprint import fingerprint_diff, run_fingerprint
+from innerpissa.train.forward import TrainForward
 from innerpissa.train.losses import combine
-from innerpissa.train.prefix import frozen_prefix
-from innerpissa.train.reference import Reference, build_reference, forward_tail, projections, tail_width
+from innerpissa.train.reference import Reference, build_reference, projections, tail_width
 from innerpissa.train.runfolder import check_out, check_train_numbers, clear_run, default_out, holds_run
 
 COEFFS = (1.0, -1.0)
@@ -121,38 +121,33 @@ class Trainer:
 
     # ---------------------------------------------------------------- the maths of one micro-batch
 
-    def _run(self, batch: PairBatch, c: float | Tensor, cap: HiddenCapture, width: int) -> tuple[Tensor, Tensor]:
-        """(projections [rows], tail log-probs [rows, width]) with the adapter at c."""
-        with steer(self.model, c):
-            logp = forward_tail(self.model, batch, width)
-        ref = self.ref
-        proj = projections(cap.hidden[ref.point.key], batch.attention_mask, ref.basis, ref.direction,
-                           batch.pair_index, ref.n_tokens)
-        return proj, logp
-
-    def _reference_values(self, batch: PairBatch, cap: HiddenCapture, width: int) -> tuple[Tensor, Tensor]:
-        if self.cfg.cache_reference:
-            return self.ref.batch_values(batch, width)
-        with torch.no_grad():  # what the cache replaces: a third forward at c = 0
-            return self._run(batch, 0.0, cap, width)
+    def _run(self, fwd: TrainForward, cs: tuple[float, ...], cap: HiddenCapture) -> dict[float, tuple[Tensor, Tensor]]:
+        """Per c of `cs` (one forward for all): (projections [rows], tail log-probs [rows, width])."""
+        m, rows, ref = len(cs), fwd.rows, self.ref
+        logp = fwd.run(cs)
+        proj = projections(cap.hidden[ref.point.key], fwd.mask(m), ref.basis, ref.direction,
+                           fwd.batch.pair_index.repeat(m), ref.n_tokens)
+        return {c: (proj[i * rows:(i + 1) * rows], logp[i * rows:(i + 1) * rows]) for i, c in enumerate(cs)}
 
     def losses(self, batch: PairBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss and named terms of one micro-batch (c = +1 and -1 against the c = 0 reference)."""
         width = tail_width(batch)
-        with HiddenCapture(self.model, [self.ref.point]) as cap, frozen_prefix(self.model, self.cfg.frozen_prefix):
-            proj0, logp0 = self._reference_values(batch, cap, width)
-            if self.cfg.batch_pm if self.cfg.batch_pm is not None else self.device.type != "cpu":
-                both = PairBatch(**{f.name: torch.cat([getattr(batch, f.name)] * 2) for f in fields(PairBatch)})
-                rows = batch.input_ids.shape[0]
-                c = torch.tensor([COEFFS[0]] * rows + [COEFFS[1]] * rows, device=batch.input_ids.device)
-                proj, logp = self._run(both, c, cap, width)
-                results = {COEFFS[0]: (proj[:rows], logp[:rows]), COEFFS[1]: (proj[rows:], logp[rows:])}
+        cfg = self.cfg
+        with HiddenCapture(self.model, [self.ref.point]) as cap:
+            fwd = TrainForward(self.model, batch, cfg.shared_prefix, cfg.frozen_prefix)
+            if cfg.cache_reference:
+                proj0, logp0 = self.ref.batch_values(batch, width)
             else:
-                results = {c: self._run(batch, c, cap, width) for c in COEFFS}
-        mask = _tail_mask(batch, width, self.cfg.loss.mask_tokens)
+                with torch.no_grad():  # what the cache replaces: a third forward at c = 0
+                    proj0, logp0 = self._run(fwd, (0.0,), cap)[0.0]
+            together = cfg.batch_pm if cfg.batch_pm is not None else self.device.type != "cpu"
+            results: dict[float, tuple[Tensor, Tensor]] = {}
+            for cs in ([COEFFS] if together else [(c,) for c in COEFFS]):
+                results.update(self._run(fwd, cs, cap))
+        mask = _tail_mask(batch, width, cfg.loss.mask_tokens)
         s = {c: target_stat(p, self.cfg.loss_target) for c, (p, _) in results.items()}
         s0 = target_stat(proj0, self.cfg.loss_target)
-        return combine(self.cfg.loss, s, s0, {c: lp for c, (_, lp) in results.items()}, logp0, mask,
+        return combine(cfg.loss, s, s0, {c: lp for c, (_, lp) in results.items()}, logp0, mask,
                        scale=self.scale)
 
     # ---------------------------------------------------------------- validation
