@@ -132,6 +132,49 @@ def test_batched_sweep_equals_per_coefficient_generation(tiny):
     detach_adapter(model)
 
 
+def test_decode_sweep_shares_header_and_lower_blocks_and_equals_generate(tiny):
+    """The sweep decoder with a shared chat header and a frozen block 0 gives `generate`'s tokens per
+    coefficient, including rows cut early by an end-of-sequence token."""
+    from innerpissa.adapter import attach, detach_adapter, steer
+    from innerpissa.adapter.config import AdapterConfig
+    from innerpissa.eval import decode
+    from innerpissa.eval.generation import chat_ids, generate_ids
+    from innerpissa.split import common_prefix_len, first_adapted_block
+
+    model, tok = tiny
+    attach(model, AdapterConfig(r=8, layers=[-1]))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    try:
+        k = first_adapted_block(model)
+        assert k == 1
+        prompts = [chat_ids(tok, p) for p in PROMPTS]
+        assert common_prefix_len(prompts) >= decode.MIN_HEADER
+        coeffs = [-1.0, 0.0, 1.0]
+        rows = [(p, c) for p in prompts for c in coeffs]
+        want = {}
+        for c in coeffs:
+            with steer(model, c):
+                for p, ids in zip(prompts, generate_ids(model, tok, prompts, 10), strict=True):
+                    want[(tuple(p), c)] = ids
+        at_rows = lambda c: steer(model, c)  # noqa: E731
+        eos: set[int] = set()
+        got = decode.decode_sweep(model, [r[0] for r in rows], [r[1] for r in rows], at_rows, k, 10, eos, 0)
+        assert got == [want[(tuple(p), c)] for p, c in rows]
+        assert len({tuple(x) for x in got}) > len(prompts)  # the coefficients changed something
+        # an end-of-sequence token cuts a row where the uncut continuation first has it
+        stop = got[0][3]
+        cut = decode.decode_sweep(model, [r[0] for r in rows], [r[1] for r in rows], at_rows, k, 10, {stop}, 0)
+        assert cut == [x[:x.index(stop)] if stop in x else x for x in got]
+        # nothing shared (block 0 steered) gives the same tokens
+        assert decode.decode_sweep(model, [r[0] for r in rows], [r[1] for r in rows], at_rows, 0, 10, eos, 0) == got
+    finally:
+        detach_adapter(model)
+
+
 def test_continuation_nll_matches_an_unbatched_forward(tiny):
     from innerpissa.eval.generation import chat_ids, continuation_nll
 

@@ -23,16 +23,16 @@ class _Stop(Exception):
     """Raised by the recording pre-hook once block k's input is captured."""
 
 
-def _tile_value(v: Any, n: int, m: int) -> Any:
-    """Keyword argument `v` with its batch dimension (size n) repeated m times (tuples recursively).
+def _select_value(v: Any, n: int, index: Tensor) -> Any:
+    """Keyword argument `v` with its batch dimension (size n) indexed by `index` (tuples recursively).
 
     Only tensors of two or more dimensions carry a batch dimension here (masks, position ids, rotary
     tables); 1-D tensors (cache positions) are left alone even when their length happens to equal n.
     """
     if isinstance(v, Tensor):
-        return v.repeat(m, *([1] * (v.dim() - 1))) if v.dim() > 1 and v.shape[0] == n else v
+        return v.index_select(0, index.to(v.device)) if v.dim() > 1 and v.shape[0] == n else v
     if isinstance(v, tuple):
-        return tuple(_tile_value(x, n, m) for x in v)
+        return tuple(_select_value(x, n, index) for x in v)
     return v
 
 
@@ -43,12 +43,18 @@ class LowerState:
     hidden: Tensor
     kwargs: dict[str, Any]
 
+    def rows(self, index: Tensor) -> LowerState:
+        """The state of rows `index` (repeats allowed): hidden states and every batch-sized keyword argument."""
+        n = self.hidden.shape[0]
+        return LowerState(_select_value(self.hidden, n, index),
+                          {k: _select_value(v, n, index) for k, v in self.kwargs.items()})
+
     def tile(self, m: int) -> LowerState:
         """The same state for m coefficients at once: rows repeated m times, coefficient-major."""
         if m == 1:
             return self
         n = self.hidden.shape[0]
-        return LowerState(_tile_value(self.hidden, n, m), {k: _tile_value(v, n, m) for k, v in self.kwargs.items()})
+        return self.rows(torch.arange(n, device=self.hidden.device).repeat(m))
 
     @property
     def nbytes(self) -> int:

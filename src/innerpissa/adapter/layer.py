@@ -207,14 +207,24 @@ class InnerPiSSALinear(SteerableLinear):
             k = k @ rotation(self.theta_u, c, self.cfg.max_angle).transpose(-1, -2)
         return k - torch.diag(self.S)
 
-    def _mixing_cached(self, c: float, dtype: torch.dtype | None = None) -> Tensor:
+    def _mixing_cached(self, c: float | tuple[float, ...], dtype: torch.dtype | None = None) -> Tensor:
         """Inference path: K(c) (in `dtype`) is reused until c or a parameter changes (no Cayley solve per
-        forward)."""
+        forward); a tuple c gives the stack [len(c), r, r]."""
         key = (c, dtype, *[(p.data_ptr(), p._version) for p in self.parameters(recurse=False)])
         if self._cache is None or self._cache[0] != key:
-            k = self.mixing(c)
+            k = self.mixing(torch.tensor(c, dtype=self.S.dtype, device=self.S.device) if isinstance(c, tuple) else c)
             self._cache = (key, k if dtype is None else k.to(dtype))
         return self._cache[1]
+
+    def _mixing_rows(self, c: Tensor, dtype: torch.dtype) -> Tensor:
+        """K per row [B, r, r] for per-row coefficients c [B]: one Cayley solve per distinct coefficient (a
+        sweep or a +-c batch has a few), cached between forwards at inference."""
+        uc, inv = torch.unique(c, return_inverse=True)
+        if torch.is_grad_enabled():
+            k = self.mixing(uc.to(self.S.dtype)).to(dtype)
+        else:
+            k = self._mixing_cached(tuple(uc.tolist()), dtype)
+        return k.index_select(0, inv.reshape(-1))
 
     @torch.no_grad()
     def delta_weight(self, c: float) -> Tensor:
@@ -248,7 +258,7 @@ class InnerPiSSALinear(SteerableLinear):
         dtype = x.dtype if low else self.V.dtype
         v, ut = self._basis_in(dtype)
         if isinstance(c, Tensor):
-            k = self.mixing(c).to(dtype)  # [B, r, r]
+            k = self._mixing_rows(c, dtype)  # [B, r, r]
             z = x.to(dtype) @ v
             z = (z.unsqueeze(1) @ k).squeeze(1) if z.dim() == 2 else z @ k
         else:

@@ -1,10 +1,11 @@
 """Generation evaluation (METHOD section 11): greedy continuations of held-out neutral prompts at every
 coefficient of a sweep, scored by an independent concept scorer, with fluency under the unsteered model.
 
-- `generate_sweep`: every (prompt, c) row of a sweep in one batched greedy `generate` (left padding, KV
-  cache on) with one coefficient per row, for steerers that can take a per-row coefficient (the adapter,
-  the residual-stream vectors, prompting, which only changes each row's system message); other steerers fall
-  back to one generate per coefficient. Both give the same tokens as generating each coefficient alone.
+- `generate_sweep`: every (prompt, c) row of a sweep in one greedy decode with one coefficient per row
+  (`eval/decode.py`: the chat header and each prompt's tokens below the first steered block computed once),
+  for steerers that can take a per-row coefficient (the adapter, the residual-stream vectors, prompting,
+  which only changes each row's system message); other steerers fall back to one `generate` per
+  coefficient. Both give the same tokens as generating each coefficient alone.
 - `continuation_nll`: per-token NLL of each continuation under the unsteered model, always in the neutral
   context (default system message and the user prompt), so prompting's persona does not lower its own NLL.
 - `evaluate_generation`: both, plus the pure metrics of `gen_metrics` (score, distinct-2, rep-3, valid).
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from innerpissa.data.builtin import BUILTIN_DIR
+from innerpissa.eval.decode import can_decode_sweep, decode_sweep
 from innerpissa.eval.gen_metrics import Scorer, text_metrics
 from innerpissa.eval.harness import pad_left
 from innerpissa.steering import Steerer
@@ -117,7 +119,19 @@ def generate_sweep(model, tokenizer, prompts: Sequence[str], steerer: Steerer, c
     encoded = [chat_ids(tokenizer, prompts[i], systems[c]) for i, c in rows]
     conts: list[list[int]] = [[] for _ in rows]
     try:
-        if batched and supports_per_row(steerer):
+        if batched and supports_per_row(steerer) and can_decode_sweep(model):
+            # prompt-major chunks: all coefficients of a prompt decode together (its own tokens are shared)
+            order = sorted(range(len(rows)), key=lambda j: (rows[j][0], j))
+            step = max_batch or len(rows)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            for k in range(0, len(order), step):
+                part = order[k:k + step]
+                got = decode_sweep(model, [encoded[j] for j in part], [rows[j][1] for j in part],
+                                   lambda c: per_row_state(steerer, c), steerer.first_steered_block(model),
+                                   max_new_tokens, _eos_ids(model, tokenizer), pad)
+                for j, ids in zip(part, got, strict=True):
+                    conts[j] = ids
+        elif batched and supports_per_row(steerer):
             step = max_batch or len(rows)
             for k in range(0, len(rows), step):
                 c = torch.tensor([r[1] for r in rows[k:k + step]], dtype=torch.float32)
