@@ -176,9 +176,9 @@ def cache_layers(cache) -> list:
     return layers
 
 
-def select_rows(cache, index: Tensor, start: int = 0) -> None:
-    """In place: rows `index` of every initialized layer from `start` on (repeats allowed: one prefix per row)."""
-    for layer in cache_layers(cache)[start:]:
+def select_rows(cache, index: Tensor, start: int = 0, stop: int | None = None) -> None:
+    """In place: rows `index` of every initialized layer in [start, stop) (repeats allowed: one prefix per row)."""
+    for layer in cache_layers(cache)[start:stop]:
         if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
             layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))
             layer.values = layer.values.index_select(0, index.to(layer.values.device))

@@ -6,7 +6,9 @@ less than a batch of independent prompts:
   per coefficient, into a KV cache whose rows are then repeated for each row's own part;
 - a prompt's own tokens are the same at every coefficient below the steerer's first steered block: those
   blocks run once per distinct prompt (`split.BlockSplit`), and only the blocks from there on run per row.
-After the prompt, rows decode together one token per step with the KV cache, each at its own coefficient.
+After the prompt, rows decode together one token per step with the KV cache, each at its own coefficient;
+rows of one prompt whose continuations agree so far (common in the first tokens: small coefficients change
+little) still share the blocks below the first steered block, which run once per distinct history.
 The tokens equal those of one `generate` per coefficient (greedy, same positions and keys; tests and
 bench/gen_speed.py check it); models without a plain `decoder.layers` layout use `generate` instead.
 """
@@ -59,6 +61,7 @@ def decode_sweep(model: nn.Module, encoded: Sequence[Sequence[int]], coeffs: Seq
     ids, own = ids.to(dev), own.to(dev)
     full = torch.cat([own.new_ones(u, header), own], 1)
     pos = header + (own.cumsum(-1) - 1).clamp(min=0)
+    # one cache: blocks below k hold one row per distinct history ("lower rows"), blocks from k one per row
     cache = DynamicCache(config=model.config)
     head_ids = torch.tensor([prompts[0][:header]], dtype=torch.long, device=dev)
 
@@ -68,43 +71,46 @@ def decode_sweep(model: nn.Module, encoded: Sequence[Sequence[int]], coeffs: Seq
     # below the first steered block: the header once, each distinct prompt's own part once
     head_low = lower_header() if header and k > 0 else None
     if header and k > 0:
-        select_rows(cache, torch.zeros(u, dtype=torch.long, device=dev), 0)
+        select_rows(cache, torch.zeros(u, dtype=torch.long, device=dev), 0, k)
     own_low = split.lower(ids, full, pos, cache) if k > 0 else None
-    if k > 0:
-        select_rows(cache, row_u, 0)
     # from the first steered block on: the header once per coefficient, then every row's own part
     if header:
         low = head_low if head_low is not None else lower_header()
         with at_rows(c_head):
             split.upper(low.rows(torch.zeros(len(cvals), dtype=torch.long, device=dev)))
         select_rows(cache, row_c, k)
-    if own_low is None:  # nothing frozen: the embeddings of each row's own part, after the header's keys
-        own_low = split.lower(ids[row_u], full[row_u], pos[row_u], cache)
-        rows_low = own_low
-    else:
-        rows_low = own_low.rows(row_u)
+    if own_low is None:  # nothing frozen: the embeddings of each prompt's own part, after the header's keys
+        own_low = split.lower(ids, full, pos, cache)
     with at_rows(c_rows):
-        hidden = split.upper(rows_low)
+        hidden = split.upper(own_low.rows(row_u))
     head = model.get_output_embeddings()
     nxt = head(hidden[:, -1]).float().argmax(-1)
 
-    out = [[] for _ in range(n)]
-    done = torch.zeros(n, dtype=torch.bool, device=dev)
-    eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=dev) if eos else None
-    mask = full[row_u]
-    last = pos[row_u][:, -1]
+    # decode: every row one token per step; the blocks below k once per distinct (prompt, tokens so far)
+    out: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    group = row_u.tolist()  # each row's lower row
+    lmask, lpos = full, pos[:, -1]
     for step in range(max_new_tokens):
-        for i, t in enumerate(nxt.tolist()):
-            if not done[i] and t not in eos:
-                out[i].append(t)
-        if eos_t is not None:
-            done |= torch.isin(nxt, eos_t)
-        if bool(done.all()) or step == max_new_tokens - 1:
+        toks = nxt.tolist()
+        for i, t in enumerate(toks):
+            if not done[i]:
+                if t in eos:
+                    done[i] = True
+                else:
+                    out[i].append(t)
+        if all(done) or step == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, mask.new_ones(n, 1)], 1)
-        last = last + 1
+        keys: dict[tuple[int, int], int] = {}
+        group = [keys.setdefault((g, t), len(keys)) for g, t in zip(group, toks, strict=True)]
+        parent = torch.tensor([g for g, _ in keys], dtype=torch.long, device=dev)
+        if len(keys) != lmask.shape[0] or bool((parent != torch.arange(len(keys), device=dev)).any()):
+            select_rows(cache, parent, 0, k)  # a history split: its lower keys/values copied for each branch
+        lmask = torch.cat([lmask[parent], lmask.new_ones(len(keys), 1)], 1)
+        lpos = lpos[parent] + 1
+        tok = torch.tensor([t for _, t in keys], dtype=torch.long, device=dev)
+        low = split.lower(tok[:, None], lmask, lpos[:, None], cache)
         with at_rows(c_rows):
-            logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None], cache=cache,
-                           use_cache=True, logits_to_keep=1).logits
-        nxt = logits[:, -1].float().argmax(-1)
+            hidden = split.upper(low.rows(torch.tensor(group, dtype=torch.long, device=dev)))
+        nxt = head(hidden[:, -1]).float().argmax(-1)
     return out
