@@ -383,3 +383,17 @@ def test_a_given_sweep_for_unit_vectors_is_in_mean_difference_units():
     assert VectorSteerer(model, unit, coeffs=(-1.0, 0.0, 0.5)).default_coeffs == (-7.0, 0.0, 3.5)
     raw = SteeringVectors({0: torch.tensor([3.0, 0.0])}, "mean_diff")
     assert VectorSteerer(model, raw, coeffs=(-1.0, 0.0, 0.5)).default_coeffs == (-1.0, 0.0, 0.5)
+
+
+def test_comparison_probes_give_per_item_scores(setup):
+    """The probe `compare` calibrates every method with returns one score per item (so the evidence rule can
+    flip a vector's sign), whose mean is the mean-only honesty probe's value."""
+    from innerpissa.eval.calibration import concept_probe, probe_fn
+
+    model, tok, _, _ = setup
+    for concept in ("honesty", "sentiment"):
+        name, fn = concept_probe(model, tok, concept)
+        items = fn("You are a helpful assistant.")
+        assert isinstance(items, torch.Tensor) and items.dim() == 1 and items.numel() >= 8, name
+        if concept == "honesty":
+            assert float(items.mean()) == pytest.approx(probe_fn(model, tok)(), abs=1e-6)

@@ -55,7 +55,7 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     if cmp.concept not in (None, "honesty"):
         raise ValueError(f"--task dilemmas measures honesty only, got --concept {cmp.concept}; "
                          "use --task generation for other concepts")
-    from innerpissa.eval.calibration import probe_fn
+    from innerpissa.eval.calibration import concept_probe
     from innerpissa.eval.choices import choice_ids
     from innerpissa.models import load_model
     from innerpissa.steering import NoSteering
@@ -76,7 +76,7 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     # c = 0 is the base model for every method (the adapter skips its delta, hooks add 0, the persona prompt
     # keeps the default system message): score it once and share it, instead of once per method and seed
     base = cmp.score(model, tok, rows, NoSteering(), [0.0], axes, out)
-    for b in each_method(cmp, cmp.methods, model, tok, probe_fn(model, tok), cmp.adapter_coeffs, cmp.baseline_coeffs):
+    for b in each_method(cmp, cmp.methods, model, tok, concept_probe(model, tok, "honesty")[1], cmp.adapter_coeffs, cmp.baseline_coeffs):
         if b.info:
             trained_info[f"{b.method}/seed{b.seed}"] = b.info
         res = cmp.score(model, tok, rows, b.steerer, b.scored, axes, out, seed=b.seed, tag=b.tag)

@@ -178,13 +178,13 @@ def probe_fn(model, tokenizer, probe: pd.DataFrame | None = None, system: str = 
     return score
 
 
-def concept_probe(model, tokenizer, concept: str = "honesty", batch_size: int = 8) -> tuple[str, Callable[..., float]]:
-    """(probe name, probe function) for a built-in concept: the sentiment probe for `sentiment`, else the
-    honesty probe."""
+def concept_probe(model, tokenizer, concept: str = "honesty", batch_size: int = 8) -> tuple[str, ProbeFn]:
+    """(probe name, probe function of the system message) for a built-in concept: the sentiment probe for
+    `sentiment`, else the honesty probe. Both return per-item scores, so `calibrate_sign` has a CI and
+    applies the same evidence rule to every method (a mean alone would never flip a sign)."""
     if concept == "sentiment":
-
-        return "sentiment_probe", sentiment_probe_fn(model, tokenizer)
-    return "honesty_probe", probe_fn(model, tokenizer, batch_size=batch_size)
+        return "sentiment_probe", sentiment_probe_fn(model, tokenizer, per_item=True)
+    return "honesty_probe", probe_items_fn(model, tokenizer, batch_size=batch_size)
 
 
 def probe_items_fn(model, tokenizer, probe: pd.DataFrame | None = None,
