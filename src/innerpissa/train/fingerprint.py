@@ -11,8 +11,11 @@ import hashlib
 import json
 from typing import Any
 
-#: config fields that do not change the trained tensors (where outputs go, logging, how to start)
-RUN_ONLY = frozenset({"out", "progress", "device", "resume", "wandb", "overwrite", "debug"})
+#: config fields that do not change the trained tensors: where outputs go, logging, how to start, and the
+#: speed switches, which give the same numbers up to float rounding (tests/test_speed.py), so a run started
+#: with one layout may resume with another (e.g. on another device)
+RUN_ONLY = frozenset({"out", "progress", "device", "resume", "wandb", "overwrite", "debug",
+                      "batch_pm", "frozen_prefix", "shared_prefix", "cache_reference"})
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
