@@ -26,8 +26,6 @@ import pandas as pd
 
 from innerpissa.methods import (
     Runs,
-    cache_key,
-    cached_frame,
     summary_tag,
     train_changes,
     train_config,
@@ -157,39 +155,26 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
 def run_ablate_generation(ab: Ablate) -> dict[str, Path]:
     """Every variant x seed on the same pairs, scored on the same held-out neutral prompts (dev prompts for
     `split="select"`, test prompts for `split="test"`): the concept range at matched fluency per variant."""
-    from innerpissa.compare_generation import generation_report
-    from innerpissa.eval.gen_metrics import concept_scorer
-    from innerpissa.eval.generation import DEFAULT_SYSTEM, evaluate_generation, load_neutral_prompts
-    from innerpissa.models import load_model
+    from innerpissa.compare_generation import GenerationTask, generation_report
 
     t_start = time.time()
     out = Path(ab.out)
-    (out / "cache").mkdir(parents=True, exist_ok=True)
     configs = [(v, s, variant_config(ab, v, s)) for v in ab.variants for s in ab.seeds]
     base_cfg = configs[0][2]
     if len({c.model for _, _, c in configs}) != 1:
         raise SystemExit("variants must share one base model")
     concept = base_cfg.data.builtin
-    scorer = concept_scorer(concept)
     split = "dev" if ab.split == "select" else "test"
-    prompts = load_neutral_prompts(split)[: ab.n_prompts]
-    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=ab.torch_device())
-    common = (base_cfg.model, prompts, ab.max_new_tokens, DEFAULT_SYSTEM, scorer.name)
+    task = GenerationTask.load(base_cfg, ab.torch_device(), split, ab.n_prompts, ab.max_new_tokens, out, concept)
+    model, tok, prompts, scorer = task.model, task.tok, task.prompts, task.scorer
     print(f"generation ablation on {len(prompts)} {split} prompts; variants {list(ab.variants)}; seeds "
           f"{list(ab.seeds)}", flush=True)
 
     def score(steerer, seed: int, tag: str) -> pd.DataFrame:
         scored = [c for c in ab.coeffs if c != 0]
-        path = out / "cache" / f"{steerer.name}_seed{seed}_{cache_key(*common, tag, scored)}.pkl"
-        res = cached_frame(path, lambda: evaluate_generation(model, tok, prompts, steerer, scored, scorer,
-                                                              ab.max_new_tokens))
-        return res.assign(method=steerer.name, seed=seed)
+        return task.scored(steerer, steerer.name, seed, tag, scored).assign(method=steerer.name, seed=seed)
 
-    from innerpissa.steering import NoSteering
-
-    base = cached_frame(out / "cache" / f"base_{cache_key(*common)}.pkl",
-                         lambda: evaluate_generation(model, tok, prompts, NoSteering(), [0.0], scorer,
-                                                     ab.max_new_tokens))
+    base = task.base()
     frames, facts = run_variants(model, tok, configs, score, ab.coeffs)
     facts.to_csv(out / "training.csv", index=False)
     df = pd.concat([pd.concat([base.assign(method=f["method"].iloc[0], seed=f["seed"].iloc[0]), f])

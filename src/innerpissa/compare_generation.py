@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -37,18 +39,63 @@ GEN_VECTOR_COEFFS = {
 }
 
 
+@dataclass
+class GenerationTask:
+    """One generation evaluation shared by `compare` and `ablate`: the model, held-out prompts, scorer and
+    the result cache (one file per steerer x seed x coefficient list, keyed by everything that decides it)."""
+
+    model: Any
+    tok: Any
+    model_name: str
+    prompts: list[str]
+    scorer: Any
+    max_new_tokens: int
+    cache: Path
+    max_batch: int | None = None
+
+    @classmethod
+    def load(cls, cfg, device, split: str, n_prompts: int | None, max_new_tokens: int, out: Path,
+             concept: str, max_batch: int | None = None) -> GenerationTask:
+        from innerpissa.eval.gen_metrics import concept_scorer
+        from innerpissa.eval.generation import load_neutral_prompts
+        from innerpissa.models import load_model
+
+        (out / "cache").mkdir(parents=True, exist_ok=True)
+        model, tok = load_model(cfg.model, dtype=cfg.dtype, device=device)
+        prompts = load_neutral_prompts(split)
+        prompts = prompts[:n_prompts] if n_prompts is not None else prompts
+        return cls(model, tok, cfg.model, prompts, concept_scorer(concept), max_new_tokens, out / "cache", max_batch)
+
+    def _key(self, *extra) -> str:
+        from innerpissa.eval.generation import DEFAULT_SYSTEM
+
+        return cache_key(self.model_name, self.prompts, self.max_new_tokens, DEFAULT_SYSTEM, self.scorer.name, *extra)
+
+    def sweep(self, steerer, coeffs) -> pd.DataFrame:
+        from innerpissa.eval.generation import evaluate_generation
+
+        return evaluate_generation(self.model, self.tok, self.prompts, steerer, coeffs, self.scorer,
+                                   self.max_new_tokens, max_batch=self.max_batch)
+
+    def scored(self, steerer, name: str, seed: int, tag: str, coeffs) -> pd.DataFrame:
+        """The steerer's continuations at `coeffs`, from the cache when this exact sweep ran before."""
+        path = self.cache / f"{name}_seed{seed}_{self._key(tag, coeffs)}.pkl"
+        return cached_frame(path, lambda: self.sweep(steerer, coeffs))
+
+    def base(self) -> pd.DataFrame:
+        """The unsteered model's continuations (c = 0, shared by every method and seed)."""
+        from innerpissa.steering import NoSteering
+
+        return cached_frame(self.cache / f"base_{self._key()}.pkl", lambda: self.sweep(NoSteering(), [0.0]))
+
+
 def run_generation_compare(cmp) -> dict[str, Path]:
     """Run the generation comparison described by a `Compare` with `task="generation"`; returns report paths."""
     from innerpissa.adapter import adapter_parameters
     from innerpissa.baselines.common import fingerprint
     from innerpissa.eval.calibration import concept_probe
-    from innerpissa.eval.gen_metrics import concept_scorer
-    from innerpissa.eval.generation import DEFAULT_SYSTEM, evaluate_generation, load_neutral_prompts
-    from innerpissa.models import load_model
-    from innerpissa.steering import NoSteering
 
     concept = cmp.concept or "sentiment"
-    scorer = concept_scorer(concept)
     methods = GEN_METHODS if tuple(cmp.methods) == DEFAULT_METHODS else tuple(cmp.methods)
     allowed = (*GEN_METHODS, "sspace", "steering_vectors")
     unknown = [m for m in methods if m not in allowed]
@@ -56,30 +103,21 @@ def run_generation_compare(cmp) -> dict[str, Path]:
         raise SystemExit(f"method(s) {unknown} not available for --task generation; choose from {', '.join(allowed)}")
     t_start = time.time()
     out = Path(cmp.out)
-    (out / "cache").mkdir(parents=True, exist_ok=True)
     base_cfg = train_config(cmp, cmp.seeds[0])
-    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=cmp.torch_device())
-    prompts = load_neutral_prompts(cmp.prompt_split)
-    if cmp.n_prompts is not None:
-        prompts = prompts[: cmp.n_prompts]
+    task = GenerationTask.load(base_cfg, cmp.torch_device(), cmp.prompt_split, cmp.n_prompts, cmp.max_new_tokens,
+                               out, concept, cmp.gen_batch)
+    model, tok, prompts, scorer = task.model, task.tok, task.prompts, task.scorer
     probe_name, probe = concept_probe(model, tok, concept)
-    common = (base_cfg.model, prompts, cmp.max_new_tokens, DEFAULT_SYSTEM, scorer.name)
     print(f"generation comparison: {len(prompts)} {cmp.prompt_split} prompts, {cmp.max_new_tokens} new tokens, "
           f"methods {list(methods)}, seeds {list(cmp.seeds)}", flush=True)
-
-    def sweep(steerer, coeffs):
-        return evaluate_generation(model, tok, prompts, steerer, coeffs, scorer, cmp.max_new_tokens,
-                                   max_batch=cmp.gen_batch)
-
-    base = cached_frame(out / "cache" / f"base_{cache_key(*common)}.pkl", lambda: sweep(NoSteering(), [0.0]))
+    base = task.base()
     frames, info = [], {}
     for b in each_method(cmp, methods, model, tok, probe, cmp.gen_adapter_coeffs, cmp.baseline_coeffs,
                          GEN_VECTOR_COEFFS):
         if b.info:
             info[f"{b.method}/seed{b.seed}"] = b.info
         tag = fingerprint(adapter_parameters(model), b.method) if b.method in TRAINED else b.tag
-        path = out / "cache" / f"{b.method}_seed{b.seed}_{cache_key(*common, tag, b.scored)}.pkl"
-        res = cached_frame(path, lambda b=b: sweep(b.steerer, b.scored))
+        res = task.scored(b.steerer, b.method, b.seed, tag, b.scored)
         if b.shared_zero:
             res = pd.concat([base, res], ignore_index=True)
         frames.append(res.assign(method=b.method, seed=b.seed))
