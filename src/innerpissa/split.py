@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers.cache_utils import DynamicLayer
 
 
 class _Stop(Exception):
@@ -179,7 +180,9 @@ def cache_layers(cache) -> list:
 def select_rows(cache, index: Tensor, start: int = 0, stop: int | None = None) -> None:
     """In place: rows `index` of every initialized layer in [start, stop) (repeats allowed: one prefix per row)."""
     for layer in cache_layers(cache)[start:stop]:
-        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+        if isinstance(layer, _Growing):
+            layer.select(index)
+        elif getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
             layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))
             layer.values = layer.values.index_select(0, index.to(layer.values.device))
 
@@ -196,3 +199,46 @@ def cache_bytes(cache) -> int:
     """Bytes held by the keys and values of a cache."""
     return sum(t.numel() * t.element_size() for layer in cache_layers(cache)
                if getattr(layer, "is_initialized", False) for t in (layer.keys, layer.values) if t is not None)
+
+
+class _Growing(DynamicLayer):
+    """A cache layer whose keys and values sit in a buffer with room for more tokens: decoding writes each
+    step in place instead of concatenating the whole cache again (`DynamicLayer.update`)."""
+
+    def __init__(self, layer, extra: int):
+        super().__init__()
+        k, v = layer.keys, layer.values
+        self.device, self.is_initialized, self._n = k.device, True, k.shape[-2]
+        self._kb = k.new_empty(*k.shape[:-2], self._n + extra, k.shape[-1])
+        self._vb = v.new_empty(*v.shape[:-2], self._n + extra, v.shape[-1])
+        self._kb[..., :self._n, :], self._vb[..., :self._n, :] = k, v
+        self._view()
+
+    def _view(self) -> None:
+        self.keys, self.values = self._kb[..., :self._n, :], self._vb[..., :self._n, :]
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        n = key_states.shape[-2]
+        if self._n + n > self._kb.shape[-2]:  # out of room: grow the buffer (double), keep going
+            more = max(n, self._kb.shape[-2])
+            self._kb = torch.cat([self._kb, self._kb.new_empty(*self._kb.shape[:-2], more, self._kb.shape[-1])], -2)
+            self._vb = torch.cat([self._vb, self._vb.new_empty(*self._vb.shape[:-2], more, self._vb.shape[-1])], -2)
+        self._kb[..., self._n:self._n + n, :] = key_states
+        self._vb[..., self._n:self._n + n, :] = value_states
+        self._n += n
+        self._view()
+        return self.keys, self.values
+
+    def select(self, index: Tensor) -> None:
+        self._kb = self._kb.index_select(0, index.to(self._kb.device))
+        self._vb = self._vb.index_select(0, index.to(self._vb.device))
+        self._view()
+
+
+def preallocate(cache, extra: int) -> None:
+    """In place, for inference: every initialized layer of `cache` gets room for `extra` more tokens, so a
+    decode step writes its keys and values instead of copying the whole cache."""
+    layers = cache_layers(cache)
+    for i, layer in enumerate(layers):
+        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+            layers[i] = _Growing(layer, extra)

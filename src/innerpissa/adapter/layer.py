@@ -169,6 +169,7 @@ class InnerPiSSALinear(SteerableLinear):
         dev = base_layer.weight.device
         self._cache: tuple | None = None
         self._basis_cache: tuple | None = None
+        self._rows_cache: tuple | None = None
 
         if init_svd:
             u, s, v = top_r_svd(base_layer.weight.detach().to(dtype), cfg.r, cfg.svd, cfg.svd_oversample,
@@ -219,12 +220,19 @@ class InnerPiSSALinear(SteerableLinear):
     def _mixing_rows(self, c: Tensor, dtype: torch.dtype) -> Tensor:
         """K per row [B, r, r] for per-row coefficients c [B]: one Cayley solve per distinct coefficient (a
         sweep or a +-c batch has a few), cached between forwards at inference."""
+        grad = torch.is_grad_enabled()
+        if not grad and self._rows_cache is not None:  # the same coefficient tensor as the last forward
+            c0, version, dt, k = self._rows_cache
+            if c0 is c and version == c._version and dt == dtype and k[0] is self._mixing_cached(k[1], dtype):
+                return k[2]
         uc, inv = torch.unique(c, return_inverse=True)
-        if torch.is_grad_enabled():
-            k = self.mixing(uc.to(self.S.dtype)).to(dtype)
-        else:
-            k = self._mixing_cached(tuple(uc.tolist()), dtype)
-        return k.index_select(0, inv.reshape(-1))
+        if grad:
+            return self.mixing(uc.to(self.S.dtype)).to(dtype).index_select(0, inv.reshape(-1))
+        key = tuple(uc.tolist())
+        per_c = self._mixing_cached(key, dtype)
+        rows = per_c.index_select(0, inv.reshape(-1))
+        self._rows_cache = (c, c._version, dtype, (per_c, key, rows))  # holds c: `is` stays meaningful
+        return rows
 
     @torch.no_grad()
     def delta_weight(self, c: float) -> Tensor:

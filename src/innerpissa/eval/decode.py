@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from innerpissa.split import BlockSplit, common_prefix_len, decoder_parts, pad_rows, select_rows
+from innerpissa.split import BlockSplit, common_prefix_len, decoder_parts, pad_rows, preallocate, select_rows
 
 MIN_HEADER = 2
 
@@ -44,7 +44,6 @@ def decode_sweep(model: nn.Module, encoded: Sequence[Sequence[int]], coeffs: Seq
     if max_new_tokens <= 0:
         return [[] for _ in encoded]
     dev = next(model.parameters()).device
-    n = len(encoded)
     uniq: dict[tuple[int, ...], int] = {}
     row_u = torch.tensor([uniq.setdefault(tuple(e), len(uniq)) for e in encoded], dtype=torch.long, device=dev)
     prompts = [list(e) for e in uniq]
@@ -81,16 +80,22 @@ def decode_sweep(model: nn.Module, encoded: Sequence[Sequence[int]], coeffs: Seq
         select_rows(cache, row_c, k)
     if own_low is None:  # nothing frozen: the embeddings of each prompt's own part, after the header's keys
         own_low = split.lower(ids, full, pos, cache)
-    with at_rows(c_rows):
+    with at_rows(c_rows):  # one state for the rows' prompt part and every decode step
         hidden = split.upper(own_low.rows(row_u))
-    head = model.get_output_embeddings()
-    nxt = head(hidden[:, -1]).float().argmax(-1)
+        head = model.get_output_embeddings()
+        nxt = head(hidden[:, -1]).float().argmax(-1)
+        preallocate(cache, max_new_tokens)
+        return _decode(split, head, cache, nxt, row_u.tolist(), full, pos[:, -1], max_new_tokens, eos)
 
-    # decode: every row one token per step; the blocks below k once per distinct (prompt, tokens so far)
+
+def _decode(split: BlockSplit, head: nn.Module, cache, nxt: Tensor, group: list[int], lmask: Tensor,
+            lpos: Tensor, max_new_tokens: int, eos: set[int]) -> list[list[int]]:
+    """Greedy decoding of every row from its first new token `nxt`, in the caller's steering state; each
+    row's lower row is `group[i]` (lower rows: distinct histories, with attention masks `lmask` and last
+    positions `lpos`)."""
+    n, k, dev = len(group), split.k, nxt.device
     out: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
-    group = row_u.tolist()  # each row's lower row
-    lmask, lpos = full, pos[:, -1]
     for step in range(max_new_tokens):
         toks = nxt.tolist()
         for i, t in enumerate(toks):
@@ -110,7 +115,6 @@ def decode_sweep(model: nn.Module, encoded: Sequence[Sequence[int]], coeffs: Seq
         lpos = lpos[parent] + 1
         tok = torch.tensor([t for _, t in keys], dtype=torch.long, device=dev)
         low = split.lower(tok[:, None], lmask, lpos[:, None], cache)
-        with at_rows(c_rows):
-            hidden = split.upper(low.rows(torch.tensor(group, dtype=torch.long, device=dev)))
+        hidden = split.upper(low.rows(torch.tensor(group, dtype=torch.long, device=dev)))
         nxt = head(hidden[:, -1]).float().argmax(-1)
     return out
