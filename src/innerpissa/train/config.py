@@ -151,6 +151,8 @@ def preset(name: str) -> TrainConfig:
         # Measured 2026-11-26 (1 thread, loaded cores; CPU s per micro-batch of 8 pairs): r 32 9.2, r 128 10.3,
         # r 256 13.8. Scaled by the idle-machine r 32 figure (6.4 s, docs/RESULTS.md) r 128 is ~7 s, so
         # 5 epochs x 43 micro-batches is ~30 min: 110 steps of 16 pairs, sum of lr ~0.36 (v0: 66 steps, 0.10).
+        # Measured 2026-11-27 with the shared-prefix forward: 783 s for the 110 steps (docs/RESULTS.md, where
+        # this full budget scores no better than the r 64 / 96-pair CPU budget on the dev prompts).
         return TrainConfig(model="smollm2", adapter=AdapterConfig(r=128, n_layers=8, select="data"),
                            data=DataConfig(n_pairs=400), epochs=5, batch_size=8, grad_accum=2, patience=3,
                            lr=6e-3, warmup=0.3, weight_decay=1e-5,
