@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from innerpissa.adapter.layer import InnerPiSSALinear
-from innerpissa.anatomy import gather_last
+from innerpissa.anatomy import StopForward, decoder_blocks, gather_last
 
 
 def variance_select(z_pos: Tensor, z_neg: Tensor, k: int, s: Tensor | None = None) -> Tensor:
@@ -89,6 +89,22 @@ def apply_selection(layer: InnerPiSSALinear, indices: Tensor, svd: tuple[Tensor,
 
 
 @torch.no_grad()
+def _stop(*_args) -> None:
+    raise StopForward
+
+
+def _last_block(model: nn.Module, layers) -> nn.Module | None:
+    """The highest decoder block holding one of `layers` (None when the model has no plain block list)."""
+    try:
+        prefix, n = decoder_blocks(model)
+    except (AttributeError, ValueError, TypeError):
+        return None
+    wanted = {id(m) for m in layers}
+    blocks = [model.get_submodule(f"{prefix}.{i}") for i in range(n)]
+    held = [b for b in blocks if any(id(m) in wanted for m in b.modules())]
+    return held[-1] if held else None
+
+
 def select_adapter_directions(model: nn.Module, batches: Iterable, n_tokens: int = 4) -> dict[str, Tensor]:
     """Choose and install, for every InnerPiSSA layer, the r singular directions the pairs exercise.
 
@@ -125,13 +141,20 @@ def select_adapter_directions(model: nn.Module, batches: Iterable, n_tokens: int
 
     for name, layer in layers.items():
         handles.append(layer.base_layer.register_forward_hook(hook_for(name, layer)))
+    # nothing above the last adapted block is read: stop the forward there (no later blocks, no LM head)
+    last = _last_block(model, layers.values())
+    if last is not None:
+        handles.append(last.register_forward_hook(_stop))
     dev = next(model.parameters()).device
     seen = 0
     try:
         for batch in batches:
             batch = batch.to(dev)
             mask_box["mask"] = batch.attention_mask
-            model(**batch.model_inputs(), use_cache=False)
+            try:
+                model(**batch.model_inputs(), use_cache=False)
+            except StopForward:
+                pass
             seen += batch.n_pairs
     finally:
         for h in handles:
