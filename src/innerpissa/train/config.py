@@ -78,9 +78,11 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=lambda: LossConfig(scale_to_ref=True, beta=1.0))
     """Loss terms. Separations are measured in units of the mean reference separation: at the default loss
     point (up_proj input) s_0 is ~0.3 on SmolLM2, where METHOD's unscaled margin of 1 would be meaningless."""
-    loss_target: Literal["separation", "shift"] = "separation"
-    """What the projection term moves along the direction: the pos - neg `separation` (METHOD section 5), or
-    the `shift` of both prompts' states (c = +1 moves the dishonest prompt toward honest, c = -1 the reverse)."""
+    loss_target: Literal["separation", "shift", "shift_moved"] = "separation"
+    """What the projection term moves along the direction: the pos - neg `separation` (METHOD section 5), the
+    `shift` of both prompts' states (c = +1 moves the dishonest prompt toward honest, c = -1 the reverse), or
+    `shift_moved`: that shift minus its c = 0 value, so the loss sees how far c moved the states from where
+    they were (the `raw` loss then starts with its full gradient, not one damped by the states' offset)."""
     epochs: int = 3
     """Passes over the training pairs."""
     batch_size: int = 8

@@ -145,8 +145,10 @@ class Trainer:
             for cs in ([COEFFS] if together else [(c,) for c in COEFFS]):
                 results.update(self._run(fwd, cs, cap))
         mask = _tail_mask(batch, width, cfg.loss.mask_tokens)
-        s = {c: target_stat(p, self.cfg.loss_target) for c, (p, _) in results.items()}
-        s0 = target_stat(proj0, self.cfg.loss_target)
+        s = {c: target_stat(p, cfg.loss_target) for c, (p, _) in results.items()}
+        s0 = target_stat(proj0, cfg.loss_target)
+        if cfg.loss_target == "shift_moved":  # measured from where c = 0 leaves the states
+            s, s0 = {c: v - s0 for c, v in s.items()}, torch.zeros_like(s0)
         return combine(cfg.loss, s, s0, {c: lp for c, (_, lp) in results.items()}, logp0, mask,
                        scale=self.scale)
 
@@ -386,9 +388,9 @@ def target_stat(proj: Tensor, target: str) -> Tensor:
     """Per pair, what the projection term moves: `separation` pos - neg (METHOD), or `shift` (pos + neg) / 2."""
     if target == "separation":
         return proj[0::2] - proj[1::2]
-    if target == "shift":
+    if target in ("shift", "shift_moved"):
         return (proj[0::2] + proj[1::2]) / 2
-    raise ValueError(f"unknown loss target {target!r}; use 'separation' or 'shift'")
+    raise ValueError(f"unknown loss target {target!r}; use 'separation', 'shift' or 'shift_moved'")
 
 
 def _tail_mask(batch: PairBatch, width: int, n: int = 0) -> Tensor:

@@ -94,6 +94,7 @@ VARIANTS: dict[str, Variant] = {
     "logsigmoid": _set(loss__kind="logsigmoid"),
     "raw": _set(loss__kind="raw"),
     "shift": _set(loss_target="shift"),
+    "shift-moved": _set(loss_target="shift_moved", loss__w_mono=0.0),
     "layers4": _set(adapter__n_layers=4),
     "layers12": _set(adapter__n_layers=12),
     "wcoh10": _set(loss__w_coh=10.0),
