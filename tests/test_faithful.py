@@ -348,3 +348,28 @@ def test_ablate_generation_task_on_tiny(tmp_path):
     assert "shift" in paths["summary"].read_text()
     cfg_json = (tmp_path / "abg" / "train" / "shift_seed0" / "config.json").read_text()
     assert '"builtin": "sentiment"' in cfg_json and '"loss_target": "shift"' in cfg_json
+
+
+def test_shift_moved_target_measures_the_move_from_c0(tmp_path):
+    """`shift_moved` feeds the loss the shift minus its c = 0 value: 0 for an adapter that does nothing, while
+    the plain `shift` still carries the states' offset; with a moving adapter it is shift(c) - shift(0)."""
+    t = _trainer(tmp_path, loss_target="shift_moved")
+    t._setup_reference()
+    batch = t.collate([t.ds[i] for i in t.train_idx[:4]])
+    with torch.no_grad():
+        for p in t.params:
+            p.zero_()
+        _, moved = t.losses(batch)
+        t.cfg.loss_target = "shift"
+        _, plain = t.losses(batch)
+    assert abs(float(moved["sep+1"])) < 1e-5 and abs(float(moved["sep-1"])) < 1e-5
+    assert abs(float(plain["sep+1"])) > 1e-3  # the offset the moved target removes
+    with torch.no_grad():
+        for p in t.params:
+            p.normal_(std=0.3)
+        _, plain = t.losses(batch)
+        t.cfg.loss_target = "shift_moved"
+        _, moved = t.losses(batch)
+        p0 = t.ref.batch_values(batch, tail_width(batch))[0]
+        shift0 = ((p0[0::2] + p0[1::2]) / 2).mean()
+    assert float(moved["sep+1"]) == pytest.approx(float(plain["sep+1"]) - float(shift0), abs=1e-5)
