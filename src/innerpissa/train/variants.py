@@ -95,6 +95,10 @@ VARIANTS: dict[str, Variant] = {
     "raw": _set(loss__kind="raw"),
     "shift": _set(loss_target="shift"),
     "shift-moved": _set(loss_target="shift_moved", loss__w_mono=0.0),
+    # the loss read where steering vectors act: the block's output (residual stream), raw coordinates
+    "resid-raw": _set(direction__module="", direction__where="output", direction__basis="raw", direction__dims=None),
+    "resid-raw-shift": _set(direction__module="", direction__where="output", direction__basis="raw",
+                            direction__dims=None, loss_target="shift_moved", loss__w_mono=0.0),
     "layers4": _set(adapter__n_layers=4),
     "layers12": _set(adapter__n_layers=12),
     "wcoh10": _set(loss__w_coh=10.0),
