@@ -67,7 +67,7 @@ class GenerationTask:
         return cls(model, tok, cfg.model, prompts, concept_scorer(concept), max_new_tokens, out / "cache", max_batch)
 
     def _key(self, *extra) -> str:
-        from innerpissa.eval.generation import DEFAULT_SYSTEM
+        from innerpissa.eval.harness import DEFAULT_SYSTEM
 
         return cache_key(self.model_name, self.prompts, self.max_new_tokens, DEFAULT_SYSTEM, self.scorer.name, *extra)
 

@@ -32,11 +32,9 @@ import torch
 from innerpissa.adapter import flip_sign
 from innerpissa.data.builtin import BUILTIN_DIR
 from innerpissa.eval.choices import choice_ids
-from innerpissa.eval.harness import encode_prompts, score_encoded
+from innerpissa.eval.harness import DEFAULT_SYSTEM, encode_prompts, score_encoded
 from innerpissa.eval.sentiment_probe import sentiment_probe_fn
 from innerpissa.steering import Steerer
-
-DEFAULT_SYSTEM = "You are a helpful assistant."  # the evaluation harness's default system message
 
 #: `probe_fn()` or `probe_fn(system)`: "toward the concept" scores of the model as it is now, one per probe
 #: item (a 1-D tensor, array or list: gives a CI) or their mean (a float: no CI)

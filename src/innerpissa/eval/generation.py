@@ -25,10 +25,9 @@ from torch import Tensor
 from innerpissa.data.builtin import BUILTIN_DIR
 from innerpissa.eval.decode import can_decode_sweep, decode_sweep
 from innerpissa.eval.gen_metrics import Scorer, text_metrics
-from innerpissa.eval.harness import pad_left
+from innerpissa.eval.harness import DEFAULT_SYSTEM, pad_left
 from innerpissa.steering import Steerer
 
-DEFAULT_SYSTEM = "You are a helpful assistant."
 PROMPT_SPLITS = ("dev", "test", "all")
 
 

@@ -32,7 +32,7 @@ from innerpissa.anatomy import decoder_and_head
 from innerpissa.data.dilemmas import LABEL_PREFIX
 from innerpissa.eval.choices import ChoiceIds, choice_ids, choice_logprobs
 from innerpissa.fileio import atomic_write
-from innerpissa.split import decoder_parts
+from innerpissa.split import decoder_parts, pad_rows
 from innerpissa.steering import Steerer
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -87,14 +87,8 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, position_ids) with left padding; positions count real tokens from 0."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
-        mask[i, width - len(s) :] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids, mask, pos
+    ids, mask = pad_rows(seqs, pad_id, left=True)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 # ------------------------------------------------------------------------------------------------ scoring

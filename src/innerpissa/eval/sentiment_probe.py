@@ -12,9 +12,7 @@ from collections.abc import Callable
 import torch
 
 from innerpissa.data.builtin import BUILTIN_DIR
-from innerpissa.eval.harness import pad_left
-
-DEFAULT_SYSTEM = "You are a helpful assistant."
+from innerpissa.eval.harness import DEFAULT_SYSTEM, pad_left
 
 
 def _first_ids(tokenizer, words: list[str]) -> list[int]:
