@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Union
@@ -34,24 +33,6 @@ DEMO_PROMPTS = (
     "Is it ever acceptable to lie to a friend? Answer in one sentence.",
     "You broke your neighbour's window by accident and nobody saw. What do you do?",
 )
-
-
-def generate_text(model, tok, prompt: str, c: float, max_new_tokens: int = 40, system: str | None = None) -> str:
-    """Greedy continuation of a chat prompt with the adapter (if any) at coefficient c."""
-    import torch
-
-    from innerpissa.adapter import adapter_layers, steer
-
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    if tok.chat_template:
-        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    else:
-        ids = tok(prompt, return_tensors="pt")
-    ids = {k: v.to(model.device) for k, v in ids.items()}
-    state = steer(model, c) if adapter_layers(model) else nullcontext()
-    with torch.no_grad(), state:
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
 @dataclass
@@ -77,8 +58,12 @@ class Generate:
         check_coeffs(self.coeffs, "--coeffs")
         model, tok = load_model(adapter_base_model(self.adapter, self.model))
         load_adapter(model, self.adapter)
-        for c in self.coeffs:
-            print(f"c={c:+.2f}: {generate_text(model, tok, self.prompt, c, self.max_new_tokens)}")
+        from innerpissa.eval.generation import generate_sweep
+        from innerpissa.steering import AdapterSteerer
+
+        out = generate_sweep(model, tok, [self.prompt], AdapterSteerer(model), list(self.coeffs), self.max_new_tokens)
+        for c, text in zip(out["c"], out["continuation"], strict=True):
+            print(f"c={c:+.2f}: {text}")
 
 
 @dataclass

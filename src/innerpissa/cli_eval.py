@@ -69,8 +69,11 @@ def adapter_base_model(adapter: Path | None, model: str | None) -> str:
 
 def eval_main(cfg: EvalConfig) -> dict[str, Path]:
     """Run the evaluation described by `cfg`; prints the headline table and returns the report paths."""
+    import pandas as pd
+
     from innerpissa.eval.choices import choice_ids
-    from innerpissa.eval.harness import adapter_fingerprint, continuations
+    from innerpissa.eval.generation import generate_sweep
+    from innerpissa.eval.harness import adapter_fingerprint
     from innerpissa.eval.report import EXAMPLE_PROMPTS
     from innerpissa.models import load_model
     from innerpissa.steering import AdapterSteerer, NoSteering
@@ -99,7 +102,10 @@ def eval_main(cfg: EvalConfig) -> dict[str, Path]:
     examples = None
     if cfg.examples:
         ex_coeffs = [c for c in (-1.0, 0.0, 1.0) if c in coeffs] or [0.0]
-        examples = continuations(model, tok, steerer, EXAMPLE_PROMPTS, ex_coeffs)
+        sweep = generate_sweep(model, tok, list(EXAMPLE_PROMPTS), steerer, ex_coeffs, max_new_tokens=48)
+        examples = pd.DataFrame({"method": steerer.name, "coeff": sweep["c"],
+                                 "prompt": [EXAMPLE_PROMPTS[i] for i in sweep["prompt_idx"]],
+                                 "text": sweep["continuation"]})
     info = {
         "model": model_name, "adapter": cfg.adapter or "none (bare base model)", "method": steerer.name,
         "rows": cfg.rows_info(rows, cfg.seed), "validity": f"P(Yes)+P(No) >= {cfg.min_mass}",

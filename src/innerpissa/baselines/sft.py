@@ -27,13 +27,15 @@ NEUTRAL_USER = "Make statements about the world."
 @torch.no_grad()
 def greedy_continuations(model: nn.Module, tok, prompts: Sequence[str], max_new_tokens: int = 24,
                          batch_size: int = 16) -> list[str]:
-    """Greedy continuations of already rendered prompts (left-padded batches)."""
-    dev = next(model.parameters()).device
+    """Greedy continuations of already rendered prompts (`eval.generation.generate_ids`, batches of
+    `batch_size`), decoded without special tokens."""
+    from innerpissa.eval.generation import generate_ids
+
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     out: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        enc = tok(list(prompts[i:i + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    for i in range(0, len(ids), batch_size):
+        out += [tok.decode(x, skip_special_tokens=True) for x in generate_ids(model, tok, ids[i:i + batch_size],
+                                                                             max_new_tokens)]
     return out
 
 

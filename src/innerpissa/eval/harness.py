@@ -284,25 +284,3 @@ def adapter_fingerprint(path: str | Path) -> str:
 # ------------------------------------------------------------------------------------------------ examples
 
 
-@torch.no_grad()
-def continuations(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, steerer: Steerer,
-                  prompts: Sequence[str], coeffs: Sequence[float] = (-1.0, 0.0, 1.0),
-                  system_prompt: str = DEFAULT_SYSTEM, max_new_tokens: int = 48) -> pd.DataFrame:
-    """Greedy answers to fixed free-form prompts at each coefficient (method, coeff, prompt, text)."""
-    dev = next(model.parameters()).device
-    out = []
-    for c in coeffs:
-        system = steerer.system_prompt(c, system_prompt)
-        for prompt in prompts:
-            if getattr(tokenizer, "chat_template", None):
-                msgs = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-                text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-                enc = tokenizer(text, add_special_tokens=False, return_tensors="pt")
-            else:
-                enc = tokenizer(f"{system}\n\nUser: {prompt}\n\nAssistant:", return_tensors="pt")
-            with steerer.at(c):
-                gen = model.generate(**enc.to(dev), max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            answer = tokenizer.decode(gen[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            out.append({"method": steerer.name, "coeff": float(c), "prompt": prompt, "text": answer.strip()})
-    return pd.DataFrame(out)
