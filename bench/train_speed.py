@@ -5,7 +5,7 @@
 Times the same micro-batches (round-robin, median per step) these ways:
 - `today`: +1 and -1 in one batched forward, the c = 0 reference from the cache, whole rows, every block
   per forward (the default before issue 11);
-- `default`: the current default (`batch_pm=None`: +1 and -1 in one batched forward; `shared_prefix`: the
+- `default`: the current default (`batch_pm`: +1 and -1 in one batched forward; `shared_prefix`: the
   tokens all rows start with once per coefficient into a KV cache; `frozen_prefix`: the blocks below the
   first adapted block once per batch); see src/innerpissa/train/forward.py;
 - `frozen_only` (two forwards + frozen blocks: the default before the shared prefix), `shared_only`, `two_fwd+all`, `two_fwd+none`: the
@@ -68,7 +68,7 @@ def main() -> None:
         loss, _ = tr.losses(b)
         loss.backward()
 
-    def step_with(batch_pm: bool | None, cache: bool, frozen: bool, shared: bool):
+    def step_with(batch_pm: bool, cache: bool, frozen: bool, shared: bool):
         def run(b: PairBatch) -> None:
             saved = tr.cfg.batch_pm, tr.cfg.cache_reference, tr.cfg.frozen_prefix, tr.cfg.shared_prefix
             tr.cfg.batch_pm, tr.cfg.cache_reference, tr.cfg.frozen_prefix, tr.cfg.shared_prefix = \
@@ -86,9 +86,9 @@ def main() -> None:
         out.logits[:, -1].float().logsumexp(-1).mean().backward()
 
     modes = {"today": step_with(True, True, False, False), "default": step_default,
-             "frozen_only": step_with(False, True, True, False), "shared_only": step_with(None, True, False, True),
+             "frozen_only": step_with(False, True, True, False), "shared_only": step_with(True, True, False, True),
              "two_fwd+all": step_with(False, True, True, True), "two_fwd+none": step_with(False, True, False, False),
-             "no_cache": step_with(None, False, True, True), "bare": step_bare}
+             "no_cache": step_with(True, False, True, True), "bare": step_bare}
     if args.quick:
         modes = {k: v for k, v in modes.items() if k in ("today", "default", "frozen_only", "bare")}
     if args.modes:

@@ -79,6 +79,15 @@ def pad_rows(seqs, pad_id: int, left: bool) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
+def continue_rows(seqs, offset: int, pad_id: int, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Left-padded rows that continue a common prefix of `offset` tokens held in a KV cache: (ids, their own
+    mask, the mask over prefix + own columns, positions counted on from the prefix)."""
+    ids, own = pad_rows(seqs, pad_id, left=True)
+    ids, own = ids.to(device), own.to(device)
+    full = torch.cat([own.new_ones(own.shape[0], offset), own], 1)
+    return ids, own, full, offset + (own.cumsum(-1) - 1).clamp(min=0)
+
+
 def common_prefix_len(seqs) -> int:
     """Length of the longest common prefix, leaving every sequence at least one token of its own."""
     n = min(len(s) for s in seqs) - 1
@@ -177,12 +186,17 @@ def cache_layers(cache) -> list:
     return layers
 
 
+def _filled(layer) -> bool:
+    """Whether a cache layer holds keys and values."""
+    return getattr(layer, "is_initialized", False) and layer.keys is not None and bool(layer.keys.numel())
+
+
 def select_rows(cache, index: Tensor, start: int = 0, stop: int | None = None) -> None:
     """In place: rows `index` of every initialized layer in [start, stop) (repeats allowed: one prefix per row)."""
     for layer in cache_layers(cache)[start:stop]:
         if isinstance(layer, _Growing):
             layer.select(index)
-        elif getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+        elif _filled(layer):
             layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))
             layer.values = layer.values.index_select(0, index.to(layer.values.device))
 
@@ -240,5 +254,5 @@ def preallocate(cache, extra: int) -> None:
     decode step writes its keys and values instead of copying the whole cache."""
     layers = cache_layers(cache)
     for i, layer in enumerate(layers):
-        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+        if _filled(layer):
             layers[i] = _Growing(layer, extra)

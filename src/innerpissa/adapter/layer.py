@@ -222,16 +222,16 @@ class InnerPiSSALinear(SteerableLinear):
         sweep or a +-c batch has a few), cached between forwards at inference."""
         grad = torch.is_grad_enabled()
         if not grad and self._rows_cache is not None:  # the same coefficient tensor as the last forward
-            c0, version, dt, k = self._rows_cache
-            if c0 is c and version == c._version and dt == dtype and k[0] is self._mixing_cached(k[1], dtype):
-                return k[2]
+            c0, version, dt, key, per_c, rows = self._rows_cache
+            if c0 is c and version == c._version and dt == dtype and per_c is self._mixing_cached(key, dtype):
+                return rows
         uc, inv = torch.unique(c, return_inverse=True)
         if grad:
             return self.mixing(uc.to(self.S.dtype)).to(dtype).index_select(0, inv.reshape(-1))
         key = tuple(uc.tolist())
         per_c = self._mixing_cached(key, dtype)
         rows = per_c.index_select(0, inv.reshape(-1))
-        self._rows_cache = (c, c._version, dtype, (per_c, key, rows))  # holds c: `is` stays meaningful
+        self._rows_cache = (c, c._version, dtype, key, per_c, rows)  # holds c: `is` stays meaningful
         return rows
 
     @torch.no_grad()

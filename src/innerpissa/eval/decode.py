@@ -22,7 +22,14 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
-from innerpissa.split import BlockSplit, common_prefix_len, decoder_parts, pad_rows, preallocate, select_rows
+from innerpissa.split import (
+    BlockSplit,
+    common_prefix_len,
+    continue_rows,
+    decoder_parts,
+    preallocate,
+    select_rows,
+)
 
 MIN_HEADER = 2
 
@@ -56,10 +63,7 @@ def decode_sweep(model: nn.Module, encoded: Sequence[Sequence[int]], coeffs: Seq
     header = header if header >= MIN_HEADER else 0
     split = BlockSplit(model, first_block)
     k, u = split.k, len(prompts)
-    ids, own = pad_rows([p[header:] for p in prompts], pad_id, left=True)
-    ids, own = ids.to(dev), own.to(dev)
-    full = torch.cat([own.new_ones(u, header), own], 1)
-    pos = header + (own.cumsum(-1) - 1).clamp(min=0)
+    ids, _, full, pos = continue_rows([p[header:] for p in prompts], header, pad_id, dev)
     # one cache: blocks below k hold one row per distinct history ("lower rows"), blocks from k one per row
     cache = DynamicCache(config=model.config)
     head_ids = torch.tensor([prompts[0][:header]], dtype=torch.long, device=dev)
@@ -68,8 +72,9 @@ def decode_sweep(model: nn.Module, encoded: Sequence[Sequence[int]], coeffs: Seq
         return split.lower(head_ids, torch.ones_like(head_ids), torch.arange(header, device=dev)[None], cache)
 
     # below the first steered block: the header once, each distinct prompt's own part once
-    head_low = lower_header() if header and k > 0 else None
+    head_low = None
     if header and k > 0:
+        head_low = lower_header()
         select_rows(cache, torch.zeros(u, dtype=torch.long, device=dev), 0, k)
     own_low = split.lower(ids, full, pos, cache) if k > 0 else None
     # from the first steered block on: the header once per coefficient, then every row's own part

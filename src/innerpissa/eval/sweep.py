@@ -120,7 +120,7 @@ class _RowsBatch:
         """Scores of the rows at the current state; m > 1: `at_rows(n)` puts the model in m states for m
         coefficient-major copies of n rows, and the result has m x rows entries."""
         lower = self.lower or self.split.lower(self.ids, self.mask, self.pos)
-        self.stats.see(m * lower.hidden.numel() * lower.hidden.element_size())
+        self.stats.see(m * lower.nbytes)
         with at_rows(self.ids.shape[0]) if at_rows else nullcontext():
             hidden = self.split.upper(lower.tile(m))
         n = self.ids.shape[0]
@@ -202,7 +202,7 @@ class _PrefixBatch:
                 select_rows(self.cache, parent, start=k)
             # k = 0: nothing is frozen, the embeddings run inside this coefficient's context like a forward
             lower = st.lower or split.lower(st.ids, st.full_mask, st.pos, self.cache)
-            held += m * lower.hidden.numel() * lower.hidden.element_size()
+            held += m * lower.nbytes
             with at_rows(n) if at_rows else nullcontext():
                 h = split.upper(lower.tile(m))
             own = torch.zeros(n * m, dtype=torch.float32, device=h.device)

@@ -99,9 +99,9 @@ class TrainConfig:
     """Gradient norm clipping (<= 0 disables)."""
     patience: int = 0
     """Early stopping: epochs without validation improvement before stopping (0: never stop early)."""
-    batch_pm: bool | None = None
-    """Run c = -1 and c = +1 in one batched forward (per-example coefficients) or in two; None: batched
-    (with the shared prefix, batched is 0.94x two forwards on 2 CPU cores too: docs/RESULTS.md)."""
+    batch_pm: bool = True
+    """Run c = -1 and c = +1 in one batched forward (per-example coefficients) instead of two (with the shared
+    prefix, batched is 0.94x two forwards on 2 CPU cores too: docs/RESULTS.md)."""
     frozen_prefix: bool = True
     """Run the blocks below the first adapted block once per batch, not once per coefficient (train/forward.py)."""
     shared_prefix: bool = True

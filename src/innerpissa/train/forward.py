@@ -32,9 +32,9 @@ from innerpissa.split import (
     BlockSplit,
     LowerState,
     common_prefix_len,
+    continue_rows,
     decoder_parts,
     first_adapted_block,
-    pad_rows,
     reset_from,
     select_rows,
     tile_index,
@@ -111,10 +111,7 @@ class TrainForward:
             self.prefix_mask = torch.ones_like(self.prefix_ids)
             self.prefix_pos = torch.arange(p, device=dev)[None]
             pad = int(batch.input_ids[~am][0]) if (~am).any() else 0  # any id: padding is masked
-            ids, own = pad_rows([s[p:] for s in seqs], pad, left=True)
-            self.ids, self.own_mask = ids.to(dev), own.to(dev)
-            self.full_mask = torch.cat([self.own_mask.new_ones(self.rows, p), self.own_mask], 1)
-            self.pos = p + (self.own_mask.cumsum(-1) - 1).clamp(min=0)
+            self.ids, self.own_mask, self.full_mask, self.pos = continue_rows([s[p:] for s in seqs], p, pad, dev)
             self.cache = DynamicCache(config=model.config)
         else:
             self.full_mask, self.pos = batch.attention_mask, batch.position_ids

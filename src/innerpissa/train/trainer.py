@@ -140,9 +140,8 @@ class Trainer:
             else:
                 with torch.no_grad():  # what the cache replaces: a third forward at c = 0
                     proj0, logp0 = self._run(fwd, (0.0,), cap)[0.0]
-            together = cfg.batch_pm if cfg.batch_pm is not None else True
             results: dict[float, tuple[Tensor, Tensor]] = {}
-            for cs in ([COEFFS] if together else [(c,) for c in COEFFS]):
+            for cs in ([COEFFS] if cfg.batch_pm else [(c,) for c in COEFFS]):
                 results.update(self._run(fwd, cs, cap))
         mask = _tail_mask(batch, width, cfg.loss.mask_tokens)
         s = {c: target_stat(p, cfg.loss_target) for c, (p, _) in results.items()}
