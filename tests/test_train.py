@@ -130,7 +130,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "losses", poisoned)
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         train(cfg)
-    state = torch.load(cfg.out / "checkpoint" / "state.pt", weights_only=False)
+    state = torch.load(cfg.out / "checkpoint" / "state.pt", weights_only=True)
     assert all(torch.isfinite(p).all() for p in state["params"])
     assert state["state"]["epoch"] >= 1
 

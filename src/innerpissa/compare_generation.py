@@ -79,14 +79,14 @@ class GenerationTask:
 
     def scored(self, steerer, name: str, seed: int, tag: str, coeffs) -> pd.DataFrame:
         """The steerer's continuations at `coeffs`, from the cache when this exact sweep ran before."""
-        path = self.cache / f"{name}_seed{seed}_{self._key(tag, coeffs)}.pkl"
+        path = self.cache / f"{name}_seed{seed}_{self._key(tag, coeffs)}.json"
         return cached_frame(path, lambda: self.sweep(steerer, coeffs))
 
     def base(self) -> pd.DataFrame:
         """The unsteered model's continuations (c = 0, shared by every method and seed)."""
         from innerpissa.steering import NoSteering
 
-        return cached_frame(self.cache / f"base_{self._key()}.pkl", lambda: self.sweep(NoSteering(), [0.0]))
+        return cached_frame(self.cache / f"base_{self._key()}.json", lambda: self.sweep(NoSteering(), [0.0]))
 
 
 def run_generation_compare(cmp) -> dict[str, Path]:

@@ -201,9 +201,13 @@ def cache_key(*parts: object) -> str:
 
 
 def cached_frame(path: Path, fn: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-    """The frame pickled at `path`, else `fn()` written there atomically."""
+    """The frame stored at `path` (pandas' JSON table format, never a pickle: a cache file is data, not code),
+    else `fn()` written there atomically."""
+    import io
+
     if path.exists():
-        return pd.read_pickle(path)
+        return pd.read_json(io.StringIO(path.read_text(encoding="utf-8")), orient="table")
     df = fn()
-    atomic_write(path, df.to_pickle)
+    atomic_write(path, lambda p: p.write_text(df.to_json(orient="table", index=False, double_precision=15),
+                                              encoding="utf-8"))
     return df

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,17 +43,38 @@ def save_checkpoint(folder: Path, state: Checkpoint, params: list[torch.nn.Param
     return atomic_torch_save(blob, folder / STATE_NAME)
 
 
+def _load_blob(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, read with `weights_only=True`: tensors, numbers, strings, lists and dicts
+    only, so a planted pickle cannot run code (its classes and callables are refused before any is called)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as e:
+        what = " ".join(str(e).split("\n")[:2])[:240]
+        raise ValueError(f"checkpoint {path} holds objects other than tensors and plain data, so it was not loaded "
+                         f"(loading it could run code: {what}); it was not written by innerpissa: delete it, or "
+                         "rerun with --overwrite to start fresh") from None
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {' '.join(str(e).split())[:240]}); "
+                         "rerun with --overwrite to start fresh") from None
+    if not isinstance(blob, dict) or not {"state", "params", "optimizer", "scheduler"} <= set(blob):
+        raise ValueError(f"checkpoint {path} is not an innerpissa training checkpoint (no state, params, optimizer "
+                         "and scheduler entries); rerun with --overwrite to start fresh")
+    return blob
+
+
+def _state(path: Path, blob: dict[str, Any]) -> Checkpoint:
+    try:
+        return Checkpoint(**blob["state"])
+    except TypeError as e:
+        raise ValueError(f"checkpoint {path} has an unexpected state ({e}); rerun with --overwrite to start fresh") from None
+
+
 def read_checkpoint_state(folder: Path) -> Checkpoint:
     """The progress counters and fingerprint of a checkpoint, without touching any model."""
     path = Path(folder) / STATE_NAME
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        return Checkpoint(**blob["state"])
-    except FileNotFoundError:
-        raise
-    except Exception as e:
-        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
-                         "rerun with --overwrite to start fresh") from e
+    return _state(path, _load_blob(path))
 
 
 def load_checkpoint(folder: Path, params: list[torch.nn.Parameter], opt, sched) -> Checkpoint:
@@ -60,7 +82,7 @@ def load_checkpoint(folder: Path, params: list[torch.nn.Parameter], opt, sched) 
     path = Path(folder) / STATE_NAME
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; run without --resume to start fresh")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = _load_blob(path)
     saved = blob["params"]
     if len(saved) != len(params) or any(s.shape != p.shape for s, p in zip(saved, params, strict=False)):
         raise ValueError(f"checkpoint {path} was written for another adapter configuration; "
@@ -70,4 +92,4 @@ def load_checkpoint(folder: Path, params: list[torch.nn.Parameter], opt, sched) 
             p.copy_(s.to(p.device, p.dtype))
     opt.load_state_dict(blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])
-    return Checkpoint(**blob["state"])
+    return _state(path, blob)

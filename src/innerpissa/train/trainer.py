@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,15 @@ from innerpissa.train.fingerprint import fingerprint_diff, run_fingerprint
 from innerpissa.train.forward import TrainForward
 from innerpissa.train.losses import combine
 from innerpissa.train.reference import Reference, build_reference, projections, tail_width
-from innerpissa.train.runfolder import check_out, check_train_numbers, clear_run, default_out, holds_run
+from innerpissa.train.runfolder import (
+    check_out,
+    check_train_numbers,
+    clear_run,
+    default_out,
+    holds_run,
+    run_lock,
+    sigterm_as_interrupt,
+)
 
 COEFFS = (1.0, -1.0)
 
@@ -400,13 +409,36 @@ def _tail_mask(batch: PairBatch, width: int, n: int = 0) -> Tensor:
     return cols[None, :] >= (width - keep)[:, None]
 
 
+def _metric_lines(path: Path) -> list[str]:
+    """The JSON lines of a run's metrics.jsonl. A torn last line (the run was killed while appending it) is
+    dropped with a warning; a damaged line before it is an error naming the file and line."""
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
+    good = []
+    for k, (i, ln) in enumerate(numbered):
+        try:
+            ok = isinstance(json.loads(ln), dict)
+        except json.JSONDecodeError:
+            ok = False
+        if ok:
+            good.append(ln)
+        elif k == len(numbered) - 1:
+            import warnings
+
+            warnings.warn(f"{path}:{i}: dropped a torn last line (the run was stopped while writing it)",
+                          stacklevel=3)
+        else:
+            raise InputError(f"{path}:{i}: not a JSON object line; delete that line (or the file) and resume again")
+    return good
+
+
 class _Logger:
     """Appends JSON lines (and to wandb when asked); on resume drops lines past the checkpoint."""
 
     def __init__(self, path: Path, cfg: TrainConfig, step: int):
         self.path = path
         if path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+            kept = [ln for ln in _metric_lines(path) if json.loads(ln).get("step", 0) <= step]
             path.write_text("".join(ln + "\n" for ln in kept))
         self.wandb = None
         if cfg.wandb:
@@ -430,6 +462,18 @@ def _bar(total: int, initial: int, enabled: bool):
 
 
 def train(cfg: TrainConfig, model=None, tokenizer=None) -> TrainResult:
-    """Train an InnerPiSSA adapter as configured; returns where it was written and a summary."""
+    """Train an InnerPiSSA adapter as configured; returns where it was written and a summary.
+
+    The run folder is locked for the whole run (a second process training into it fails at once, naming
+    this one's pid), and a SIGTERM stops the run like Ctrl-C (checkpoint, then KeyboardInterrupt)."""
+    import os
+
     torch.manual_seed(cfg.seed)
-    return Trainer(cfg, model, tokenizer).fit()
+    if cfg.out is None:
+        cfg.out = default_out(str(getattr(cfg, "concept", None) or cfg.data.builtin or "run"))
+    check_train_numbers(cfg)
+    check_out(Path(cfg.out), cfg.resume, cfg.overwrite)  # before the folder is created for its lock
+    # under `accelerate launch` every process runs this: the main one (RANK 0) owns the folder
+    lock = run_lock(Path(cfg.out)) if os.environ.get("RANK", "0") == "0" else nullcontext()
+    with lock, sigterm_as_interrupt():
+        return Trainer(cfg, model, tokenizer).fit()
