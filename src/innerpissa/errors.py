@@ -22,3 +22,7 @@ class ResumeMismatch(InnerPissaError, ValueError):
 
 class CorruptAdapterError(InnerPissaError, ValueError):
     """An adapter folder's files are damaged or do not belong together."""
+
+
+class SteeringConflict(InnerPissaError, RuntimeError):
+    """`steer` on a model that another thread (or asyncio task) is steering right now."""

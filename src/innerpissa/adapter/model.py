@@ -9,8 +9,12 @@ one-adapter API is unchanged.
 
 from __future__ import annotations
 
+import contextvars
 import math
+import numbers
+import threading
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -21,6 +25,7 @@ from innerpissa.adapter.config import AdapterConfig, select_blocks
 from innerpissa.adapter.layer import Coeff, InnerPiSSALinear, SteerableLinear
 from innerpissa.adapter.stack import DEFAULT_ADAPTER, AdapterStack, check_adapter_name
 from innerpissa.anatomy import decoder_blocks
+from innerpissa.errors import SteeringConflict
 
 Coeffs = Coeff | Mapping[str, Coeff]
 """One coefficient (single adapter), or coefficients by adapter name (unnamed adapters stay at 0)."""
@@ -205,7 +210,15 @@ def _check_coeff(c: Coeff, what: str) -> Coeff:
     if isinstance(c, Tensor):
         if c.dim() != 1:
             raise ValueError(f"a tensor coefficient{what} must be 1-D (one per batch row), got shape {tuple(c.shape)}")
+        if c.is_meta:
+            raise ValueError(f"a tensor coefficient{what} is on the meta device (it has no values); give a real tensor")
+        if c.dtype == torch.bool or c.is_complex():
+            raise TypeError(f"a tensor coefficient{what} must hold real numbers, got dtype {c.dtype}; use e.g. "
+                            "torch.tensor([1.0, -1.0])")
         return c
+    if isinstance(c, bool) or not isinstance(c, numbers.Real):
+        raise TypeError(f"a steering coefficient{what} must be a real number or a 1-D tensor, got "
+                        f"{type(c).__name__} {c!r}")
     return float(c)
 
 
@@ -250,6 +263,46 @@ def _check_range(model: nn.Module, adapter: str, c: Coeff) -> None:
                       f"on ({rng[0]:g} to {rng[1]:g}); expect incoherent output", stacklevel=4)
 
 
+#: per model: [owner token, depth] while some context steers it (guarded by _STEER_LOCK)
+_STEERING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_STEER_LOCK = threading.Lock()
+#: the owner tokens of the steer contexts entered in the current thread / task
+_OWNED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("innerpissa_steer_owned", default=frozenset())
+
+
+def _describe_owner(token: tuple) -> str:
+    return f"thread or asyncio task (it began in thread {token[1]!r})"
+
+
+@contextmanager
+def _own_steering(model: nn.Module) -> Iterator[None]:
+    """Claim `model`'s steering state for this thread / asyncio task: nested `steer` calls in the same one
+    are fine (each restores what it found); a `steer` from elsewhere while any is open fails at once."""
+    owned = _OWNED.get()
+    with _STEER_LOCK:
+        entry = _STEERING.get(model)
+        if entry is not None and entry[0] not in owned:
+            raise SteeringConflict(
+                f"this model is being steered by another {_describe_owner(entry[0])}; a model holds one steering "
+                "state, shared by every thread (the forward is not slowed down by a per-thread lookup): run "
+                "steered work for one model on one thread, or give per-row coefficients "
+                "(steer(model, torch.tensor([c1, c2, ...])) runs several coefficients in one batch)")
+        if entry is None:
+            entry = [(object(), threading.current_thread().name), 0]
+            _STEERING[model] = entry
+        entry[1] += 1
+    reset = _OWNED.set(owned | {entry[0]}) if entry[0] not in owned else None
+    try:
+        yield
+    finally:
+        if reset is not None:
+            _OWNED.reset(reset)
+        with _STEER_LOCK:
+            entry[1] -= 1
+            if entry[1] == 0 and _STEERING.get(model) is entry:
+                del _STEERING[model]
+
+
 @contextmanager
 def steer(model: nn.Module, c: Coeffs) -> Iterator[nn.Module]:
     """Inside the context the adapters run at coefficient `c`; the previous coefficients are always restored.
@@ -258,6 +311,11 @@ def steer(model: nn.Module, c: Coeffs) -> Iterator[nn.Module]:
     for a model with one adapter. With several adapters give a mapping by name, e.g.
     `steer(model, {"honesty": 1.0, "sentiment": -0.5})` (values may be per-example tensors too); adapters
     the mapping leaves out run at 0. Where two adapters wrap the same module their deltas add.
+
+    Threads: the coefficient is state of the model, shared by all threads (a forward on another thread
+    inside the context runs steered, e.g. `generate` on a streaming thread). Steering one model from two
+    threads (or asyncio tasks) at once raises `SteeringConflict` in the second, before it changes anything;
+    nested `steer` calls in one thread are fine. See docs/RELIABILITY.md.
     """
     coeffs = resolve_coeffs(model, c)
     for a, v in coeffs.items():
@@ -266,23 +324,29 @@ def steer(model: nn.Module, c: Coeffs) -> Iterator[nn.Module]:
     merged = [comp for _, _, comp in comps if comp.merged_coeff is not None]
     if merged and any(_nonzero(v) for v in coeffs.values()):
         raise RuntimeError(f"adapter is merged (at c={merged[0].merged_coeff}); unmerge_adapter(model) before steering")
-    previous = [(comp, comp.coeff) for _, _, comp in comps]
-    try:
-        for _, a, comp in comps:
-            comp.coeff = coeffs[a]
-        yield model
-    finally:
-        for comp, old in previous:
-            comp.coeff = old
+    with _own_steering(model):
+        previous = [(comp, comp.coeff) for _, _, comp in comps]
+        try:
+            for _, a, comp in comps:
+                comp.coeff = coeffs[a]
+            yield model
+        finally:
+            for comp, old in previous:
+                comp.coeff = old
 
 
 def _float_coeffs(model: nn.Module, c: float | Mapping[str, float], what: str) -> dict[str, float]:
+    """Fixed coefficients by adapter for merging and exports: finite, with the far-range warning of `steer`."""
     coeffs = resolve_coeffs(model, c)
     if any(isinstance(v, Tensor) for v in coeffs.values()):
         raise ValueError(f"{what} needs fixed float coefficients, not per-example tensors")
     if isinstance(c, Mapping):  # only the adapters named take part
-        return {n: float(v) for n, v in coeffs.items() if n in c}
-    return {n: float(v) for n, v in coeffs.items()}
+        out = {n: float(v) for n, v in coeffs.items() if n in c}
+    else:
+        out = {n: float(v) for n, v in coeffs.items()}
+    for a, v in out.items():
+        _check_range(model, a, v)
+    return out
 
 
 def merge_adapter(model: nn.Module, c: float | Mapping[str, float]) -> nn.Module:
