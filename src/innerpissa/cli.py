@@ -23,7 +23,7 @@ from typing import Annotated, Union
 import tyro
 
 from innerpissa.ablate import Ablate
-from innerpissa.cli_eval import EvalConfig, adapter_base_model, check_coeffs
+from innerpissa.cli_eval import EvalConfig, adapter_base_model, check_coeffs, check_count, check_out_path
 from innerpissa.compare import Compare
 from innerpissa.errors import InnerPissaError
 
@@ -56,6 +56,7 @@ class Generate:
         from innerpissa.models import load_model
 
         check_coeffs(self.coeffs, "--coeffs")
+        check_count(self.max_new_tokens, "--max-new-tokens")
         model, tok = load_model(adapter_base_model(self.adapter, self.model))
         load_adapter(model, self.adapter)
         from innerpissa.eval.generation import generate_sweep
@@ -82,17 +83,17 @@ class Export:
     """Write a full merged model (save_pretrained) instead of a LoRA adapter."""
 
     def run(self) -> None:
-        from innerpissa.adapter import detach_adapter, export_lora, load_adapter
+        from innerpissa.adapter import export_lora, load_adapter
+        from innerpissa.adapter.io import check_export_out, export_merged
         from innerpissa.models import load_model
 
         check_coeffs((self.c,), "--c")
+        check_export_out(self.out, merged=self.merged)  # before any model work
         name = adapter_base_model(self.adapter, self.model)
         model, tok = load_model(name)
         load_adapter(model, self.adapter)
         if self.merged:
-            detach_adapter(model, merge_at=self.c)
-            model.save_pretrained(self.out)
-            tok.save_pretrained(self.out)
+            export_merged(model, tok, self.out, self.c, base_model_name_or_path=name)
         else:
             export_lora(model, self.out, self.c, base_model_name_or_path=None if name == "smollm2" else name)
         print(f"wrote {self.out} (c={self.c})")
@@ -131,6 +132,12 @@ class Demo:
 
     def run(self) -> None:
         from innerpissa.demo import run_demo
+
+        for flag, n in (("--max-new-tokens", self.max_new_tokens), ("--n-prompts", self.n_prompts),
+                        ("--n-show", self.n_show)):
+            check_count(n, flag, minimum=0 if flag == "--n-show" else 1)
+        if self.out is not None:
+            check_out_path(self.out)
 
         run_demo(self)
 

@@ -56,6 +56,21 @@ def check_coeffs(coeffs, flag: str) -> None:
         raise InputError(f"{flag}: coefficients must be finite numbers, got {bad}")
 
 
+def check_out_path(out: Path, flag: str = "--out") -> None:
+    """An output folder that is, or lies below, a regular file fails here, before any model work."""
+    from innerpissa.fileio import first_file_on_path
+
+    blocker = first_file_on_path(out)
+    if blocker is not None:
+        raise InputError(f"{flag} {out}: {blocker} is a file, not a folder; give a folder path")
+
+
+def check_count(n: int, flag: str, minimum: int = 1) -> None:
+    """A count option (tokens, prompts) must be an integer >= `minimum` (checked before any model loads)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < minimum:
+        raise InputError(f"{flag} {n} is out of range; give an integer >= {minimum}")
+
+
 def adapter_base_model(adapter: Path | None, model: str | None) -> str:
     """The base model to load: `--model` if given, else the one the adapter records, else 'smollm2'."""
     if model is not None:
@@ -81,6 +96,7 @@ def eval_main(cfg: EvalConfig) -> dict[str, Path]:
     t0 = time.perf_counter()
     check_coeffs(cfg.coeffs, "--coeffs")
     out = Path(cfg.out)
+    check_out_path(out)
     rows, axes = cfg.draw_rows(cfg.seed, out, cfg.axes)  # bad data, numbers or axes fail before the model loads
     model_name = adapter_base_model(cfg.adapter, cfg.model)
     model, tok = load_model(model_name, dtype=cfg.dtype, device=cfg.torch_device())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,6 +76,8 @@ class AdapterConfig:
     """Seed for the initial parameters and the randomized SVD."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.rotation_blocks, int) or self.rotation_blocks < 1:
+            raise ValueError(f"rotation_blocks must be an integer >= 1, got {self.rotation_blocks!r}")
         self.target_modules = tuple(self.target_modules)
         if self.layers is not None:
             self.layers = tuple(int(i) for i in self.layers)
@@ -102,11 +106,56 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> AdapterConfig:
+        """The config a saved JSON describes; every field's type is checked (a `ValueError` names the field)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected an object of AdapterConfig fields, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown AdapterConfig fields {sorted(unknown)}; known: {sorted(names)}")
+        hints = typing.get_type_hints(cls)
+        for k, v in d.items():
+            if not _fits(v, hints[k]):
+                raise ValueError(f"field {k!r} is {v!r} ({type(v).__name__}); expected {_type_name(hints[k])}")
         return cls(**d)
+
+
+def _fits(v, tp) -> bool:
+    """Whether JSON value `v` fits the annotation `tp` (tuples as lists; an int is a float)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return v is None
+    if origin is typing.Literal:
+        return v in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(v, a) for a in args)
+    if origin is tuple:
+        if not isinstance(v, list | tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(x, args[0]) for x in v)
+        return len(v) == len(args) and all(_fits(x, a) for x, a in zip(v, args, strict=True))
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+    if tp is str:
+        return isinstance(v, str)
+    return True
+
+
+def _type_name(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        return (f"a list of {_type_name(args[0])}" if len(args) == 2 and args[1] is Ellipsis
+                else f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})")
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
 def select_blocks(n_blocks: int, cfg: AdapterConfig) -> list[int]:

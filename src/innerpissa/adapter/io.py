@@ -4,13 +4,16 @@ Our format is a folder with `adapter.safetensors` (trainable tensors and, for In
 V, so loading needs no SVD and is exact) and `adapter_config.json` (format version, the adapter `kind`:
 innerpissa or lora (LoRA scaled by c), config, base-model identity, every wrapped module's name, shape and a
 weight fingerprint, plus free-form `extra` such as calibration results). One save and one load serve both kinds.
-`export_lora` writes the adapter at one coefficient as a standard PEFT LoRA folder.
+`export_lora` writes the adapter at one coefficient as a standard PEFT LoRA folder, `export_merged` the model
+with the adapter merged at a coefficient as a plain Hugging Face model folder; both through
+`fileio.atomic_folder` (written beside the target and renamed into place as a unit).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -28,6 +31,7 @@ from innerpissa.adapter.model import (
     _components,
     _float_coeffs,
     _layers_or_raise,
+    _set_module,
     adapter_config,
     adapter_layers,
     adapter_names,
@@ -37,7 +41,13 @@ from innerpissa.adapter.model import (
 )
 from innerpissa.adapter.stack import DEFAULT_ADAPTER, check_adapter_name
 from innerpissa.errors import CorruptAdapterError
-from innerpissa.fileio import atomic_folder, atomic_save_safetensors, atomic_write_json
+from innerpissa.fileio import (
+    atomic_folder,
+    atomic_save_safetensors,
+    atomic_write_json,
+    describe_leftovers,
+    first_file_on_path,
+)
 
 FORMAT = "innerpissa-adapter"
 FORMAT_VERSION = 1
@@ -137,7 +147,7 @@ def read_adapter_meta(path: str | os.PathLike) -> dict[str, Any]:
     cfg_file = p / CONFIG_NAME
     if not cfg_file.exists():
         raise FileNotFoundError(f"{p} is not an innerpissa adapter folder (no {CONFIG_NAME}); "
-                                "give the folder written by save_adapter or `innerpissa train`")
+                                f"give the folder written by save_adapter or `innerpissa train`{describe_leftovers(p)}")
     try:
         meta = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -153,7 +163,63 @@ def read_adapter_meta(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in ("config", "modules") if k not in meta]
     if missing:
         raise CorruptAdapterError(f"corrupt adapter file {cfg_file} (no {missing} entry); re-save or re-train")
+    _check_meta_fields(cfg_file, meta)
     return meta
+
+
+def _bad_field(cfg_file: Path, field: str, value: Any, expected: str) -> CorruptAdapterError:
+    shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
+    return CorruptAdapterError(f"corrupt adapter file {cfg_file}: field {field} is {shown}, expected {expected}; "
+                               "re-save or re-train the adapter")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_meta_fields(cfg_file: Path, meta: dict[str, Any]) -> None:
+    """Every field `load_adapter` reads has the type `save_adapter` writes; a wrong one is named."""
+    kind = meta.get("kind", "innerpissa")
+    if kind not in KINDS:
+        raise _bad_field(cfg_file, "kind", kind, f"one of {sorted(KINDS)} (a newer innerpissa may know it)")
+    if not isinstance(meta["config"], dict):
+        raise _bad_field(cfg_file, "config", meta["config"], "an object of adapter settings")
+    modules = meta["modules"]
+    if not isinstance(modules, list) or not modules:
+        raise _bad_field(cfg_file, "modules", modules, "a non-empty list of module records")
+    for i, m in enumerate(modules):
+        if not isinstance(m, dict):
+            raise _bad_field(cfg_file, f"modules[{i}]", m, "an object with name, d_out, d_in, weight_fingerprint")
+        checks = [("name", isinstance(m.get("name"), str), "a module name (string)"),
+                  ("d_out", _is_int(m.get("d_out")) and m.get("d_out") > 0, "a positive integer"),
+                  ("d_in", _is_int(m.get("d_in")) and m.get("d_in") > 0, "a positive integer"),
+                  ("weight_fingerprint", isinstance(m.get("weight_fingerprint"), list)
+                   and len(m["weight_fingerprint"]) == 2 and all(_is_num(x) for x in m["weight_fingerprint"]),
+                   "a list of two finite numbers")]
+        for key, ok, expected in checks:
+            if not ok:
+                raise _bad_field(cfg_file, f"modules[{i}].{key}", m.get(key), expected)
+    rng = meta.get("coeff_range")
+    if rng is not None and not (isinstance(rng, list) and len(rng) == 2 and all(_is_num(x) for x in rng)):
+        raise _bad_field(cfg_file, "coeff_range", rng, "a list of two finite numbers")
+    if meta.get("base_model") is not None and not isinstance(meta["base_model"], dict):
+        raise _bad_field(cfg_file, "base_model", meta["base_model"], "an object")
+    sha = meta.get("weights_sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise _bad_field(cfg_file, "weights_sha256", sha, "64 lowercase hex digits")
+
+
+def _config_of(path: Path, meta: dict[str, Any]) -> AdapterConfig:
+    """The saved AdapterConfig, with a wrong-typed or invalid field named as part of the file."""
+    try:
+        return AdapterConfig.from_dict(meta["config"])
+    except (ValueError, TypeError) as e:
+        raise CorruptAdapterError(f"corrupt adapter file {Path(path) / CONFIG_NAME}: config: {e}; re-save or "
+                                  "re-train the adapter") from None
 
 
 def _load_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -162,13 +228,58 @@ def _load_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     if not file.exists():
         raise CorruptAdapterError(f"adapter folder {path} has no {WEIGHTS_NAME}; re-save or re-train the adapter")
     want = meta.get("weights_sha256")
-    if want is not None and file_sha256(file) != want:
+    if want is None:
+        raise CorruptAdapterError(
+            f"adapter file {Path(path) / CONFIG_NAME} has no weights_sha256, so {WEIGHTS_NAME} cannot be checked "
+            "(every adapter save_adapter writes records it; an edited file drops it): re-save or re-train the "
+            f"adapter, or, if you trust the file, add \"weights_sha256\": \"<sha256sum of {WEIGHTS_NAME}>\"")
+    if file_sha256(file) != want:
         raise CorruptAdapterError(f"corrupt adapter file {file}: its sha256 differs from the one recorded in "
                                   f"{CONFIG_NAME}; re-save or re-train the adapter")
     try:
         return load_file(str(file))
     except Exception as e:  # safetensors raises its own error type for a damaged header
         raise CorruptAdapterError(f"corrupt adapter file {file} ({e}); re-save or re-train the adapter") from None
+
+
+def _check_tensors(path: Path, meta: dict[str, Any], cfg: AdapterConfig, kind: str,
+                   tensors: dict[str, torch.Tensor]) -> None:
+    """Exactly the tensors `save_adapter` writes for these modules and this config, each in its dtype."""
+    file = Path(path) / WEIGHTS_NAME
+    dtype = getattr(torch, cfg.dtype) if kind == "innerpissa" else torch.float32
+    optional = {"theta_v": cfg.rotate_v, "theta_u": cfg.rotate_u, "delta": cfg.s_mode != "none"}
+    expected = {f"{m['name']}.{t}" for m in meta["modules"] for t in KINDS[kind][1] if optional.get(t, True)}
+    extra = sorted(set(tensors) - expected)
+    if extra:
+        raise CorruptAdapterError(f"corrupt adapter file {file}: unexpected tensor(s) {extra[:3]} that no module of "
+                                  f"{CONFIG_NAME} owns; re-save or re-train the adapter")
+    missing = sorted(expected - set(tensors))
+    if missing:
+        raise CorruptAdapterError(f"corrupt adapter file {file}: tensor(s) {missing[:3]} are missing; re-save or "
+                                  "re-train the adapter")
+    for key in sorted(tensors):
+        if tensors[key].dtype != dtype:
+            raise CorruptAdapterError(f"corrupt adapter file {file}: tensor {key} is {tensors[key].dtype}, but the "
+                                      f"adapter's dtype is {dtype}; re-save or re-train the adapter")
+
+
+@torch.no_grad()
+def _check_basis(path: Path, model: nn.Module, modules: list[str], tensors: dict[str, torch.Tensor]) -> None:
+    """U, S, V must be singular triplets of this model's weight: U^T W V = diag(S). Checked on one random
+    probe vector per module (one matrix-vector product, the cost of a token's forward), which holds for the
+    exact, randomized and data-chosen SVDs alike up to rounding; an edited basis fails by O(1)."""
+    g = torch.Generator().manual_seed(0)
+    for name in modules:
+        w = base_linear(model.get_submodule(name)).weight
+        u, s_, v = (tensors[f"{name}.{t}"].to(w.device, torch.float32) for t in ("U", "S", "V"))
+        x = torch.randn(s_.shape[0], generator=g).to(w.device)
+        want = s_ * x
+        got = u.T @ (w.to(torch.float32) @ (v @ x))
+        err = float((got - want).norm() / want.norm().clamp(min=1e-12))
+        if not err < 1e-2:
+            raise CorruptAdapterError(f"corrupt adapter file {Path(path) / WEIGHTS_NAME}: the saved singular vectors "
+                                      f"of {name} are not those of this model's weight (|U^T W V - S| / |S| = "
+                                      f"{err:.2g} on a probe); re-save or re-train the adapter, or pass strict=False")
 
 
 def _check_compatible(model: nn.Module, path: Path, meta: dict[str, Any], cfg: AdapterConfig, strict: bool,
@@ -205,7 +316,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True,
     """
     adapter_name = check_adapter_name(name)
     meta = read_adapter_meta(path)
-    cfg = AdapterConfig.from_dict(meta["config"])
+    cfg = _config_of(Path(path), meta)
     _check_compatible(model, Path(path), meta, cfg, strict, adapter_name)
     saved = {m["name"]: m for m in meta["modules"]}
     try:
@@ -236,8 +347,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True,
                                  f"(fingerprint {fp} vs {ref}); load the same base model, or pass strict=False")
     tensors = _load_tensors(Path(path), meta)
     kind = meta.get("kind", "innerpissa")
-    if kind not in KINDS:
-        raise ValueError(f"adapter at {path} is of kind {kind!r}, which this innerpissa does not know; upgrade it")
+    _check_tensors(Path(path), meta, cfg, kind, tensors)
+    if strict and kind == "innerpissa":
+        _check_basis(Path(path), model, names, tensors)
     if adapter_name not in adapter_names(model):
         if kind == "lora":
             attach_lora(model, cfg, name=adapter_name)
@@ -329,3 +441,99 @@ def export_lora(model: nn.Module, path: str | os.PathLike, c: float | Mapping[st
         atomic_write_json(tmp / "adapter_config.json", cfg_dict)
         atomic_write_json(tmp / "innerpissa_export.json", info)
     return out
+
+
+# ---------------------------------------------------------------- merged export
+
+#: the export's own record (also in LoRA exports); `"kind": "merged"` marks a merged-model folder
+EXPORT_INFO = "innerpissa_export.json"
+#: names that show a folder holds an adapter (ours or PEFT's) or a training run (train.runfolder.RUN_FILES)
+_ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, "adapter_model.safetensors")
+_RUN_FILES = ("checkpoint", "metrics.jsonl", "summary.json", "adapter", "lora.safetensors")
+
+
+def _is_merged_export(folder: Path) -> bool:
+    try:
+        return json.loads((folder / EXPORT_INFO).read_text(encoding="utf-8")).get("kind") == "merged"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_export_out(path: str | os.PathLike, merged: bool = True) -> list[str]:
+    """Refuse an export target that is (or lies below) a file, holds an adapter or a training run, or lies
+    inside an adapter folder; checked before any model is loaded. Returns the names an earlier merged export
+    there owns (replaced as a unit), [] otherwise."""
+    out = Path(os.path.abspath(path))
+    blocker = first_file_on_path(out)
+    if blocker is not None:
+        raise FileExistsError(f"--out {path}: {blocker} is a file, not a folder; give a folder path")
+    for parent in out.parents:
+        if (parent / CONFIG_NAME).is_file() or (parent / "adapter_model.safetensors").is_file():
+            raise FileExistsError(f"--out {path} lies inside the adapter folder {parent}; give a folder outside it")
+    if not out.is_dir():
+        return []
+    names = sorted(p.name for p in out.iterdir())
+    if merged and _is_merged_export(out):
+        return names
+    adapter = [n for n in names if n in _ADAPTER_FILES]
+    if merged and adapter:
+        raise FileExistsError(f"--out {path} holds an adapter ({', '.join(adapter)}); the export would replace it: "
+                              "give a new folder")
+    run = [n for n in names if n in _RUN_FILES]
+    if run:
+        raise FileExistsError(f"--out {path} holds a training run ({', '.join(run)}); the export would replace it: "
+                              "give a new folder")
+    if merged and names:
+        raise FileExistsError(f"--out {path} holds other files ({', '.join(names[:5])}); a merged export replaces "
+                              "its folder whole: give a new or empty folder")
+    return []
+
+
+@torch.no_grad()
+def export_merged(model: nn.Module, tokenizer, path: str | os.PathLike, c: float | Mapping[str, float],
+                  base_model_name_or_path: str | None = None) -> Path:
+    """Write `model` with its adapter(s) merged at `c` as a plain Hugging Face model folder (`save_pretrained`
+    of the model and the tokenizer, plus `innerpissa_export.json`), which any engine loads without innerpissa.
+
+    Written as a unit through `fileio.atomic_folder`: a crash leaves the previous export (or nothing), never
+    half a `model.safetensors`; files get the umask's mode. `path` may be new, empty, or an earlier merged
+    export (replaced whole); a folder holding an adapter, a run or other files is refused. Warns when |c|
+    exceeds twice the range the adapter was trained on (as `steer` does) and refuses merged weights that are
+    not finite. `model` is left as it was: the wrapped weights are restored exactly and the adapters stay.
+    """
+    owned = check_export_out(path, merged=True)
+    coeffs = _float_coeffs(model, c, "export_merged")  # finite; warns beyond twice the trained range
+    comps = [(m, a, comp) for m, a, comp in _components(model) if a in coeffs]
+    if any(comp.merged_coeff is not None for _, _, comp in _components(model)):
+        raise RuntimeError("an adapter is already merged into the weights; unmerge_adapter(model) first")
+    modules = sorted({m for m, _, _ in comps})
+    wrapped = {m: model.get_submodule(m) for m in modules}
+    weights = {m: base_linear(w).weight for m, w in wrapped.items()}
+    saved = {m: w.detach().clone() for m, w in weights.items()}
+    base_id = base_model_name_or_path or base_model_identity(model)["name_or_path"]
+    info: dict[str, Any] = {"kind": "merged", "coefficient": None if isinstance(c, Mapping) else float(c),
+                            "coefficients": coeffs, "modules": modules, "base_model": base_id}
+    if base_id == "smollm2":
+        info["note"] = (f"the embedded SmolLM2 is the dequantised Q4_1 GGUF of {SMOLLM2_UPSTREAM}; this folder holds "
+                        "those fp32 weights with the adapter merged")
+    try:
+        for m, a, comp in comps:
+            weights[m].add_(comp.delta_weight(coeffs[a]).to(weights[m].dtype))
+        bad = [m for m, w in weights.items() if not bool(torch.isfinite(w).all())]
+        if bad:
+            raise ValueError(f"merging at c={c} makes the weights of {bad[0]} non-finite; use a smaller --c")
+        for m in modules:  # a plain model for save_pretrained: the merged nn.Linear at each wrapped path
+            _set_module(model, m, base_linear(wrapped[m]))
+        try:
+            with atomic_folder(path, owned=owned) as tmp:
+                model.save_pretrained(tmp)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(tmp)
+                atomic_write_json(tmp / EXPORT_INFO, info)
+        finally:
+            for m in modules:
+                _set_module(model, m, wrapped[m])
+    finally:
+        for m, w in weights.items():
+            w.copy_(saved[m])
+    return Path(path)
