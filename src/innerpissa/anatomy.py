@@ -40,6 +40,33 @@ def decoder_blocks(model: nn.Module) -> tuple[str, int]:
                      "Gemma, Mistral and SmolLM)")
 
 
+def context_length(model: nn.Module) -> int | None:
+    """How many positions the model was trained for (`max_position_embeddings` or its aliases, times a RoPE
+    scaling factor when the config does not already count it); None when the config does not say."""
+    cfg = getattr(model, "config", None)
+    n = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+              if isinstance(getattr(cfg, k, None), int)), None)
+    scaling = getattr(cfg, "rope_scaling", None)
+    if n is not None and isinstance(scaling, dict) and "original_max_position_embeddings" not in scaling:
+        factor = scaling.get("factor")
+        if isinstance(factor, int | float) and factor > 1:
+            n = int(n * factor)
+    return n
+
+
+def check_context(model: nn.Module, lengths: Sequence[int], new_tokens: int = 0, what: str = "prompt") -> None:
+    """Refuse inputs longer than the model's context (they would run, silently, on positions it never saw and
+    give garbage): a `ValueError` naming the first such input, its length and the limit."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    for i, n in enumerate(lengths):
+        if n + new_tokens > limit:
+            extra = f" plus {new_tokens} new tokens" if new_tokens else ""
+            raise ValueError(f"{what} {i} has {n} tokens{extra}, more than the model's context of {limit} positions; "
+                             "shorten it" + (" or lower --max-new-tokens" if new_tokens else ""))
+
+
 def decoder_and_head(model: nn.Module, strict: bool = True) -> tuple[nn.Module, nn.Module] | None:
     """(decoder, output head) such that logits == head(decoder(...).last_hidden_state), so logits can be
     computed for a few positions only. With `strict`, a model without that layout raises; otherwise None."""

@@ -99,6 +99,30 @@ def gguf_folder(gguf: str | os.PathLike) -> Path:
     return convert_gguf(path, target)
 
 
+def writable_cache(folder: Path) -> Path:
+    """`folder` (in the cache), created and checked writable before any conversion starts; an error names
+    $INNERPISSA_CACHE."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        where = (f"${CACHE_ENV} is {os.environ[CACHE_ENV]}" if os.environ.get(CACHE_ENV)
+                 else f"the default cache; set ${CACHE_ENV} to another folder")
+        raise OSError(f"cannot write converted models to {folder} ({where}): {e.strerror or e}; point {CACHE_ENV} at "
+                      "a writable folder") from None
+    return folder
+
+
+def check_gguf_magic(gguf: Path) -> None:
+    """A file that does not start with the 4 bytes `GGUF` is refused at once, naming what it starts with."""
+    with open(gguf, "rb") as f:
+        head = f.read(4)
+    if head != b"GGUF":
+        raise ValueError(f"{gguf} is not a GGUF file (it starts with {head!r}, not b'GGUF'); give a .gguf model file")
+
+
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantise a GGUF file into `target` (fp32 weights + tokenizer), written as a unit."""
     try:
@@ -107,15 +131,19 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         raise ImportError("converting a GGUF file needs the `gguf` package: pip install gguf") from e
     from transformers import GgufConfig
 
+    check_gguf_magic(gguf)
+    writable_cache(target.parent)  # before minutes of dequantising
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True),
             dtype=torch.float32,
         )
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"could not convert GGUF file {gguf}: {e}; transformers reads GGUF files of the "
-                         "architectures it lists under GGUF support (Llama, Qwen2/3, Mistral, ...)") from e
+    except Exception as e:  # the gguf reader fails on damaged files with struct, index and numpy errors
+        msg = " ".join(str(e).split())[:200]
+        raise ValueError(f"could not read GGUF file {gguf} ({type(e).__name__}: {msg}): the file is truncated or "
+                         "damaged, or of an architecture transformers cannot read from GGUF (it reads Llama, "
+                         "Qwen2/3, Mistral, ...)") from e
     target.parent.mkdir(parents=True, exist_ok=True)
     # write into a temporary sibling and rename, so an interrupted conversion never leaves half a model
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -187,6 +215,33 @@ def tiny_random_model(seed: int = 0, arch: str = "llama", n_layers: int = 2, hid
     return model.eval(), tok
 
 
+def hub_preflight(repo_id: str, timeout: float = 3.0) -> None:
+    """Fail fast for a hub id that must be downloaded when the hub cannot be reached (instead of the hub
+    client's retries, about a minute): only when HF_HUB_OFFLINE is unset, no proxy is configured and the id's
+    config.json is not in the local Hugging Face cache."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                                                                     "all_proxy", "HTTP_PROXY", "http_proxy")):
+        return
+    try:
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return
+    except Exception:  # not a valid repo id: let from_pretrained say so
+        return
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise OSError(f"model {repo_id!r} is neither a local folder nor in the Hugging Face cache, and {host} cannot be "
+                      f"reached ({e.strerror or e}); give a local folder, 'smollm2' (embedded) or 'tiny-random', or "
+                      "connect to the network (HF_HUB_OFFLINE=1 makes the hub client use its cache only)") from None
+
+
 def load_model(
     name_or_path: str = "smollm2",
     dtype: str | torch.dtype | None = "float32",
@@ -215,6 +270,8 @@ def load_model(
     if Path(path).expanduser().is_dir() and not (Path(path).expanduser() / "config.json").exists():
         raise FileNotFoundError(f"model folder {name_or_path} has no config.json; give a folder written by "
                                 "save_pretrained, a Hugging Face id, 'smollm2' (embedded) or 'tiny-random'")
+    if not Path(path).expanduser().exists():
+        hub_preflight(path)
     kwargs: dict = {"dtype": torch_dtype}
     if device_map is not None:
         kwargs["device_map"] = device_map

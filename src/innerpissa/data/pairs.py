@@ -14,9 +14,11 @@ and is re-exported here.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,25 +236,50 @@ def _json(path: Path, text: str):
         raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
 
 
-def _row_name(path: Path, i: int) -> str:
-    """How a user finds row i (0-based data row) in the file: the line for CSV (after the header)."""
+class _Rows(list):
+    """Records of a pairs file plus, per record, how a user finds it ("line 7", "row 3")."""
+
+    where: list[str]
+
+
+def _row_name(path: Path, i: int, rows: list | None = None) -> str:
+    """How a user finds row i (0-based data row) in the file: its first line for CSV and JSONL."""
+    where = getattr(rows, "where", None)
+    if where is not None and i < len(where):
+        return where[i]
     return f"line {i + 2}" if path.suffix.lower() == ".csv" else f"row {i}"
 
 
 def _read_records(path: Path) -> list[dict]:
-    """Rows of a JSON list / {"pairs": [...]}, a JSONL file, or a CSV with a header."""
+    """Rows of a JSON list / {"pairs": [...]}, a JSONL file, or a CSV with a header.
+
+    CSV is read with the csv module's quoting, so a quoted cell keeps its newlines (as Python's csv writer,
+    pandas and spreadsheets write them); JSONL is split on "\n" only (U+2028 and other Unicode line
+    separators are valid inside a JSON string)."""
     text = _nonempty(path)
     ext = path.suffix.lower()
     if ext == ".csv":
-        return list(csv.DictReader(text.splitlines()))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows, where, start = _Rows(), [], 2
+        try:
+            for row in reader:
+                rows.append(row)
+                where.append(f"line {start}")
+                start = reader.line_num + 1
+        except csv.Error as e:
+            raise ValueError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+        rows.where = where
+        return rows
     if ext == ".jsonl":
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
+        rows, where = _Rows(), []
+        for i, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{i}: invalid JSON ({e.msg})") from e
+                where.append(f"line {i}")
+        rows.where = where
         return rows
     if ext == ".json":
         data = _json(path, text)
@@ -275,9 +302,9 @@ def load_pairs(path: str | Path) -> list[ContrastivePair]:
         raise ValueError(f"{path} holds no pairs")
     out = []
     for i, row in enumerate(rows):
+        where = _row_name(path, i, rows)
         if not isinstance(row, dict):
-            raise ValueError(f"{path}: row {i} is not an object with 'positive' and 'negative'")
-        where = _row_name(path, i)
+            raise ValueError(f"{path}: {where} is not an object with 'positive' and 'negative'")
         missing = [k for k in ("positive", "negative") if k not in row]
         if missing:
             raise ValueError(f"{path}: {where} is missing column(s) {missing}; found {sorted(map(str, row))}")
@@ -288,6 +315,13 @@ def load_pairs(path: str | Path) -> list[ContrastivePair]:
             out.append(ContrastivePair(row["positive"], row["negative"]))
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path}: {where}: {e}") from e
+    first: dict[ContrastivePair, int] = {}
+    dups = [(i, first.setdefault(p, i)) for i, p in enumerate(out) if first.setdefault(p, i) != i]
+    if dups:
+        i, j = dups[0]
+        warnings.warn(f"{path}: {len(dups)} of {len(out)} pairs repeat an earlier one (e.g. {_row_name(path, i, rows)} "
+                      f"repeats {_row_name(path, j, rows)}); repeated pairs weigh more in training and can land in "
+                      "both the training and the validation split", stacklevel=2)
     return out
 
 
@@ -394,7 +428,14 @@ def split_pairs(
         raise ValueError(f"the {len(keys)} suffix group(s) are too few for a {val_fraction:.0%} validation split")
     val_set = set(val_idx)
     train = shuffle_pairs([p for i, p in enumerate(pairs) if i not in val_set], seed)
-    return train, [pairs[i] for i in val_idx]
+    val = [pairs[i] for i in val_idx]
+    seen = set(train)
+    overlap = sum(p in seen for p in val)
+    if overlap:
+        warnings.warn(f"{overlap} of {len(val)} validation pairs also appear in the training pairs (repeated rows); "
+                      f"{'validation then measures how well training fits itself' if overlap == len(val) else 'validation is partly training data'}: "
+                      "remove the repeated rows", stacklevel=2)
+    return train, val
 
 
 def builtin_personas(builtin: str = "honesty") -> tuple[str, str]:

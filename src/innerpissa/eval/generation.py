@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from innerpissa.anatomy import check_context
 from innerpissa.data.builtin import BUILTIN_DIR
 from innerpissa.eval.decode import can_decode_sweep, decode_sweep
 from innerpissa.eval.gen_metrics import Scorer, text_metrics
@@ -84,6 +85,9 @@ def _eos_ids(model, tokenizer) -> set[int]:
 def generate_ids(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
     """Greedy continuations (token ids, cut before the first end-of-sequence) of left-padded prompts in one
     `generate` call with the KV cache; the model is used in whatever state the caller put it."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    check_context(model, [len(p) for p in prompt_ids], max_new_tokens)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, mask, _ = pad_left(prompt_ids, pad)
     dev = next(model.parameters()).device
@@ -111,11 +115,17 @@ def generate_sweep(model, tokenizer, prompts: Sequence[str], steerer: Steerer, c
         raise ValueError("no prompts given")
     if not coeffs:
         raise ValueError("no coefficients given")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     was_training = model.training
     model.eval()
     rows = [(i, float(c)) for c in coeffs for i in range(len(prompts))]
     systems = {c: steerer.system_prompt(c, system) for c in {r[1] for r in rows}}
     encoded = [chat_ids(tokenizer, prompts[i], systems[c]) for i, c in rows]
+    longest = [0] * len(prompts)
+    for (i, _), e in zip(rows, encoded, strict=True):
+        longest[i] = max(longest[i], len(e))
+    check_context(model, longest, max_new_tokens)  # a longer prompt would decode garbage, silently
     conts: list[list[int]] = [[] for _ in rows]
     try:
         if batched and supports_per_row(steerer) and can_decode_sweep(model):

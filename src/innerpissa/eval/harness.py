@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from innerpissa.anatomy import decoder_and_head
+from innerpissa.anatomy import check_context, decoder_and_head
 from innerpissa.data.dilemmas import LABEL_PREFIX
 from innerpissa.eval.choices import ChoiceIds, choice_ids, choice_logprobs
 from innerpissa.fileio import atomic_write
@@ -150,6 +150,7 @@ def score_batch(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, p
 def score_encoded(model: PreTrainedModel, encoded: Sequence[Sequence[int]], choices: ChoiceIds, pad_id: int,
                   batch_size: int = 8, progress: bool = False, desc: str = "", with_nll: bool = True) -> pd.DataFrame:
     """Score already tokenized prompts; one row of `SCORE_COLUMNS` per prompt, in input order."""
+    check_context(model, [len(e) for e in encoded], what="prompt of row")
     out = {k: np.zeros(len(encoded), dtype=np.int64 if k == "n_tokens" else np.float64) for k in SCORE_COLUMNS}
     batches = length_batches([len(e) for e in encoded], batch_size)
     for batch in _progress(batches, progress, desc):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
+from innerpissa.anatomy import check_context
 from innerpissa.eval.choices import ChoiceIds, choice_logprobs
 from innerpissa.split import (
     BlockSplit,
@@ -237,6 +238,7 @@ def score_sweep(model: PreTrainedModel, encoded: Sequence[Sequence[int]], choice
     `adapter.steer` accepts): the blocks from `first_block` on then run every coefficient in one pass, which
     on a CPU reads each weight once per batch instead of once per coefficient.
     """
+    check_context(model, [len(e) for e in encoded], what="prompt of row")
     dev = next(model.parameters()).device
     head = model.get_output_embeddings()
     split = BlockSplit(model, first_block if frozen_prefix else 0)
