@@ -163,10 +163,12 @@ _WRITE_FAILURES = ("iostream", "inline_container", "unexpected pos", "PytorchStr
 
 def _write_failure_cause(folder: Path) -> str:
     """The likely reason a write stopped: a file-size limit, a full disk, or unknown."""
-    import resource
-
-    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if soft != resource.RLIM_INFINITY:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        resource = None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource is not None else None
+    if resource is not None and soft != resource.RLIM_INFINITY:
         return f"the file-size limit of this process ({soft} bytes, `ulimit -f`) was reached"
     try:
         free = shutil.disk_usage(folder).free
@@ -269,7 +271,7 @@ def exchange_paths(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     system or the filesystem cannot (the caller then falls back to two renames)."""
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no renameat2 (not Linux, old libc)
         return False
     fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
     if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
