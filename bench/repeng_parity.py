@@ -3,7 +3,7 @@
     INNERPISSA_REPENG_PYTHON=/path/to/repeng-venv/bin/python \\
         .venv/bin/python bench/repeng_parity.py [--model smollm2] [--layers 12-23] [--out repeng_parity.json]
 
-The training pairs are the default run's (`make_pairs(TrainConfig(seed))`: 170 training pairs of the
+The training pairs are the default run's (`make_pairs(TrainConfig().data, seed)`: 170 training pairs of the
 built-in honesty set). It computes repeng's own vectors (`train_repeng_external`: repeng in its virtualenv on
 this model saved with `save_pretrained`), our default `pca` (repeng style) and the earlier `style="v0"`
 vector, and prints, per layer, cos(v0, repeng), cos(ours, repeng) and the norms.
@@ -36,14 +36,14 @@ def main() -> None:
 
     from innerpissa.baselines.external import train_repeng_external
     from innerpissa.baselines.vectors import train_vectors
+    from innerpissa.data.config import make_pairs
     from innerpissa.models import load_model
     from innerpissa.train.config import TrainConfig
-    from innerpissa.train.trainer import make_pairs
 
     lo, hi = (int(x) for x in args.layers.split("-"))
     layers = list(range(lo, hi + 1))
     model, tok = load_model(args.model)
-    pairs, _ = make_pairs(TrainConfig(model=args.model, seed=args.seed), tok)
+    pairs, _ = make_pairs(TrainConfig(model=args.model).data, args.seed, tok)
     t0 = time.time()
     repeng = train_repeng_external(model, tok, pairs, layers=layers)
     t_repeng = time.time() - t0

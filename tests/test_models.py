@@ -26,3 +26,26 @@ def test_a_gguf_path_loads_like_the_embedded_model(smollm2, tmp_path, monkeypatc
     assert tok2("The weather today is", return_tensors="pt")["input_ids"].tolist() == ids.tolist()
     with torch.no_grad():
         assert torch.equal(model(ids).logits, model_ref(ids).logits)
+
+
+def test_model_identity_sees_weights_not_adapters_or_paths():
+    """The identity result caches are keyed by: the same for an attached (unmerged) adapter or a moved model,
+    different for other weights (a replaced model folder) or a weight changed in place; memoised."""
+    from innerpissa.adapter import attach, detach_adapter
+    from innerpissa.adapter.config import AdapterConfig
+    from innerpissa.models import model_identity, tiny_random_model, tokenizer_identity
+
+    model, tok = load_model("tiny-random")
+    ident = model_identity(model)
+    assert model_identity(tiny_random_model(seed=1)[0])["weights_sha256"] != ident["weights_sha256"]
+    assert model_identity(tiny_random_model(seed=0)[0]) == ident
+    model.config.name_or_path = "/somewhere/else"
+    attach(model, AdapterConfig(r=4))
+    assert model_identity(model) == ident  # the adapter's own tensors are not the base model
+    detach_adapter(model, merge_at=1.0)
+    merged = model_identity(model)
+    assert merged["weights_sha256"] != ident["weights_sha256"]  # merged weights compute something else
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert model_identity(model)["weights_sha256"] != merged["weights_sha256"]  # seen through the memo
+    assert tokenizer_identity(tok) == tokenizer_identity(load_model("tiny-random")[1])

@@ -176,3 +176,23 @@ def test_compare_and_ablate_take_typed_training_options_on_the_preset():
     assert ab.train.adapter.r == 32 and ab.train.loss.w_coh == preset("smollm2-cpu").loss.w_coh
     with pytest.raises(SystemExit):
         parse_command(["compare", "--train.loss.no-such-field", "1"])
+
+
+def test_variants_set_typed_fields_only():
+    """Every variant applies to every preset; a misspelled field or a wrong-typed value is an error naming
+    the fields that exist, never a new attribute nobody reads."""
+    from innerpissa.train.variants import VARIANTS, apply_variant, set_fields
+
+    for name in VARIANTS:
+        for p in ("tiny", "smollm2-cpu"):
+            apply_variant(name, preset(p))
+    cfg = set_fields(preset("tiny"), {"loss.w_coh": 10.0, "adapter.r": 16})
+    assert cfg.loss.w_coh == 10.0 and cfg.adapter.r == 16
+    with pytest.raises(ValueError, match="loss has no field 'w_cohh'; valid: .*w_coh"):
+        set_fields(preset("tiny"), {"loss.w_cohh": 1.0})
+    with pytest.raises(ValueError, match="TrainConfig has no field 'lossx'"):
+        set_fields(preset("tiny"), {"lossx.w_coh": 1.0})
+    with pytest.raises(TypeError, match="'1' is not"):
+        set_fields(preset("tiny"), {"loss.w_coh": "1"})
+    with pytest.raises(TypeError, match="Literal"):
+        set_fields(preset("tiny"), {"loss_target": "bogus"})

@@ -23,6 +23,7 @@ import tyro
 from innerpissa.adapter import adapter_layers, detach_adapter, load_adapter
 from innerpissa.baselines.registry import build_baseline
 from innerpissa.baselines.sft import build_sft
+from innerpissa.data.config import make_pairs
 from innerpissa.errors import InputError
 from innerpissa.eval.calibration import calibrate_sign
 from innerpissa.eval.harness import DEFAULT_SYSTEM
@@ -31,7 +32,7 @@ from innerpissa.fileio import atomic_write
 from innerpissa.steering import AdapterSteerer, Steerer
 from innerpissa.train.config import PresetName, TrainConfig, preset
 from innerpissa.train.fingerprint import fingerprint_diff, flatten
-from innerpissa.train.trainer import make_pairs, train
+from innerpissa.train.trainer import train
 
 TRAINED = ("innerpissa", "lora")
 # baselines whose sign is arbitrary (an eigenvector or a random draw) are calibrated on the probe (a flip
@@ -182,7 +183,8 @@ def each_method(run: Runs, methods: Sequence[str], model, tok, probe: Callable, 
     """Every method of every seed of `run`, each on its seed's training pairs (the same for every method;
     prompting has no seed and runs once). After the caller has scored one, its adapter is detached."""
     for seed in run.seeds:
-        pairs, _ = make_pairs(train_config(run, seed), tok)
+        cfg = train_config(run, seed)
+        pairs, _ = make_pairs(cfg.data, cfg.seed, tok)
         act_cache: dict = {}
         for method in methods:
             if method == "prompting" and seed != run.seeds[0]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -34,6 +35,57 @@ CHATML_TEMPLATE = (
 def cache_dir() -> Path:
     """Where converted models live: `$INNERPISSA_CACHE`, else `~/.cache/innerpissa`."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "innerpissa")
+
+
+#: config fields that say where a model came from, not what it computes
+_PROVENANCE = ("_name_or_path", "name_or_path", "transformers_version")
+
+
+def _weight_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The base model's tensors by name: an adapter layer (a module with a `base_layer`) contributes only its
+    base layer, under the name the plain model gives it, so attaching an adapter does not change the list."""
+    wrapped = [name + "." for name, m in model.named_modules() if isinstance(getattr(m, "base_layer", None),
+                                                                              torch.nn.Module)]
+    out = []
+    for name, t in model.state_dict(keep_vars=True).items():
+        owner = next((w for w in wrapped if name.startswith(w)), None)
+        if owner is not None:
+            if not name.startswith(owner + "base_layer."):
+                continue  # the adapter's own tensors
+            name = owner + name.removeprefix(owner + "base_layer.")
+        out.append((name, t))
+    return sorted(out, key=lambda x: x[0])
+
+
+def model_identity(model: torch.nn.Module) -> dict[str, str]:
+    """What a model computes, for result caches and run fingerprints: sha256 of its config (without where it
+    was loaded from) and of its weights' bytes (an attached, unmerged adapter left out; a merged one counts).
+    The weights are hashed once and the digest memoised on the model until a tensor is replaced or changed
+    in place (torch's version counters), so asking again is cheap."""
+    cfg = getattr(model, "config", None)
+    conf = {k: v for k, v in (cfg.to_dict() if cfg is not None else {}).items() if k not in _PROVENANCE}
+    tensors = _weight_tensors(model)
+    stamp = tuple((n, t.data_ptr(), t._version) for n, t in tensors)
+    memo = getattr(model, "_innerpissa_weights_sha256", None)
+    if memo is None or memo[0] != stamp:
+        h = hashlib.sha256()
+        for name, t in tensors:
+            t = t.detach()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            if t.device.type != "meta":  # offloaded weights: shape and dtype only
+                h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        memo = (stamp, h.hexdigest()[:16])
+        object.__setattr__(model, "_innerpissa_weights_sha256", memo)
+    config_sha = hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"config_sha256": config_sha, "weights_sha256": memo[1]}
+
+
+def tokenizer_identity(tok: PreTrainedTokenizerBase) -> str:
+    """sha256 (16 hex) of what a tokenizer does to a prompt: its class, vocabulary, special tokens, chat template
+    and padding side."""
+    ident = [type(tok).__name__, sorted(tok.get_vocab().items()), str(tok.all_special_tokens),
+             str(getattr(tok, "chat_template", None)), tok.padding_side]
+    return hashlib.sha256(json.dumps(ident, default=str).encode()).hexdigest()[:16]
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:

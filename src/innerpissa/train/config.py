@@ -8,33 +8,8 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from innerpissa.adapter.config import AdapterConfig
+from innerpissa.data.config import DataConfig
 from innerpissa.train.losses import LossConfig
-
-
-@dataclass
-class DataConfig:
-    """Where the contrastive pairs come from (built-in honesty set by default)."""
-
-    builtin: str = "honesty"
-    """Built-in persona set used when no files are given."""
-    pairs_file: Path | None = None
-    """Finished pairs: JSON, JSONL or CSV with `positive` and `negative` columns."""
-    personas_file: Path | None = None
-    """Persona word pairs (JSON [[pos, neg], ...] or CSV positive,negative) to combine with suffixes."""
-    suffixes_file: Path | None = None
-    """Assistant-turn suffixes, one per line (or a JSON list)."""
-    template: str | None = None
-    """Persona sentence with a `{persona}` slot (default: the built-in set's)."""
-    system: str | None = "You are a helpful assistant."
-    """Explicit system message for the chat template (some templates inject a default otherwise)."""
-    plain_text: bool = False
-    """Render pairs as plain text for tokenizers without a chat template."""
-    n_pairs: int = 200
-    """Pairs to use in all (training + validation); <= 0 for all of them."""
-    val_fraction: float = 0.15
-    """Fraction of pairs held out for validation."""
-    max_length: int = 128
-    """Truncate prompts from the left to this many tokens."""
 
 
 @dataclass
@@ -160,8 +135,6 @@ def preset(name: str) -> TrainConfig:
                            lr=6e-3, warmup=0.3, weight_decay=1e-5,
                            loss=LossConfig(scale_to_ref=True, beta=1.0, kind="raw", w_mono=100.0, w_coh=40.0))
     if name == "smollm2-cpu-v0":  # the first default, kept for the ablation (variant `default-v0`)
-        from innerpissa.train.variants import v0_budget, v0_method
-
         return v0_method(v0_budget(TrainConfig(model="smollm2")))
     if name == "qwen3-4b-gpu":  # the author's best-known run (his HEAD defaults, Qwen3-4B-Instruct-2507)
         return TrainConfig(model="Qwen/Qwen3-4B-Instruct-2507", dtype="bfloat16",
@@ -170,6 +143,29 @@ def preset(name: str) -> TrainConfig:
                            lr=6e-3, warmup=0.3, weight_decay=1e-5,
                            loss=LossConfig(scale_to_ref=True, beta=1.0, kind="raw", w_mono=100.0, w_coh=40.0))
     raise ValueError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+
+
+def v0_method(cfg: TrainConfig) -> TrainConfig:
+    """Items 1-4 of issue 8 switched off (the method as first implemented); budget untouched."""
+    cfg.loss.mask_tokens = 0
+    cfg.loss.coh_rows = "both"
+    cfg.loss.mono_ordering = "batch"
+    cfg.adapter.select = "top"
+    cfg.direction.dims = None
+    cfg.calibrate_flip = "always"
+    return cfg
+
+
+def v0_budget(cfg: TrainConfig) -> TrainConfig:
+    """The first `smollm2-cpu` budget and loss: r 32 on 8 blocks, 200 pairs, 3 epochs of 8 pairs at lr 3e-3
+    (10 % warm-up, no decay, no early stop), logsigmoid projection (beta 1, margin 1, scaled), w_mono 10."""
+    cfg.adapter.r, cfg.adapter.n_layers, cfg.adapter.rotation_blocks = 32, 8, 1
+    cfg.data.n_pairs = 200
+    cfg.epochs, cfg.batch_size, cfg.grad_accum, cfg.patience = 3, 8, 1, 0
+    cfg.lr, cfg.warmup, cfg.weight_decay = 3e-3, 0.1, 0.0
+    cfg.loss = LossConfig(scale_to_ref=True, beta=1.0, kind="logsigmoid", w_mono=10.0, w_coh=40.0)
+    cfg.loss_target = "separation"
+    return cfg
 
 
 PresetName = Literal["tiny", "smollm2-cpu", "smollm2-cpu-v0", "qwen3-4b-gpu"]

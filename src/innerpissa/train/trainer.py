@@ -23,10 +23,10 @@ from innerpissa.adapter.io import base_model_identity
 from innerpissa.adapter.lora import attach_lora
 from innerpissa.anatomy import HiddenCapture
 from innerpissa.data.batching import PairBatch, PairCollator, PairDataset
-from innerpissa.data.pairs import pairs_from_sources, shuffle_pairs, split_pairs
+from innerpissa.data.config import make_pairs
 from innerpissa.errors import InnerPissaError, InputError, ResumeMismatch
 from innerpissa.fileio import atomic_write_json, dumps_strict
-from innerpissa.models import load_model
+from innerpissa.models import load_model, model_identity
 from innerpissa.train.checkpoint import Checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint
 from innerpissa.train.config import TrainConfig
 from innerpissa.train.fingerprint import fingerprint_diff, run_fingerprint
@@ -64,16 +64,11 @@ def _batches(ds: PairDataset, idx: list[int], batch_size: int, collate: PairColl
     return [collate([ds[i] for i in idx[k:k + batch_size]]) for k in range(0, len(idx), batch_size)]
 
 
-def make_pairs(cfg: TrainConfig, tokenizer) -> tuple[list, list]:
-    """The (train, validation) contrastive pairs of a run: a pure function of the data config and seed, so
-    every method of a comparison gets exactly the same pairs."""
-    d = cfg.data
-    pairs = pairs_from_sources(tokenizer, pairs_file=d.pairs_file, personas_file=d.personas_file,
-                               suffixes_file=d.suffixes_file, builtin=d.builtin, template=d.template,
-                               system=d.system, plain_text=d.plain_text)
-    if d.n_pairs > 0:
-        pairs = shuffle_pairs(pairs, cfg.seed)[: d.n_pairs]
-    return split_pairs(pairs, d.val_fraction, cfg.seed)
+def run_identity(cfg: TrainConfig, model, train_pairs: list, val_pairs: list) -> dict[str, Any]:
+    """A run's fingerprint (`train.fingerprint`): its settings, the exact pairs and the base model (architecture,
+    config and weights). A checkpoint resumes, and `compare`/`ablate` reuse a finished run, only when it matches."""
+    base = {**base_model_identity(model), **model_identity(model)}
+    return run_fingerprint(cfg.to_dict(), train_pairs, val_pairs, base)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -100,7 +95,7 @@ class Trainer:
         self.model, self.tok = model.to(self.device).eval(), tokenizer
         self.out = Path(cfg.out)
 
-        train_pairs, val_pairs = make_pairs(cfg, tokenizer)
+        train_pairs, val_pairs = make_pairs(cfg.data, cfg.seed, tokenizer)
         self.ds = PairDataset(train_pairs + val_pairs, tokenizer, max_length=cfg.data.max_length)
         self.train_idx = list(range(len(train_pairs)))
         self.val_idx = list(range(len(train_pairs), len(self.ds)))
@@ -112,7 +107,7 @@ class Trainer:
                              f"final tokens between positive and negative (e.g. {pair.positive[-40:]!r} vs "
                              f"{pair.negative[-40:]!r}); every pair must end in the same text (a shared suffix), "
                              "or lower --direction.n-tokens")
-        self.fingerprint = run_fingerprint(cfg.to_dict(), train_pairs, val_pairs, base_model_identity(self.model))
+        self.fingerprint = run_identity(cfg, self.model, train_pairs, val_pairs)
 
         if cfg.method == "lora":  # the LoRA-scaled-by-c baseline, trained with the same loss
             attach_lora(self.model, cfg.adapter)
@@ -189,123 +184,134 @@ class Trainer:
         self.scale = float(sep0.abs().mean().clamp(min=1e-6))
 
     def fit(self) -> TrainResult:
+        """Train (or continue a checkpoint of) this run, then calibrate and write the adapter and summary. A fresh
+        run takes over its folder only once its first step succeeded; Ctrl-C keeps a checkpoint of every
+        completed step."""
         cfg = self.cfg
-        ckpt_dir = self.out / "checkpoint"
+        self.ckpt_dir = self.out / "checkpoint"
         steps_per_epoch = math.ceil(math.ceil(len(self.train_idx) / cfg.batch_size) / cfg.grad_accum)
         total = max(1, steps_per_epoch * cfg.epochs)
-        opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, one_cycle(total, cfg.warmup))
-        state = Checkpoint()
-        resumed = cfg.resume and (ckpt_dir / "state.pt").exists()
-        if resumed:
-            saved = read_checkpoint_state(ckpt_dir)
-            self._check_resume(saved, ckpt_dir)
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, one_cycle(total, cfg.warmup))
+        self.state = state = Checkpoint()
+        self.resumed = cfg.resume and (self.ckpt_dir / "state.pt").exists()
+        self._ckpt_step: int | None = None
+        self._log: _Logger | None = None
+        if self.resumed:
+            saved = read_checkpoint_state(self.ckpt_dir)
+            self._check_resume(saved, self.ckpt_dir)
             if saved.finished or (saved.epoch >= cfg.epochs and (self.out / "summary.json").exists()):
                 return self._already_finished(saved)
-            state = load_checkpoint(ckpt_dir, self.params, opt, sched)
-            self.ref = Reference.from_state_dict(state.reference)
-            self.scale = state.scale
-            self._ckpt_step: int | None = state.global_step
+            self.state = state = load_checkpoint(self.ckpt_dir, self.params, self.opt, self.sched)
+            self.ref, self.scale = Reference.from_state_dict(state.reference), state.scale
+            self._ckpt_step = state.global_step
+            self._folder()
         else:
             self._setup_reference()  # fails on bad data or settings before the folder is touched
-            self._ckpt_step = None
-        state.reference, state.scale = self.ref.state_dict(), self.scale
-        state.fingerprint = self.fingerprint
-        t0 = time.time() - state.elapsed
-        bar = _bar(total, state.global_step, cfg.progress)
-        log: list[_Logger] = []
-
-        def start_folder() -> _Logger:
-            """A fresh run takes over the folder only once its first step succeeded."""
-            if not log:
-                if not resumed and self.acc.is_main_process:
-                    if holds_run(self.out):
-                        clear_run(self.out)  # --overwrite (checked up front), or --resume without a checkpoint
-                    self.out.mkdir(parents=True, exist_ok=True)
-                    (self.out / "metrics.jsonl").write_text("")
-                if self.acc.is_main_process:
-                    atomic_write_json(self.out / "config.json", cfg.to_dict())
-                log.append(_Logger(self.out / "metrics.jsonl", cfg, state.global_step))
-            return log[0]
-
-        if resumed:
-            start_folder()
-
-        def checkpoint() -> None:
-            state.elapsed = time.time() - t0
-            if self.acc.is_main_process:
-                save_checkpoint(ckpt_dir, state, self.params, opt, sched)
-            self._ckpt_step = state.global_step
-
+        state.reference, state.scale, state.fingerprint = self.ref.state_dict(), self.scale, self.fingerprint
+        self.t0 = time.time() - state.elapsed
+        self.bar = _bar(total, state.global_step, cfg.progress)
         try:
             for epoch in range(state.epoch, cfg.epochs):
-                order = [self.train_idx[i] for i in epoch_order(len(self.train_idx), cfg.seed, epoch)]
-                batches = _batches(self.ds, order, cfg.batch_size, self.collate)
-                batches = batches[self.acc.process_index::self.acc.num_processes]
-                for b in range(state.batch_in_epoch, len(batches), cfg.grad_accum):
-                    group = batches[b:b + cfg.grad_accum]
-                    terms_sum: dict[str, float] = {}
-                    for batch in group:
-                        loss, terms = self.losses(batch.to(self.device))
-                        if not torch.isfinite(loss):
-                            self._diverged(f"loss became {float(loss.detach())}", epoch, state.global_step,
-                                           {k: round(float(v), 4) for k, v in terms.items()})
-                        (loss / len(group)).backward()
-                        for k, v in terms.items():
-                            terms_sum[k] = terms_sum.get(k, 0.0) + float(v) / len(group)
-                    if self.acc.num_processes > 1:
-                        for p in self.params:
-                            p.grad = self.acc.reduce(p.grad, reduction="mean")
-                    gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip if cfg.clip > 0 else float("inf"))
-                    if not torch.isfinite(gnorm):
-                        self._diverged(f"gradient norm became {float(gnorm)}", epoch, state.global_step, terms_sum)
-                    opt.step()
-                    if not _all_finite(self.params):
-                        self._diverged("an adapter parameter became non-finite", epoch, state.global_step, terms_sum)
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
-                    state.global_step += 1
-                    state.batch_in_epoch = b + len(group)
-                    start_folder().log({"step": state.global_step, "epoch": epoch, "lr": sched.get_last_lr()[0],
-                                "grad_norm": float(gnorm), **terms_sum})
-                    bar.update(1)
-                    bar.set_postfix({k: f"{terms_sum[k]:.3g}" for k in ("total", "proj+1", "proj-1", "coh+1", "mono")
-                                     if k in terms_sum})
-                val = self.validate()
-                if not all(math.isfinite(v) for v in val.values()):
-                    self._diverged("validation became non-finite", epoch, state.global_step, val)
-                val_loss = val.get("val_total", float("nan"))
-                state.epoch, state.batch_in_epoch = epoch + 1, 0
-                improved = not (val_loss >= state.best_val)
-                if improved:
-                    state.best_val, state.bad_epochs = val_loss, 0
-                    state.best_params = [p.detach().clone() for p in self.params]
-                else:
-                    state.bad_epochs += 1
-                start_folder().log({"step": state.global_step, "epoch": epoch, **val})
-                state.history.append({"epoch": epoch, **val})
-                checkpoint()
+                self._epoch(epoch)
                 if cfg.patience and state.bad_epochs >= cfg.patience:
                     break
         except KeyboardInterrupt:
             # only completed optimizer steps are in `state`; partial gradients are dropped
-            opt.zero_grad(set_to_none=True)
-            bar.close()
-            if not log:
+            self.opt.zero_grad(set_to_none=True)
+            self.bar.close()
+            if self._log is None:
                 raise KeyboardInterrupt(f"training interrupted before its first step; nothing was written to "
                                         f"{self.out}") from None
-            checkpoint()
-            raise KeyboardInterrupt(f"training interrupted; resume with --resume (checkpoint in {ckpt_dir})") from None
-        bar.close()
-        start_folder()  # a run with zero steps still owns its folder
+            self._checkpoint()
+            raise KeyboardInterrupt(f"training interrupted; resume with --resume (checkpoint in {self.ckpt_dir})"
+                                    ) from None
+        self.bar.close()
+        self._folder()  # a run with zero steps still owns its folder
         try:
-            result = self._finish(state, time.time() - t0)
+            result = self._finish(state, time.time() - self.t0)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(f"interrupted after training, before the adapter was written; rerun with "
-                                    f"--resume to finish (checkpoint in {ckpt_dir})") from None
+                                    f"--resume to finish (checkpoint in {self.ckpt_dir})") from None
         state.finished = True
-        checkpoint()
+        self._checkpoint()
         return result
+
+    def _epoch(self, epoch: int) -> None:
+        """The optimizer steps of one epoch (from where a resumed run stopped), then validation and a checkpoint."""
+        cfg, state = self.cfg, self.state
+        order = [self.train_idx[i] for i in epoch_order(len(self.train_idx), cfg.seed, epoch)]
+        batches = _batches(self.ds, order, cfg.batch_size, self.collate)
+        batches = batches[self.acc.process_index::self.acc.num_processes]
+        for b in range(state.batch_in_epoch, len(batches), cfg.grad_accum):
+            group = batches[b:b + cfg.grad_accum]
+            terms, gnorm = self._step(group, epoch)
+            state.global_step += 1
+            state.batch_in_epoch = b + len(group)
+            self._folder().log({"step": state.global_step, "epoch": epoch, "lr": self.sched.get_last_lr()[0],
+                                "grad_norm": gnorm, **terms})
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{terms[k]:.3g}" for k in ("total", "proj+1", "proj-1", "coh+1", "mono")
+                                  if k in terms})
+        val = self.validate()
+        if not all(math.isfinite(v) for v in val.values()):
+            self._diverged("validation became non-finite", epoch, state.global_step, val)
+        val_loss = val.get("val_total", float("nan"))
+        state.epoch, state.batch_in_epoch = epoch + 1, 0
+        if not (val_loss >= state.best_val):  # improved (NaN never counts as worse)
+            state.best_val, state.bad_epochs = val_loss, 0
+            state.best_params = [p.detach().clone() for p in self.params]
+        else:
+            state.bad_epochs += 1
+        self._folder().log({"step": state.global_step, "epoch": epoch, **val})
+        state.history.append({"epoch": epoch, **val})
+        self._checkpoint()
+
+    def _step(self, group: list[PairBatch], epoch: int) -> tuple[dict[str, float], float]:
+        """One optimizer step over `group` (gradient accumulation); its mean loss terms and gradient norm."""
+        step = self.state.global_step
+        terms_sum: dict[str, float] = {}
+        for batch in group:
+            loss, terms = self.losses(batch.to(self.device))
+            if not torch.isfinite(loss):
+                self._diverged(f"loss became {float(loss.detach())}", epoch, step,
+                               {k: round(float(v), 4) for k, v in terms.items()})
+            (loss / len(group)).backward()
+            for k, v in terms.items():
+                terms_sum[k] = terms_sum.get(k, 0.0) + float(v) / len(group)
+        if self.acc.num_processes > 1:
+            for p in self.params:
+                p.grad = self.acc.reduce(p.grad, reduction="mean")
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip if self.cfg.clip > 0 else float("inf"))
+        if not torch.isfinite(gnorm):
+            self._diverged(f"gradient norm became {float(gnorm)}", epoch, step, terms_sum)
+        self.opt.step()
+        if not _all_finite(self.params):
+            self._diverged("an adapter parameter became non-finite", epoch, step, terms_sum)
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return terms_sum, float(gnorm)
+
+    def _folder(self) -> _Logger:
+        """The run's metrics log; the first call takes over the folder (a fresh run clears what --overwrite or
+        a checkpoint-less --resume left there) and writes config.json."""
+        if self._log is None:
+            main = self.acc.is_main_process
+            if not self.resumed and main:
+                if holds_run(self.out):
+                    clear_run(self.out)  # --overwrite (checked up front), or --resume without a checkpoint
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / "metrics.jsonl").write_text("")
+            if main:
+                atomic_write_json(self.out / "config.json", self.cfg.to_dict())
+            self._log = _Logger(self.out / "metrics.jsonl", self.cfg, self.state.global_step)
+        return self._log
+
+    def _checkpoint(self) -> None:
+        self.state.elapsed = time.time() - self.t0
+        if self.acc.is_main_process:
+            save_checkpoint(self.ckpt_dir, self.state, self.params, self.opt, self.sched)
+        self._ckpt_step = self.state.global_step
 
     # ---------------------------------------------------------------- resume and divergence
 
@@ -363,7 +369,7 @@ class Trainer:
             "final_validation": final_val, "calibration": calibration,
             "val_ordered_pct": (None if final_val.get("val_ordered_fwd") is None
                                 else round(100 * float(final_val["val_ordered_fwd"]), 2)),
-            "loss_point": self.ref.point.key,
+            "loss_point": self.ref.point.key, "fingerprint": self.fingerprint,
         }
         adapter_path = self.out / "adapter"
         if self.acc.is_main_process:  # either kind (InnerPiSSA or LoRA(c)) through the one save path

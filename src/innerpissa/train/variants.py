@@ -16,49 +16,53 @@ on the same pairs.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import types
+import typing
 from collections.abc import Callable
 
-from innerpissa.train.config import TrainConfig
+from innerpissa.train.config import TrainConfig, v0_budget, v0_method
 
 Variant = Callable[[TrainConfig], TrainConfig]
 
 
-def v0_method(cfg: TrainConfig) -> TrainConfig:
-    """Items 1-4 of issue 8 switched off (the method as first implemented); budget untouched."""
-    cfg.loss.mask_tokens = 0
-    cfg.loss.coh_rows = "both"
-    cfg.loss.mono_ordering = "batch"
-    cfg.adapter.select = "top"
-    cfg.direction.dims = None
-    cfg.calibrate_flip = "always"
-    return cfg
+def _fits(value: object, hint: object) -> bool:
+    """Whether `value` is of the annotated type (Literal, unions, None and plain classes; others pass)."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, origin or hint) if isinstance(origin or hint, type) else True
 
 
-def v0_budget(cfg: TrainConfig) -> TrainConfig:
-    """The first `smollm2-cpu` budget and loss: r 32 on 8 blocks, 200 pairs, 3 epochs of 8 pairs at lr 3e-3
-    (10 % warm-up, no decay, no early stop), logsigmoid projection (beta 1, margin 1, scaled), w_mono 10."""
-    from innerpissa.train.losses import LossConfig
-
-    cfg.adapter.r, cfg.adapter.n_layers, cfg.adapter.rotation_blocks = 32, 8, 1
-    cfg.data.n_pairs = 200
-    cfg.epochs, cfg.batch_size, cfg.grad_accum, cfg.patience = 3, 8, 1, 0
-    cfg.lr, cfg.warmup, cfg.weight_decay = 3e-3, 0.1, 0.0
-    cfg.loss = LossConfig(scale_to_ref=True, beta=1.0, kind="logsigmoid", w_mono=10.0, w_coh=40.0)
-    cfg.loss_target = "separation"
+def set_fields(cfg: TrainConfig, changes: dict[str, object]) -> TrainConfig:
+    """`cfg` with dotted fields set (`{"loss.w_coh": 10.0}`). A name that is not a field of the config tree
+    raises, naming the fields that exist there (a typo must never add an attribute nobody reads), and so does
+    a value that is not of the field's type."""
+    for key, value in changes.items():
+        obj, *path = [cfg, *key.split(".")]
+        for i, part in enumerate(path):
+            hints = typing.get_type_hints(type(obj))
+            names = [f.name for f in dataclasses.fields(obj)]
+            if part not in names:
+                where = ".".join(path[:i]) or "TrainConfig"
+                raise ValueError(f"variant field {key!r}: {where} has no field {part!r}; valid: {', '.join(names)}")
+            if i < len(path) - 1:
+                obj = getattr(obj, part)
+            elif not _fits(value, hints[part]):
+                raise TypeError(f"variant field {key!r}: {value!r} is not a {hints[part]}")
+        setattr(obj, path[-1], value)
     return cfg
 
 
 def _set(**changes: object) -> Variant:
-    def apply(cfg: TrainConfig) -> TrainConfig:
-        for key, value in changes.items():
-            obj = cfg
-            *path, last = key.split("__")
-            for p in path:
-                obj = getattr(obj, p)
-            setattr(obj, last, value)
-        return cfg
-
-    return apply
+    """A variant setting fields, written `loss__w_coh=10.0` for `loss.w_coh` (checked when it runs)."""
+    return lambda cfg: set_fields(cfg, {k.replace("__", "."): v for k, v in changes.items()})
 
 
 def _then(*fns: Variant) -> Variant:
