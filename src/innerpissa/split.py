@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicLayer
 
+from innerpissa.anatomy import decoder_blocks
+
 
 class _Stop(Exception):
     """Raised by the recording pre-hook once block k's input is captured."""
@@ -100,13 +102,18 @@ def common_prefix_len(seqs) -> int:
 
 def decoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Module] | None:
     """(decoder, its block list, its final norm), or None when the model does not have that layout or uses
-    different attention types per layer (then a block's keyword arguments are not shared by all blocks)."""
+    different attention types per layer (then a block's keyword arguments are not shared by all blocks).
+    The blocks are `anatomy.decoder_blocks`' list (the one rule), which must be a child of the decoder."""
     get = getattr(model, "get_decoder", None)
     decoder = get() if callable(get) else None
     if decoder is None or decoder is model:
         return None
-    layers, norm = getattr(decoder, "layers", None), getattr(decoder, "norm", None)
-    if not isinstance(layers, nn.ModuleList) or not isinstance(norm, nn.Module) or len(layers) == 0:
+    try:
+        layers = model.get_submodule(decoder_blocks(model)[0])
+    except ValueError:
+        return None
+    norm = getattr(decoder, "norm", None)
+    if not any(layers is m for m in decoder.children()) or not isinstance(norm, nn.Module):
         return None
     types = getattr(getattr(model, "config", None), "layer_types", None)
     if types is not None and len(set(types)) > 1:

@@ -133,33 +133,38 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def capture_pairs(model: nn.Module, batches: Iterable, points: Sequence[CapturePoint], n_tokens: int,
-                  on_batch: Callable | None = None) -> tuple[dict[str, tuple[Tensor, Tensor]], Tensor]:
-    """Run the model over `PairBatch`es; per point key, (pos, neg) hidden states [N, n_tokens, d] on CPU
-    in fp32, and the pairs' dataset indices [N]. Run it on the reference (c = 0) model.
+                  forward: Callable | None = None, transform: Callable | None = None,
+                  ) -> tuple[dict[str, tuple[Tensor, Tensor]], Tensor]:
+    """The one capture loop (the vector baselines' activations and the trainer's reference pass): run the
+    model over `PairBatch`es and return, per point key, (pos, neg) hidden states [N, n_tokens, d] on CPU in
+    fp32 (`transform`ed first, e.g. projected into a basis), and the pairs' dataset indices [N]. Run it on the
+    reference (c = 0) model.
 
-    `on_batch(batch, outputs)` is called after each full forward, so the same reference pass can also
-    cache, e.g., next-token log-probs for the coherence term. Without it the forward stops at the last
-    capture point (later blocks and the LM head are skipped).
+    `forward(batch)` runs the pass and returns the attention mask of the states it produced (the reference
+    pass uses the trainer's shared-prefix forward and keeps its log-probs); the default is a plain forward that
+    stops at the last capture point (later blocks and the LM head are skipped).
     """
     store: dict[str, tuple[list[Tensor], list[Tensor]]] = {p.key: ([], []) for p in points}
     index: list[Tensor] = []
     dev = _device(model)
-    with HiddenCapture(model, points, stop_early=on_batch is None) as cap:
+    with HiddenCapture(model, points, stop_early=forward is None) as cap:
         for batch in batches:
             batch = batch.to(dev)
             if int(batch.tail_len.min()) < n_tokens:
                 raise ValueError(f"n_tokens={n_tokens} reaches past the shared suffix of some pairs "
-                                 f"(shortest shared tail: {int(batch.tail_len.min())} tokens)")
-            try:
-                out = model(**batch.model_inputs(), output_hidden_states=cap.needs_hidden_states, use_cache=False)
-            except StopForward:
-                out = None
-            if out is not None:
-                cap.read_outputs(out)
-                if on_batch is not None:
-                    on_batch(batch, out)
+                                 f"(shortest shared tail: {int(batch.tail_len.min())} tokens); lower it")
+            if forward is not None:
+                mask = forward(batch)
+            else:
+                mask = batch.attention_mask
+                try:
+                    cap.read_outputs(model(**batch.model_inputs(), output_hidden_states=cap.needs_hidden_states,
+                                           use_cache=False))
+                except StopForward:
+                    pass
             for key, (pos, neg) in store.items():
-                h = gather_last(cap.hidden[key], batch.attention_mask, n_tokens).float().cpu()
+                h = gather_last(cap.hidden[key], mask, n_tokens)
+                h = (transform(h) if transform is not None else h).float().cpu()
                 pos.append(h[0::2])
                 neg.append(h[1::2])
             index.append(batch.pair_index[0::2].cpu())

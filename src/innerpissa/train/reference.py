@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from innerpissa.data.batching import PairBatch
 from innerpissa.train.directions import (
     CapturePoint,
-    HiddenCapture,
     basis_singular_values,
+    capture_pairs,
     default_loss_point,
     direction_from_diffs,
     gather_last,
@@ -82,31 +82,23 @@ def tail_width(batch: PairBatch) -> int:
 @torch.no_grad()
 def reference_pass(model: nn.Module, batches: Iterable[PairBatch], point: CapturePoint, basis: Tensor | None,
                    n_tokens: int, n_pairs: int) -> tuple[Tensor, list[Tensor], Tensor]:
-    """(raw projected states [N, 2, n, r], tail log-probs per pair, which pairs were seen [N] bool)."""
-    states: Tensor | None = None
+    """(raw projected states [N, 2, n, r], tail log-probs per pair, which pairs were seen [N] bool): the one
+    capture loop (`capture_pairs`) over the trainer's forward (the shared prefix once; the model as it is, c = 0)."""
     tails: list[Tensor] = [torch.empty(2, 0)] * n_pairs
+
+    def forward(batch: PairBatch) -> Tensor:
+        fwd = TrainForward(model, batch)
+        logp, width = fwd.run(None).cpu(), tail_width(batch)
+        for k, i in enumerate(batch.pair_index[0::2].tolist()):
+            tails[i] = logp[2 * k:2 * k + 2, width - int(batch.tail_len[2 * k]):].clone()
+        return fwd.mask()
+
+    captured, index = capture_pairs(model, batches, [point], n_tokens, forward, lambda h: project(h, basis))
+    pos, neg = captured[point.key]
+    states = torch.zeros(n_pairs, 2, n_tokens, pos.shape[-1])
+    states[index, 0], states[index, 1] = pos, neg
     seen = torch.zeros(n_pairs, dtype=torch.bool)
-    dev = next(model.parameters()).device
-    with HiddenCapture(model, [point]) as cap:
-        for batch in batches:
-            batch = batch.to(dev)
-            if int(batch.tail_len.min()) < n_tokens:
-                raise ValueError(f"n_tokens={n_tokens} reaches past the shared suffix of some pairs "
-                                 f"(shortest shared tail: {int(batch.tail_len.min())} tokens); lower it")
-            width = tail_width(batch)
-            fwd = TrainForward(model, batch)  # the shared prefix once; the model as it is (c = 0)
-            logp = fwd.run(None).cpu()
-            h = project(gather_last(cap.hidden[point.key], fwd.mask(), n_tokens), basis).cpu()
-            idx = batch.pair_index[0::2].cpu()
-            if states is None:
-                states = torch.zeros(n_pairs, 2, n_tokens, h.shape[-1])
-            states[idx, 0], states[idx, 1] = h[0::2], h[1::2]
-            for k, i in enumerate(idx.tolist()):
-                tl = int(batch.tail_len[2 * k])
-                tails[i] = logp[2 * k:2 * k + 2, width - tl:].clone()
-            seen[idx] = True
-    if states is None:
-        raise ValueError("no pairs for the reference pass")
+    seen[index] = True
     return states, tails, seen
 
 
