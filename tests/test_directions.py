@@ -103,9 +103,9 @@ def test_svd_basis_and_project():
     assert torch.equal(svd_basis(WithBuffers(), "", "VS"), torch.eye(6)[:, :2] * torch.tensor([3.0, 2.0]))
 
 
-def test_capture_point_parse():
-    assert CapturePoint.parse("model.layers.1.mlp.up_proj:input") == CapturePoint("model.layers.1.mlp.up_proj", "input")
-    assert CapturePoint.parse("hidden_states.2").is_hidden_states
+def test_capture_point_keys():
+    assert CapturePoint("model.layers.1.mlp.up_proj", "input").key == "model.layers.1.mlp.up_proj:input"
+    assert CapturePoint("hidden_states.2").is_hidden_states
     with pytest.raises(ValueError):
         CapturePoint("x", "middle")
 

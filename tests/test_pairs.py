@@ -268,9 +268,9 @@ def test_interleaved_left_padded_batch(tok):
         t = it.tail_len
         assert it.positive[-t:] == it.negative[-t:] and it.positive[-t - 1] != it.negative[-t - 1]
         assert tok.decode(it.positive[-t:]).startswith(" person")
-    m3 = b.suffix_mask(3)
+    m3 = last_tokens_mask(b.attention_mask, b.tail_len.clamp(max=3))
     assert m3.sum(1).tolist() == [3] * 6 and m3[:, -3:].all()
-    assert b.tail_mask().sum(1).tolist() == b.tail_len.tolist()
+    assert last_tokens_mask(b.attention_mask, b.tail_len).sum(1).tolist() == b.tail_len.tolist()
     assert torch.equal(b.input_ids[0::2][m3[0::2]], b.input_ids[1::2][m3[1::2]])  # identical suffix tokens
 
 

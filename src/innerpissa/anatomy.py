@@ -116,12 +116,6 @@ class CapturePoint:
     def is_hidden_states(self) -> bool:
         return self.module.startswith(HIDDEN_STATES_PREFIX)
 
-    @classmethod
-    def parse(cls, spec: str) -> CapturePoint:
-        """'model.layers.24.mlp.up_proj:input', 'model.layers.20' (output) or 'hidden_states.20'."""
-        name, _, where = spec.partition(":")
-        return cls(name, where or "output")
-
 
 class HiddenCapture:
     """Context manager holding forward hooks; after each forward, `hidden[key]` is the [B, T, d] tensor.

@@ -65,14 +65,6 @@ class PairBatch:
     def n_pairs(self) -> int:
         return self.input_ids.shape[0] // 2
 
-    def suffix_mask(self, n: int) -> Tensor:
-        """Bool [2B, T]: the last `n` real tokens of each row, never reaching past the shared tail."""
-        return last_tokens_mask(self.attention_mask, torch.clamp(self.tail_len, max=n))
-
-    def tail_mask(self) -> Tensor:
-        """Bool [2B, T]: all shared-tail tokens (same text on both rows; each has a real predecessor)."""
-        return last_tokens_mask(self.attention_mask, self.tail_len)
-
     def model_inputs(self) -> dict[str, Tensor]:
         """Keyword arguments for a Hugging Face forward, with explicit mask-derived position ids."""
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}

@@ -31,27 +31,6 @@ def symlog(x: Tensor) -> Tensor:
     return torch.sign(x) * torch.log1p(x.abs())
 
 
-def separation(h_pos: Tensor, h_neg: Tensor, direction: Tensor) -> Tensor:
-    """s = mean_t((h_pos - h_neg) . d) per pair: [B, n, r] (or [B, r]) with d [r] or per-pair [B, r] -> [B]."""
-    diff = (h_pos - h_neg).float()
-    d = direction.to(diff.device, diff.dtype)
-    if diff.dim() == 2:
-        diff = diff[:, None]
-    d = d[None, None] if d.dim() == 1 else d[:, None]
-    return (diff * d).sum(-1).mean(-1)
-
-
-def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
-    """log p(token_t | tokens_<t) [B, T] from logits [B, T, V]; position 0 (no predecessor) is 0.
-
-    Uses gather minus logsumexp, so no [B, T, V] log-softmax is kept for large vocabularies.
-    """
-    lg = logits[:, :-1].float()
-    tok = input_ids[:, 1:, None]
-    lp = lg.gather(-1, tok)[..., 0] - torch.logsumexp(lg, -1)
-    return F.pad(lp, (1, 0))
-
-
 def masked_row_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of x [B, T] over each row's masked positions -> [B] (0 for an empty row)."""
     m = mask.to(x.dtype)
