@@ -49,7 +49,8 @@ class Concept:
 
 
 def honesty_concept(model, tok, batch_size: int = 8) -> Concept:
-    from innerpissa.eval.calibration import DEFAULT_SYSTEM, load_probe
+    from innerpissa.data.chat import DEFAULT_SYSTEM
+    from innerpissa.eval.calibration import load_probe
     from innerpissa.eval.choices import choice_ids
     from innerpissa.eval.harness import encode_prompts, score_encoded
 
@@ -67,10 +68,11 @@ def honesty_concept(model, tok, batch_size: int = 8) -> Concept:
 def sentiment_concept(model, tok, prompts: Sequence[str], max_new_tokens: int, texts_log: list) -> Concept:
     """VADER compound of the greedy continuation of each prompt, rendered and generated exactly as the
     generation evaluation does (`eval/generation.py`)."""
-    from innerpissa.eval.gen_metrics import concept_scorer
-    from innerpissa.eval.generation import chat_ids, generate_ids
+    from innerpissa.data.chat import chat_ids
+    from innerpissa.eval.gen_metrics import make_scorer
+    from innerpissa.eval.generation import generate_ids
 
-    scorer = concept_scorer("sentiment")
+    scorer = make_scorer("builtin", "sentiment")
     ids = [chat_ids(tok, p) for p in prompts]
 
     def score() -> np.ndarray:

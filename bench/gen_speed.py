@@ -35,9 +35,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from innerpissa.adapter import attach
     from innerpissa.adapter.config import AdapterConfig
+    from innerpissa.data.chat import DEFAULT_SYSTEM, chat_ids
     from innerpissa.eval.generation import (
-        DEFAULT_SYSTEM,
-        chat_ids,
         generate_ids,
         generate_sweep,
         load_neutral_prompts,

@@ -50,7 +50,7 @@ def test_compare_lora_baseline_is_reused_exactly(tmp_path, shared_data):
     saved = tmp_path / "cmp" / "train" / "lora_seed0" / "adapter" / "adapter.safetensors"
     assert saved.exists()
     # drop the score cache: the second run must rebuild the LoRA from its saved, calibrated weights
-    for f in (tmp_path / "cmp" / "cache").glob("lora__*"):
+    for f in (tmp_path / "cmp" / "cache").glob("lora_*.json"):
         f.unlink()
     again = pd.read_csv(run_compare(cmp)["rows"])
     pd.testing.assert_frame_equal(first, again, check_exact=False, atol=1e-6)

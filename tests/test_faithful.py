@@ -8,6 +8,7 @@ import torch
 
 import innerpissa as ip
 from innerpissa.adapter.select import select_adapter_directions, variance_select
+from innerpissa.data.batching import last_tokens_mask
 from innerpissa.train.config import PRESETS, preset
 from innerpissa.train.reference import build_reference, tail_width
 from innerpissa.train.trainer import Trainer, _batches, _tail_mask
@@ -63,9 +64,9 @@ def test_masks_select_exactly_the_last_n_suffix_tokens(tmp_path):
         m = _tail_mask(batch, width, n)
         assert m.sum(1).tolist() == batch.tail_len.clamp(max=n).tolist()
         # the same positions as the last n real tokens of each row in the full sequence
-        assert torch.equal(m, batch.suffix_mask(n)[:, T - width:])
+        assert torch.equal(m, last_tokens_mask(batch.attention_mask, batch.tail_len.clamp(max=n))[:, T - width:])
         assert m[:, -min(n, int(batch.tail_len.min())):].all()  # right-aligned: the row's final tokens
-    assert torch.equal(_tail_mask(batch, width, 0), batch.tail_mask()[:, T - width:])
+    assert torch.equal(_tail_mask(batch, width, 0), last_tokens_mask(batch.attention_mask, batch.tail_len)[:, T - width:])
     assert int(batch.tail_len.min()) > 4  # so the v0 mask really is wider than the last-4 one
 
 
@@ -231,7 +232,7 @@ def test_calibration_never_flips_on_a_probe_that_personas_do_not_move(tiny, monk
 
 
 def test_bootstrap_ci_matches_numpy():
-    from innerpissa.eval.calibration import bootstrap_mean_ci
+    from innerpissa.eval.stats import bootstrap_mean_ci
 
     x = torch.tensor([0.1, 0.4, -0.2, 0.3, 0.0, 0.5, 0.2, 0.1])
     lo, hi = bootstrap_mean_ci(x, n_boot=4000, seed=1)
@@ -333,10 +334,11 @@ def test_ablate_generation_task_on_tiny(tmp_path):
 
     from innerpissa.ablate import Ablate, run_ablate
     from innerpissa.eval.generation import load_neutral_prompts
+    from innerpissa.eval.settings import GenSettings
 
     ab = Ablate(variants=("preset", "shift"), out=tmp_path / "abg", train=_uncalibrated_tiny(), seeds=(0,),
-                n_pairs=12, epochs=1, coeffs=(-1.0, 0.0, 1.0), n_boot=30, task="generation", n_prompts=3,
-                max_new_tokens=5)
+                n_pairs=12, epochs=1, coeffs=(-1.0, 0.0, 1.0), n_boot=30, task="generation",
+                gen=GenSettings(n_prompts=3, max_new_tokens=5))
     paths = run_ablate(ab)
     rows = pd.read_csv(tmp_path / "abg" / "rows.csv")
     assert set(rows["method"]) == {"preset", "shift"}

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from innerpissa.eval import gen_metrics as gm
+from innerpissa.eval import stats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,11 +33,16 @@ def test_distinct_and_repetition_on_hand_made_texts():
 
 
 def test_vader_scorer_orders_hand_made_sentiment():
-    s = gm.concept_scorer("sentiment")(["What a wonderful, happy day, I love it!", "The bus leaves at nine.",
-                                        "This is terrible, sad and hopeless."])
+    s = gm.make_scorer("builtin", "sentiment")(["What a wonderful, happy day, I love it!", "The bus leaves at nine.",
+                                                 "This is terrible, sad and hopeless."])
     assert s[0] > 0.5 and s[2] < -0.5 and abs(s[1]) < 0.2
-    with pytest.raises(ValueError, match="no generation scorer"):
-        gm.concept_scorer("telepathy")
+    assert gm.make_scorer("vader").name == gm.make_scorer("builtin", "sentiment").name == "vader_compound"
+    with pytest.raises(ValueError, match="no built-in generation scorer for concept 'telepathy'"):
+        gm.make_scorer("builtin", "telepathy")
+    with pytest.raises(ValueError, match="unknown --gen.scorer 'bogus'"):
+        gm.make_scorer("bogus")
+    with pytest.raises(ValueError, match="cannot import 'nope' from module 'math'"):
+        gm.make_scorer("math:nope")
 
 
 def test_bootstrap_and_spearman_against_independent_values():
@@ -44,13 +50,16 @@ def test_bootstrap_and_spearman_against_independent_values():
 
     rng = np.random.default_rng(0)
     x = rng.normal(1.0, 1.0, 200)
-    lo, hi = gm.bootstrap_mean_ci(x, 2000, 0)
+    lo, hi = stats.bootstrap_mean_ci(x, 2000, 0)
     se = x.std(ddof=1) / math.sqrt(len(x))
     assert lo < x.mean() < hi
     assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.15)
     c, y = [-2, -1, 0, 1, 2, 3], [0.1, 0.3, 0.2, 0.5, 0.9, 0.9]
-    assert gm.spearman(c, y) == pytest.approx(spearmanr(c, y).statistic)
-    assert math.isnan(gm.spearman([0, 1], [1, 1]))
+    assert stats.spearman(c, y) == pytest.approx(spearmanr(c, y).statistic)
+    assert math.isnan(stats.spearman([0, 1], [1, 1]))
+    assert math.isnan(stats.spearman([0, 1], [1, 2], min_points=3)) and stats.spearman([0, 1], [1, 2]) == pytest.approx(1.0)
+    assert stats.spearman([0, 1, 2, np.nan], [3, 2, 1, 0]) == pytest.approx(-1.0)  # non-finite pairs dropped
+    assert all(math.isnan(v) for v in stats.bootstrap_mean_ci([np.nan]))  # nothing left to resample
 
 
 def _frame(scores: dict[float, list[float]], nll: dict[float, float], d2: dict[float, float]) -> pd.DataFrame:
@@ -137,8 +146,9 @@ def test_decode_sweep_shares_header_and_lower_blocks_and_equals_generate(tiny):
     coefficient, including rows cut early by an end-of-sequence token."""
     from innerpissa.adapter import attach, detach_adapter, steer
     from innerpissa.adapter.config import AdapterConfig
+    from innerpissa.data.chat import chat_ids
     from innerpissa.eval import decode
-    from innerpissa.eval.generation import chat_ids, generate_ids
+    from innerpissa.eval.generation import generate_ids
     from innerpissa.split import common_prefix_len, first_adapted_block
 
     model, tok = tiny
@@ -176,7 +186,8 @@ def test_decode_sweep_shares_header_and_lower_blocks_and_equals_generate(tiny):
 
 
 def test_continuation_nll_matches_an_unbatched_forward(tiny):
-    from innerpissa.eval.generation import chat_ids, continuation_nll
+    from innerpissa.data.chat import chat_ids
+    from innerpissa.eval.generation import continuation_nll
 
     model, tok = tiny
     g = torch.Generator().manual_seed(0)
@@ -236,11 +247,13 @@ def test_sentiment_concept_builds_pairs_and_train_cli_alias(tiny):
 
 def test_compare_generation_end_to_end_and_resume(tmp_path):
     from innerpissa.compare import Compare, run_compare
+    from innerpissa.eval.settings import CompareGen
 
     cmp = Compare(out=tmp_path / "gen", preset="tiny", task="generation", concept="sentiment",
                   methods=("innerpissa", "prompting", "mean_diff"), seeds=(0,), n_pairs=12, epochs=1,
-                  n_prompts=3, max_new_tokens=5, gen_adapter_coeffs=(-1.0, 0.0, 1.0),
-                  baseline_coeffs=(-2.0, 0.0, 2.0), n_boot=50, nll_budget=100.0, distinct_frac=0.0)
+                  baseline_coeffs=(-2.0, 0.0, 2.0), n_boot=50,
+                  gen=CompareGen(n_prompts=3, max_new_tokens=5, adapter_coeffs=(-1.0, 0.0, 1.0), nll_budget=100.0,
+                                 distinct_frac=0.0))
     paths = run_compare(cmp)
     rows = pd.read_csv(tmp_path / "gen" / "rows.csv")
     assert set(rows["method"]) == {"innerpissa", "prompting", "mean_diff"}
@@ -251,7 +264,8 @@ def test_compare_generation_end_to_end_and_resume(tmp_path):
                                          aggfunc="first")
     assert (zero.nunique(axis=1) == 1).all()
     assert "innerpissa" in paths["summary"].read_text() and paths["plot"].exists()
-    cached = sorted((tmp_path / "gen" / "cache").glob("*.pkl"))
+    cached = sorted((tmp_path / "gen" / "cache").glob("*.json"))
+    assert [f.name.split("_")[0] for f in cached] == ["base", "innerpissa", "mean", "prompting"]  # one per sweep
     stamps = [f.stat().st_mtime_ns for f in cached]
     again = pd.read_csv(run_compare(cmp)["summary"].parent / "rows.csv")
     pd.testing.assert_frame_equal(rows, again)
@@ -263,3 +277,28 @@ def test_compare_dilemmas_rejects_other_concepts(tmp_path):
 
     with pytest.raises(ValueError, match="honesty only"):
         run_compare(Compare(out=tmp_path, concept="sentiment"))
+
+
+def test_compare_generation_on_your_own_prompts_and_scorer(tmp_path, monkeypatch):
+    """Item 6 of issue 19: a prompts file and a `module:function` scorer (text -> float), no module of ours."""
+    from innerpissa.compare import Compare, run_compare
+    from innerpissa.eval.settings import CompareGen
+
+    prompts = ["Tell me about your weekend.", "Describe a kitchen.", "What is on the radio?"]
+    (tmp_path / "my_prompts.txt").write_text("# my prompts\n" + "\n".join(prompts) + "\n\n")
+    (tmp_path / "my_scorer.py").write_text("def letters(text):\n    return sum(ch.isalpha() for ch in text) / 10\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    gen = CompareGen(prompts_file=tmp_path / "my_prompts.txt", scorer="my_scorer:letters", max_new_tokens=4,
+                     adapter_coeffs=(-1.0, 0.0, 1.0), nll_budget=100.0, distinct_frac=0.0)
+    cmp = Compare(out=tmp_path / "own", preset="tiny", task="generation", methods=("prompting", "mean_diff"),
+                  seeds=(0,), n_pairs=12, baseline_coeffs=(-2.0, 0.0, 2.0), n_boot=20, gen=gen)
+    paths = run_compare(cmp)
+    rows = pd.read_csv(paths["rows"])
+    assert sorted(rows["prompt"].unique()) == sorted(prompts)
+    expected = rows["continuation"].fillna("").map(lambda t: sum(ch.isalpha() for ch in t) / 10)
+    np.testing.assert_allclose(rows["score"], expected)  # the user's function scored every continuation
+    summary = paths["summary"].read_text()
+    assert "scorer: my_scorer:letters" in summary and "my_prompts.txt" in summary
+    with pytest.raises(ValueError, match="--gen.prompts-file: .* is not a file"):
+        run_compare(Compare(out=tmp_path / "x", preset="tiny", task="generation",
+                            gen=CompareGen(prompts_file=tmp_path / "missing.txt")))

@@ -42,8 +42,11 @@ class ScaleHead(Steerer):
 
     name = "scale-head"
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, version: str = "v1"):
+        self.model, self.version = model, version
+
+    def fingerprint(self) -> str:
+        return f"scale-head-{self.version}"
 
     @contextmanager
     def at(self, c: float):
@@ -70,14 +73,23 @@ class Persona(Steerer):
 
 
 def test_prompt_layout():
+    """The one chat renderer, as the harness (prefilled answer), generation (open assistant turn) and the pairs
+    (plain text) use it."""
+    from innerpissa.data.chat import chat_ids, render_chat
+
     tok = tiny_random_tokenizer()
-    text, templated = H.render_prompt(tok, H.user_message("S.", "Do it"), "SYS")
+    text, templated = render_chat(tok, H.user_message("S.", "Do it"), "SYS", H.PREFILL)
     assert templated and text.endswith("<|im_start|>assistant\nMy choice:")
     assert text.count("<|im_start|>system") == 1 and "system\nSYS<|im_end|>" in text
     assert "Should you take this action?\nSituation: S.\nAction: Do it" in text
+    text, _ = render_chat(tok, "U", "SYS")
+    assert text.endswith("<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n")
+    assert chat_ids(tok, "U", "SYS") == tok(text, add_special_tokens=False)["input_ids"]
+    assert render_chat(tok, "U", "SYS", "go", plain=True) == ("SYS\nU\ngo", False)
     tok.chat_template = None
-    text, templated = H.render_prompt(tok, "U", "SYS")
+    text, templated = render_chat(tok, "U", "SYS", H.PREFILL)
     assert not templated and text == "SYS\n\nUser: U\n\nAssistant: My choice:"
+    assert render_chat(tok, "U", "SYS")[0] == "SYS\n\nUser: U\n\nAssistant:"
 
 
 def test_score_batch_matches_the_models_own_logits(tiny, rows):
@@ -116,23 +128,27 @@ def test_batched_equals_unbatched(tiny, rows):
 
 
 def test_sweep_cache_and_system_prompt_steering(tiny, rows, tmp_path, monkeypatch):
+    from innerpissa.eval import task as T
+    from innerpissa.eval.settings import EvalSettings
+
     model, tok = tiny
     w0 = model.get_output_embeddings().weight.detach().clone()
-    res = H.evaluate(model, tok, rows, ScaleHead(model), [-1.0, 0.0, 1.0], seed=7, axes=AXES,
-                     cache_dir=tmp_path, progress=False)
+    task = T.DilemmaTask(model, tok, rows, AXES, EvalSettings(), tmp_path)
+    res = task.score(ScaleHead(model), [-1.0, 0.0, 1.0], seed=7)
     assert torch.equal(model.get_output_embeddings().weight, w0)  # the steerer's state was undone
     assert sorted(res["coeff"].unique()) == [-1.0, 0.0, 1.0] and (res["seed"] == 7).all()
     assert {"label:Virtue/Truthfulness", "label:MFT/Care", "logodds_todo", "valid"} <= set(res.columns)
     base = H.evaluate(model, tok, rows, NoSteering(), [0.0], axes=AXES, progress=False)
     np.testing.assert_allclose(res[res.coeff == 0]["logp_yes"], base["logp_yes"], atol=1e-6)
     assert not np.allclose(res[res.coeff == 1]["logp_yes"], base["logp_yes"])
-    assert len(list(tmp_path.glob("scale-head__seed7__*.csv"))) == 3
-    # a second run reads the cache and never scores
-    monkeypatch.setattr(H, "score_encoded", lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored")))
-    again = H.evaluate(model, tok, rows, ScaleHead(model), [-1.0, 0.0, 1.0], seed=7, axes=AXES,
-                       cache_dir=tmp_path, progress=False)
-    pd.testing.assert_frame_equal(res, again, check_exact=False, atol=1e-7)
+    assert len(list(tmp_path.glob("scale-head_*.json"))) == 1  # one entry for the sweep
+    # a second run (another seed label too) reads the cache, every float exact, and never scores
+    monkeypatch.setattr(T, "evaluate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored")))
+    pd.testing.assert_frame_equal(res, task.score(ScaleHead(model), [-1.0, 0.0, 1.0], seed=7), check_exact=True)
+    assert (task.score(ScaleHead(model), [-1.0, 0.0, 1.0], seed=3)["seed"] == 3).all()
     monkeypatch.undo()
+    assert len(task.score(ScaleHead(model, "v2"), [1.0])) == len(rows)  # another steerer state: scored
+    assert len(list(tmp_path.glob("scale-head_*.json"))) == 2
     persona = H.evaluate(model, tok, rows, Persona(), [-1.0, 0.0], axes=AXES, progress=False)
     assert not np.allclose(persona[persona.coeff == -1]["nll"], persona[persona.coeff == 0]["nll"])
 

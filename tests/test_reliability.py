@@ -1232,3 +1232,119 @@ def test_torch_compile_gives_the_steered_output_at_each_coefficient(tiny):
         for c in (0.0, 0.8):
             with ip.steer(model, c):
                 torch.testing.assert_close(compiled(input_ids=x).logits, model(input_ids=x).logits)
+
+
+# ---------------------------------------------------------------- caches know what they cache (issue 20 item 3)
+
+
+def _gen_task(model, tok, cache: Path, prompts=("Describe a kitchen.", "What is on the radio?")):
+    from innerpissa.eval.settings import GenSettings
+    from innerpissa.eval.task import GenerationTask
+
+    return GenerationTask(model, tok, list(prompts), _LenScorer(), GenSettings(max_new_tokens=3), cache)
+
+
+class _LenScorer:
+    name = "length"
+
+    def __call__(self, texts):
+        import numpy as np
+
+        return np.array([float(len(t)) for t in texts])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other key"])
+def test_probe48_a_corrupt_cache_entry_is_recomputed_with_a_warning_naming_it(tiny, tmp_path, damage):
+    """Probe 48: a truncated or garbage cache entry (or one holding another sweep's key) is never read as
+    scores: it is recomputed, with a warning that names the file, and the result equals the first run's."""
+    import pandas as pd
+
+    from innerpissa.steering import NoSteering
+
+    model, tok = tiny
+    first = _gen_task(model, tok, tmp_path).base()
+    (entry,) = tmp_path.glob("base_*.json")
+    text = entry.read_text()
+    entry.write_text({"truncated": text[: len(text) // 2], "garbage": "\x00not json at all",
+                      "other key": text.replace('"max_new_tokens": 3', '"max_new_tokens": 4')}[damage])
+    with pytest.warns(UserWarning, match=f"score cache entry {entry}.*recomputing"):
+        again = _gen_task(model, tok, tmp_path).score(NoSteering(), [0.0])
+    pd.testing.assert_frame_equal(first, again)
+    assert entry.read_text() == text  # rewritten whole
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pd.testing.assert_frame_equal(first, _gen_task(model, tok, tmp_path).base())  # now read as it is
+
+
+def test_probe48_cache_round_trip_is_exact(tiny, tmp_path):
+    """A cached frame reads back bit for bit: floats, NaN, ints, bools, strings with newlines, token-id lists."""
+    import numpy as np
+    import pandas as pd
+
+    from innerpissa.eval.task import frame_from_json, frame_to_json
+
+    df = pd.DataFrame({"x": [0.1, np.nan, 1 / 3], "n": [1, 2, 3], "ok": [True, False, True],
+                       "text": ["a\nb", "", "ünï\"code"], "ids": [[1, 2], [], [3]]})
+    back = frame_from_json(frame_to_json(df, {"k": 1}), {"k": 1})
+    pd.testing.assert_frame_equal(df, back, check_exact=True)
+    with pytest.raises(ValueError, match="other settings"):
+        frame_from_json(frame_to_json(df, {"k": 1}), {"k": 2})
+
+
+def _save_tiny(folder: Path, seed: int) -> None:
+    from innerpissa.models import tiny_random_model
+
+    model, tok = tiny_random_model(seed=seed)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+def test_probe49_a_replaced_model_folder_is_scored_again(tmp_path, shared_data):
+    """Probe 49: `eval` into the same --out after the model folder was replaced by another model scores the new
+    model (the cache key holds the weights' hash), and equals a fresh run of it; the same model is read back."""
+    import pandas as pd
+
+    from innerpissa.cli_eval import EvalConfig, eval_main
+
+    def run(out):
+        cfg = EvalConfig(model=str(tmp_path / "m"), n_dilemmas=4, out=out, data_dir=shared_data / "daily_dilemmas",
+                         n_boot=20, examples=False)
+        return pd.read_csv(eval_main(cfg)["rows"])
+
+    _save_tiny(tmp_path / "m", seed=0)
+    old = run(tmp_path / "E")
+    assert len(list((tmp_path / "E" / "cache").glob("*.json"))) == 1
+    _save_tiny(tmp_path / "m", seed=1)
+    new = run(tmp_path / "E")
+    assert not (new["logp_yes"] == old["logp_yes"]).all()  # not the old model's cached scores
+    pd.testing.assert_frame_equal(new, run(tmp_path / "fresh"))
+    assert len(list((tmp_path / "E" / "cache").glob("*.json"))) == 2
+
+
+def test_probe50_compare_retrains_an_adapter_trained_with_other_settings(tmp_path, capsys):
+    """Probe 50: `compare` rerun with another --train.lr and --epochs retrains the cached adapter (saying which
+    fields changed) instead of reusing it; a rerun with the same settings reuses it untouched."""
+    from innerpissa.compare import Compare, run_compare
+    from innerpissa.eval.settings import CompareGen
+
+    def compare(lr: float, epochs: int) -> Compare:
+        train = preset("tiny")
+        train.calibrate, train.lr = False, lr
+        return Compare(out=tmp_path / "C", preset="tiny", train=train, task="generation", methods=("innerpissa",),
+                       seeds=(0,), n_pairs=12, epochs=epochs, n_boot=20,
+                       gen=CompareGen(n_prompts=2, max_new_tokens=3, adapter_coeffs=(-1.0, 0.0, 1.0)))
+
+    run_dir = tmp_path / "C" / "train" / "innerpissa_seed0"
+    run_compare(compare(0.01, 1))
+    first = (run_dir / "adapter" / "adapter.safetensors").read_bytes()
+    stamp = (run_dir / "summary.json").stat().st_mtime_ns
+    run_compare(compare(0.01, 1))
+    assert (run_dir / "summary.json").stat().st_mtime_ns == stamp  # same settings: reused
+    capsys.readouterr()
+    paths = run_compare(compare(0.2, 2))
+    said = capsys.readouterr().out
+    assert "trained with other settings" in said and "lr: 0.01 -> 0.2" in said and "epochs: 1 -> 2" in said
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["fingerprint"]["lr"] == 0.2 and summary["fingerprint"]["epochs"] == 2
+    assert summary["epochs_run"] == 2 and (run_dir / "adapter" / "adapter.safetensors").read_bytes() != first
+    assert "lr: 0.01 -> 0.2" in paths["summary"].read_text()  # the report's overrides are what was trained

@@ -1,14 +1,13 @@
-"""`innerpissa ablate`: named training variants x seeds on the same pairs, scored on the same rows.
+"""`innerpissa ablate`: named training variants x seeds on the same pairs, scored on the same items.
 
-The variant loop (`run_variants`) knows nothing about the evaluation: it trains (or reuses) each variant's
-adapter, wraps it in an `AdapterSteerer` named after the variant and hands it to a `ScoreFn`, which returns
-a results frame. The built-in task scores DailyDilemmas through the `compare` machinery (the same harness,
-tables and dose-response plot, with variants in place of methods); another task (e.g. generations) only
-needs its own `ScoreFn` and report.
+One loop over the evaluation `Task` (`eval/task.py`): `task.base()` (c = 0, shared), then per variant and
+seed the adapter is trained (or reused, retrained when its settings changed), wrapped in an `AdapterSteerer`
+named after the variant and scored with `task.score`, then `task.report`. Either task works: DailyDilemmas
+rows or greedy continuations of held-out prompts (`--task generation`, `--gen.*`).
 
-Variants should be chosen on one split of the dilemmas and reported on the other, so the headline is not
-tuned on what it reports: `split="select"` and `split="test"` are two disjoint halves of the dilemmas
-(fixed by `split_seed`), each sampled with `sample_seed`.
+Variants should be chosen on one split and reported on the other, so the headline is not tuned on what it
+reports: `split="select"` and `split="test"` are two disjoint halves of the dilemmas (fixed by `split_seed`,
+each sampled with `sample_seed`), and for generation the `dev` and `test` prompts.
 """
 
 from __future__ import annotations
@@ -16,24 +15,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from innerpissa.methods import (
-    Runs,
-    summary_tag,
-    train_changes,
-    train_config,
-    train_or_load,
-)
-
-#: (steerer, training seed, cache tag) -> results frame (one row per scored item and coefficient)
-ScoreFn = Callable[..., pd.DataFrame]
+from innerpissa.eval.settings import GenSettings
+from innerpissa.eval.task import Task
+from innerpissa.methods import Runs, open_task, train_changes, train_config, train_or_load
 
 
 @dataclass
@@ -50,9 +42,9 @@ class Ablate(Runs):
     split_seed: int = 12345
     """Seed of the fixed half/half split of dilemma ids."""
     coeffs: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
-    """Coefficients every variant is scored at."""
-    max_new_tokens: int = 32
-    """Generation task: greedy tokens per continuation."""
+    """Coefficients every variant is scored at (c = 0 is the base model, scored once)."""
+    gen: GenSettings = field(default_factory=lambda: GenSettings(max_new_tokens=32))
+    """Generation task settings."""
 
     def run(self) -> None:
         paths = run_ablate(self)
@@ -71,30 +63,31 @@ def variant_config(ab: Ablate, name: str, seed: int):
     return cfg
 
 
-def run_variants(model, tok, configs: Sequence[tuple[str, int, object]], score: ScoreFn,
-                 coeffs: Sequence[float]) -> tuple[list[pd.DataFrame], pd.DataFrame]:
-    """Train (or reuse) each (variant, seed, TrainConfig) on `model` and score it with `score(steerer, seed,
-    tag)`. Returns the score frames and one line of training facts per variant and seed (steps, seconds,
-    % of validation pairs ordered g(-1) < 0 < g(+1), calibration). The model is left without an adapter."""
+def run_variants(task: Task, configs: Sequence[tuple[str, int, object]], coeffs: Sequence[float],
+                 base: pd.DataFrame) -> tuple[list[pd.DataFrame], pd.DataFrame]:
+    """Train (or reuse) each (variant, seed, TrainConfig) on the task's model and score it at `coeffs` (c = 0 is
+    `base`, the shared unsteered frame). Returns the score frames and one line of training facts per variant
+    and seed (steps, seconds, % of validation pairs ordered g(-1) < 0 < g(+1), calibration). The model is
+    left without an adapter."""
     from innerpissa.adapter import adapter_layers, detach_adapter
     from innerpissa.steering import AdapterSteerer
 
     frames, facts = [], []
     for name, seed, cfg in configs:
         t0 = time.time()
-        summary = train_or_load(cfg, model, tok)
+        summary = train_or_load(cfg, task.model, task.tok)
         cal = summary.get("calibration") or {}
         facts.append({"variant": name, "seed": seed, "steps": summary.get("steps"),
                       "train_seconds": summary.get("train_seconds"),
                       "val_ordered_pct": summary.get("val_ordered_pct"), "flipped": cal.get("flipped"),
                       "probe_effect": cal.get("probe_effect"), "persona_effect": cal.get("persona_effect")})
         try:
-            res = score(AdapterSteerer(model, name=name, coeffs=coeffs), seed, summary_tag(summary))
+            res = task.score(AdapterSteerer(task.model, name=name, coeffs=coeffs), [c for c in coeffs if c != 0], seed)
         finally:
-            if adapter_layers(model):
-                detach_adapter(model)
-        res["train_seconds"] = summary.get("train_seconds") or 0.0
-        frames.append(res)
+            if adapter_layers(task.model):
+                detach_adapter(task.model)
+        res = pd.concat([base.assign(method=name, seed=seed), res], ignore_index=True)
+        frames.append(res.assign(train_seconds=summary.get("train_seconds") or 0.0))
         print(f"  {name:12s} seed {seed}: ordered {facts[-1]['val_ordered_pct']}% of validation pairs, "
               f"done in {time.time() - t0:.0f}s", flush=True)
     return frames, pd.DataFrame(facts)
@@ -109,83 +102,38 @@ def dilemma_half(data: pd.DataFrame, ab: Ablate) -> pd.DataFrame:
 
 
 def run_ablate(ab: Ablate) -> dict[str, Path]:
-    """Every variant x seed on the same pairs and the same DailyDilemmas rows; one table and one plot."""
+    """Every variant x seed on the same pairs and the same items; one table and one plot."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from innerpissa.data.dilemmas import load_dilemmas
-    from innerpissa.models import load_model
+    from innerpissa.eval.report import write_csv
     from innerpissa.train.variants import VARIANTS
 
     unknown = [v for v in ab.variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    if ab.task == "generation":
-        return run_ablate_generation(ab)
-    t_start = time.time()
-    out = Path(ab.out)
+    t_start, out = time.time(), Path(ab.out)
     out.mkdir(parents=True, exist_ok=True)
     configs = [(v, s, variant_config(ab, v, s)) for v in ab.variants for s in ab.seeds]
     models = {c.model for _, _, c in configs}
     if len(models) != 1:
         raise SystemExit(f"variants must share one base model, got {sorted(models)}")
-    base_cfg = configs[0][2]
-    model, tok = load_model(base_cfg.model, dtype=base_cfg.dtype, device=ab.torch_device())
-    rows, axes = ab.draw_rows(ab.sample_seed, out, [ab.target], data=dilemma_half(load_dilemmas(ab.data_dir), ab))
-    print(f"ablation on {rows['dilemma_idx'].nunique()} dilemmas ({ab.split} half); variants {list(ab.variants)}; "
-          f"seeds {list(ab.seeds)}", flush=True)
-
-    def score(steerer, seed: int, tag: str) -> pd.DataFrame:
-        return ab.score(model, tok, rows, steerer, ab.coeffs, axes, out, seed=seed, tag=tag)
-
-    frames, facts = run_variants(model, tok, configs, score, ab.coeffs)
-    facts.to_csv(out / "training.csv", index=False)
+    if ab.task == "generation":
+        task = open_task(ab, out, ab.gen.split or ("dev" if ab.split == "select" else "test"))
+        items = {**task.describe()}
+    else:
+        task = open_task(ab, out, data=dilemma_half(load_dilemmas(ab.data_dir), ab), axes=[ab.target])
+        items = {"rows": f"{len(task.rows)} ({ab.split} half of the dilemmas, split seed {ab.split_seed}, sample "
+                         f"seed {ab.sample_seed})"}
+    print(f"ablation of {list(ab.variants)} over seeds {list(ab.seeds)} on the {ab.task} task", flush=True)
+    frames, facts = run_variants(task, configs, ab.coeffs, task.base())
+    write_csv(facts, out / "training.csv")
     ordered = facts.groupby("variant")["val_ordered_pct"].agg(["mean", "min"]).round(1)
-    info = {
-        "model": base_cfg.model, "preset": ab.preset, "seeds": list(ab.seeds),
-        "rows": f"{len(rows)} ({ab.split} half of the dilemmas, split seed {ab.split_seed}, sample seed {ab.sample_seed})",
-        "overrides": train_changes(ab),
-        "validation pairs ordered g(-1)<0<g(+1), % (mean, min over seeds)":
-            json.dumps({v: [r["mean"], r["min"]] for v, r in ordered.iterrows()}),
-        "wall time": f"{time.time() - t_start:.0f} s",
-    }
-    paths = ab.report(out, pd.concat(frames, ignore_index=True), axes, ab.sample_seed, info)
-    paths["training"] = out / "training.csv"
-    return paths
-
-
-def run_ablate_generation(ab: Ablate) -> dict[str, Path]:
-    """Every variant x seed on the same pairs, scored on the same held-out neutral prompts (dev prompts for
-    `split="select"`, test prompts for `split="test"`): the concept range at matched fluency per variant."""
-    from innerpissa.compare_generation import GenerationTask, generation_report
-
-    t_start = time.time()
-    out = Path(ab.out)
-    configs = [(v, s, variant_config(ab, v, s)) for v in ab.variants for s in ab.seeds]
-    base_cfg = configs[0][2]
-    if len({c.model for _, _, c in configs}) != 1:
-        raise SystemExit("variants must share one base model")
-    concept = base_cfg.data.builtin
-    split = "dev" if ab.split == "select" else "test"
-    task = GenerationTask.load(base_cfg, ab.torch_device(), split, ab.n_prompts, ab.max_new_tokens, out, concept)
-    model, tok, prompts, scorer = task.model, task.tok, task.prompts, task.scorer
-    print(f"generation ablation on {len(prompts)} {split} prompts; variants {list(ab.variants)}; seeds "
-          f"{list(ab.seeds)}", flush=True)
-
-    def score(steerer, seed: int, tag: str) -> pd.DataFrame:
-        scored = [c for c in ab.coeffs if c != 0]
-        return task.scored(steerer, steerer.name, seed, tag, scored).assign(method=steerer.name, seed=seed)
-
-    base = task.base()
-    frames, facts = run_variants(model, tok, configs, score, ab.coeffs)
-    facts.to_csv(out / "training.csv", index=False)
-    df = pd.concat([pd.concat([base.assign(method=f["method"].iloc[0], seed=f["seed"].iloc[0]), f])
-                    for f in frames], ignore_index=True)
-    ordered = facts.groupby("variant")["val_ordered_pct"].agg(["mean", "min"]).round(1)
-    meta = {"model": base_cfg.model, "preset": ab.preset, "concept": concept, "seeds": list(ab.seeds),
-            "prompts": f"{len(prompts)} ({split} split)", "new tokens": ab.max_new_tokens, "scorer": scorer.name,
-            "overrides": train_changes(ab),
+    meta = {"model": configs[0][2].model, "preset": ab.preset,
+            **({"concept": configs[0][2].data.builtin} if ab.task == "generation" else {}), "seeds": list(ab.seeds),
+            **items, "overrides": train_changes(ab),
             "validation pairs ordered g(-1)<0<g(+1), % (mean, min over seeds)":
                 json.dumps({v: [r["mean"], r["min"]] for v, r in ordered.iterrows()}),
             "wall time": f"{time.time() - t_start:.0f} s"}
-    paths = generation_report(out, df, ab, meta)
+    paths = task.report(out, frames, meta)
     paths["training"] = out / "training.csv"
     return paths

@@ -37,7 +37,8 @@ class EvalConfig(EvalSettings):
     out: Path = Path("out/eval")
     """Output folder: rows.csv, coeffs.csv, methods.csv, summary.md, dose_response.png, examples.md, sample.csv."""
     cache: bool = True
-    """Cache scores per (method, seed, coeff) under OUT/cache so a killed run resumes."""
+    """Cache the scored sweep under OUT/cache (keyed by the model, the rows, the settings and the adapter's
+    tensors), so a rerun with nothing changed does not score again."""
     examples: bool = True
     """Also write greedy answers to a few fixed prompts at c = -1, 0, 1."""
     dtype: str = "float32"
@@ -86,10 +87,9 @@ def eval_main(cfg: EvalConfig) -> dict[str, Path]:
     """Run the evaluation described by `cfg`; prints the headline table and returns the report paths."""
     import pandas as pd
 
-    from innerpissa.eval.choices import choice_ids
     from innerpissa.eval.generation import generate_sweep
-    from innerpissa.eval.harness import adapter_fingerprint
     from innerpissa.eval.report import EXAMPLE_PROMPTS
+    from innerpissa.eval.task import DilemmaTask
     from innerpissa.models import load_model
     from innerpissa.steering import AdapterSteerer, NoSteering
 
@@ -113,8 +113,8 @@ def eval_main(cfg: EvalConfig) -> dict[str, Path]:
     print(f"{rows['dilemma_idx'].nunique()} dilemmas ({len(rows)} rows) x {len(coeffs)} coefficients; "
           f"method {steerer.name}")
 
-    res = cfg.score(model, tok, rows, steerer, coeffs, axes, out if cfg.cache else None, seed=cfg.train_seed,
-                    tag=adapter_fingerprint(cfg.adapter) if cfg.adapter is not None else "", progress=True)
+    task = DilemmaTask(model, tok, rows, axes, cfg, out / "cache" if cfg.cache else None, cfg.seed, progress=True)
+    res = task.score(steerer, coeffs, seed=cfg.train_seed)
     examples = None
     if cfg.examples:
         ex_coeffs = [c for c in (-1.0, 0.0, 1.0) if c in coeffs] or [0.0]
@@ -122,11 +122,12 @@ def eval_main(cfg: EvalConfig) -> dict[str, Path]:
         examples = pd.DataFrame({"method": steerer.name, "coeff": sweep["c"],
                                  "prompt": [EXAMPLE_PROMPTS[i] for i in sweep["prompt_idx"]],
                                  "text": sweep["continuation"]})
+    ident = task.describe()
     info = {
         "model": model_name, "adapter": cfg.adapter or "none (bare base model)", "method": steerer.name,
-        "rows": cfg.rows_info(rows, cfg.seed), "validity": f"P(Yes)+P(No) >= {cfg.min_mass}",
-        "choice tokens": choice_ids(tok).describe(tok), "wall time": f"{time.perf_counter() - t0:.0f} s",
+        "rows": ident["rows"], "validity": f"P(Yes)+P(No) >= {cfg.min_mass}",
+        "choice tokens": ident["choice tokens"], "wall time": f"{time.perf_counter() - t0:.0f} s",
     }
-    paths = cfg.report(out, res, axes, cfg.seed, info, examples)
+    paths = task.report(out, [res], info, examples)
     print(f"\nsummary: {paths['summary']}\nplot: {paths['plot']}")
     return paths

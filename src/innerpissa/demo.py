@@ -58,15 +58,16 @@ def demo_train_config(concept: str, model: str, out: Path, n_pairs: int, epochs:
 def score_table(df, n_boot: int = 1000) -> list[ScoreRow]:
     """Per coefficient: mean concept score with a percentile bootstrap CI over prompts, its change vs c = 0
     with a paired bootstrap CI (the same prompts resampled at both coefficients), mean NLL and distinct-2."""
-    from innerpissa.eval.gen_metrics import bootstrap_mean_ci
+    from innerpissa.eval.stats import bootstrap_mean_ci, paired_mean_ci
 
     base = df[df.c == 0.0].set_index("prompt_idx")["score"]
     rows = []
     for c, g in df.groupby("c", sort=True):
         lo, hi = bootstrap_mean_ci(g["score"].to_numpy(), n_boot=n_boot)
-        diff = (g.set_index("prompt_idx")["score"] - base).dropna().to_numpy()
-        dlo, dhi = bootstrap_mean_ci(diff, n_boot=n_boot) if c != 0.0 else (0.0, 0.0)
-        rows.append(ScoreRow(float(c), float(g["score"].mean()), lo, hi, float(diff.mean()), dlo, dhi,
+        delta, dlo, dhi = paired_mean_ci(g.set_index("prompt_idx")["score"], base, n_boot=n_boot)
+        if c == 0.0:
+            dlo = dhi = 0.0
+        rows.append(ScoreRow(float(c), float(g["score"].mean()), lo, hi, delta, dlo, dhi,
                              float(np.nanmean(g["nll"])), float(g["distinct2"].mean())))
     return rows
 
@@ -92,7 +93,7 @@ def print_table(rows: list[ScoreRow]) -> None:
 def run_demo(args) -> None:
     from innerpissa.adapter import load_adapter
     from innerpissa.data.dilemmas import resolve_dir
-    from innerpissa.eval.gen_metrics import concept_scorer
+    from innerpissa.eval.gen_metrics import make_scorer
     from innerpissa.eval.generation import evaluate_generation, load_neutral_prompts
     from innerpissa.models import load_model
     from innerpissa.steering import AdapterSteerer
@@ -123,7 +124,7 @@ def run_demo(args) -> None:
     model, tok = load_model(cfg.model)
     load_adapter(model, result.adapter_path)
     steerer = AdapterSteerer(model)
-    scorer = concept_scorer("sentiment")
+    scorer = make_scorer("builtin", "sentiment")
     prompts = load_neutral_prompts("test")[: args.n_prompts]
     df = evaluate_generation(model, tok, prompts, steerer, DEMO_COEFFS, scorer, max_new_tokens=args.max_new_tokens)
     df.drop(columns=["ids"]).to_csv(out / "sentiment_generations.csv", index=False)

@@ -1,7 +1,7 @@
-"""What `compare` (both tasks) and `ablate` share: the method lists, a run's training config, training or
-reusing a trained adapter, and the loop that builds every method for every seed on the same pairs (trained
-methods through the trainer, baselines fitted on the pairs and sign-calibrated on the probe), plus the
-on-disk cache of scored sweeps.
+"""What `compare` and `ablate` share: the method lists, a run's training config and evaluation task, training
+or reusing a trained adapter (retrained when its settings, pairs or base model changed), and the loop that
+builds every method for every seed on the same pairs (trained methods through the trainer, baselines fitted
+on the pairs and sign-calibrated on the probe).
 
 `Runs` holds the settings both commands have (on top of the evaluation's `SweepSettings`).
 """
@@ -9,7 +9,6 @@ on-disk cache of scored sweeps.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,16 +22,18 @@ import tyro
 from innerpissa.adapter import adapter_layers, detach_adapter, load_adapter
 from innerpissa.baselines.registry import build_baseline
 from innerpissa.baselines.sft import build_sft
+from innerpissa.data.chat import DEFAULT_SYSTEM
 from innerpissa.data.config import make_pairs
 from innerpissa.errors import InputError
 from innerpissa.eval.calibration import calibrate_sign
-from innerpissa.eval.harness import DEFAULT_SYSTEM
-from innerpissa.eval.settings import SweepSettings
-from innerpissa.fileio import atomic_write
+from innerpissa.eval.settings import GenSettings, SweepSettings
+from innerpissa.eval.task import DilemmaTask, GenerationTask, Task
+from innerpissa.models import load_model
 from innerpissa.steering import AdapterSteerer, Steerer
+from innerpissa.train.checkpoint import read_checkpoint_state
 from innerpissa.train.config import PresetName, TrainConfig, preset
 from innerpissa.train.fingerprint import fingerprint_diff, flatten
-from innerpissa.train.trainer import train
+from innerpissa.train.trainer import run_identity, train
 
 TRAINED = ("innerpissa", "lora")
 # baselines whose sign is arbitrary (an eigenvector or a random draw) are calibrated on the probe (a flip
@@ -63,17 +64,11 @@ class Runs(SweepSettings):
     """Seed of the evaluation sample (the same rows for every method and seed)."""
     task: Literal["dilemmas", "generation"] = "dilemmas"
     """`dilemmas`: DailyDilemmas Yes/No log-odds (honesty); `generation`: concept expression in greedy
-    continuations of held-out neutral prompts."""
+    continuations of held-out neutral prompts (or your own, --gen.prompts-file)."""
     concept: str | None = None
     """Built-in concept to train on and evaluate (default: honesty for dilemmas, sentiment for generation)."""
-    n_prompts: int | None = None
-    """Generation task: the first n prompts of the split (None: all)."""
-    max_new_tokens: int = 40
-    """Generation task: greedy tokens per continuation."""
-    nll_budget: float = 0.25
-    """Generation task: a side is usable while its mean continuation NLL is at most c = 0's plus this ..."""
-    distinct_frac: float = 0.9
-    """... and its mean distinct-2 at least this fraction of c = 0's."""
+    gen: GenSettings = field(default_factory=GenSettings)
+    """Generation task settings."""
 
 
 def train_changes(run: Runs) -> list[str]:
@@ -106,23 +101,52 @@ def train_config(run: Runs, seed: int, method: str | None = None, name: str | No
     return cfg
 
 
+def open_task(run: Runs, out: Path, split: str | None = None, data: pd.DataFrame | None = None,
+              axes: Sequence[str] = ()) -> Task:
+    """The run's evaluation task on its base model (loaded once): the generation task on the prompts of
+    `split` (or --gen.prompts-file), or DailyDilemmas rows drawn from `data` (default: all) with `axes`
+    reported, drawn and checked before the model loads. Scores are cached under OUT/cache."""
+    cfg = train_config(run, run.seeds[0])
+    if run.task == "generation":
+        run.gen.check()
+        model, tok = load_model(cfg.model, dtype=cfg.dtype, device=run.torch_device())
+        return GenerationTask.load(model, tok, run.gen, split or "test", run_concept(run), out / "cache", run.n_boot)
+    rows, axes = run.draw_rows(run.sample_seed, out, axes, data=data)
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, device=run.torch_device())
+    return DilemmaTask(model, tok, rows, axes, run, out / "cache", run.sample_seed)
+
+
+def _saved_fingerprint(out: Path) -> dict | None:
+    """The fingerprint of the run in `out`: its summary's, else its checkpoint's; None if it has neither."""
+    summary = out / "summary.json"
+    if summary.exists():
+        saved = json.loads(summary.read_text(encoding="utf-8")).get("fingerprint")
+        if saved is not None:
+            return saved
+    if (out / "checkpoint" / "state.pt").exists():
+        return read_checkpoint_state(out / "checkpoint").fingerprint
+    return None
+
+
 def train_or_load(cfg: TrainConfig, model, tok) -> dict:
     """Train `cfg` on `model` (continuing its checkpoint if there is one), or load the adapter a finished
-    run left in cfg.out; returns the run's summary. The adapter is attached to `model` either way."""
+    run left in cfg.out; returns the run's summary. The adapter is attached to `model` either way. A run in
+    cfg.out trained (or started) with other settings, pairs or base model is retrained, saying what changed."""
     out = Path(cfg.out)
+    saved = _saved_fingerprint(out)
+    if saved is not None:
+        diff = fingerprint_diff(saved, run_identity(cfg, model, *make_pairs(cfg.data, cfg.seed, tok)))
+        if diff:
+            print(f"  {out} was trained with other settings ({'; '.join(diff)}): retraining it", flush=True)
+            cfg.resume, cfg.overwrite = False, True
+            return train(cfg, model, tok).summary
     if not (out / "summary.json").exists():
-        cfg.resume = True  # continue a checkpoint if there is one (its settings must match), else start fresh
-        train(cfg, model, tok)
-    elif (out / "lora.safetensors").exists() and not (out / "adapter").exists():
+        cfg.resume = True  # continue a checkpoint if there is one, else start fresh
+        return train(cfg, model, tok).summary
+    if (out / "lora.safetensors").exists() and not (out / "adapter").exists():
         raise InputError(f"{out} holds a LoRA(c) in the retired lora.safetensors format; remove {out} to retrain it")
-    else:
-        load_adapter(model, out / "adapter")  # either kind: the saved config says which
+    load_adapter(model, out / "adapter")  # either kind: the saved config says which
     return json.loads((out / "summary.json").read_text())
-
-
-def summary_tag(summary: Mapping) -> str:
-    """Cache tag of a trained adapter: its training time and calibration (a retrained adapter differs)."""
-    return f"{summary.get('train_seconds')}|{summary.get('calibration')}"
 
 
 @dataclass
@@ -133,7 +157,6 @@ class Built:
     seed: int
     steerer: Steerer
     coeffs: list[float]
-    tag: str
     info: dict = field(default_factory=dict)
 
     @property
@@ -157,12 +180,12 @@ def build_method(run: Runs, method: str, seed: int, model, tok, pairs: Sequence,
         info = {"train_seconds": summary.get("train_seconds"), "calibration": summary.get("calibration"),
                 "val_ordered_fwd": (summary.get("final_validation") or {}).get("val_ordered_fwd")}
         return Built(method, seed, AdapterSteerer(model, name=method, coeffs=adapter_coeffs), list(adapter_coeffs),
-                     summary_tag(summary), info)
+                     info)
     if method == "sft":
         cfg = train_config(run, seed, "lora")
         steerer, sft_info = build_sft(model, tok, pairs, cfg.adapter, system=cfg.data.system, seed=seed,
                                       coeffs=adapter_coeffs)
-        return Built(method, seed, steerer, list(adapter_coeffs), steerer.fingerprint(), {"sft": sft_info})
+        return Built(method, seed, steerer, list(adapter_coeffs), {"sft": sft_info})
     kw: dict = {"cache": act_cache}
     if method == "prompting":
         if run.task == "generation":
@@ -173,8 +196,7 @@ def build_method(run: Runs, method: str, seed: int, model, tok, pairs: Sequence,
         kw["coeffs"] = vector_coeffs[method]
     steerer = build_baseline(method, model, tok, pairs, seed=seed, **kw)
     info = {"calibration": calibrate_sign(steerer, probe)} if method in SIGN_AMBIGUOUS else {}
-    tag = steerer.fingerprint()
-    return Built(method, seed, steerer, sorted(set(steerer.default_coeffs) | {0.0}), tag, info)
+    return Built(method, seed, steerer, sorted(set(steerer.default_coeffs) | {0.0}), info)
 
 
 def each_method(run: Runs, methods: Sequence[str], model, tok, probe: Callable, adapter_coeffs: Sequence[float],
@@ -195,21 +217,3 @@ def each_method(run: Runs, methods: Sequence[str], model, tok, probe: Callable, 
             if adapter_layers(model):
                 detach_adapter(model)
             print(f"  seed {seed} {method:10s} done in {time.time() - t0:.0f}s", flush=True)
-
-
-def cache_key(*parts: object) -> str:
-    """A short hash of what a cached result depends on."""
-    return hashlib.sha1(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def cached_frame(path: Path, fn: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-    """The frame stored at `path` (pandas' JSON table format, never a pickle: a cache file is data, not code),
-    else `fn()` written there atomically."""
-    import io
-
-    if path.exists():
-        return pd.read_json(io.StringIO(path.read_text(encoding="utf-8")), orient="table")
-    df = fn()
-    atomic_write(path, lambda p: p.write_text(df.to_json(orient="table", index=False, double_precision=15),
-                                              encoding="utf-8"))
-    return df

@@ -6,9 +6,13 @@ InnerPiSSA adapter, a steering vector added to the residual stream, or a persona
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+
+import torch
+from torch import Tensor
 
 
 class Steerer(ABC):
@@ -49,8 +53,8 @@ class Steerer(ABC):
         raise TypeError(f"{type(self).__name__} has no flip_sign(); pass flip=<callable that negates it>")
 
     def fingerprint(self) -> str:
-        """A short hash of what the steerer applies (vectors, prompts, weights) for result caches; '' when its
-        name and the run's settings identify it."""
+        """A short hash of everything the steerer applies (vectors, prompts, weights, sign): the key under which
+        evaluation tasks cache its scores. '' (the default) means it cannot say, and its scores are not cached."""
         return ""
 
 
@@ -64,6 +68,9 @@ class NoSteering(Steerer):
     @contextmanager
     def at(self, c: float) -> Iterator[None]:
         yield
+
+    def fingerprint(self) -> str:
+        return "base"
 
 
 class AdapterSteerer(Steerer):
@@ -106,3 +113,21 @@ class AdapterSteerer(Steerer):
         from innerpissa.split import first_adapted_block
 
         return first_adapted_block(model) if model is self.model else 0
+
+    def fingerprint(self) -> str:
+        """A hash of every attached adapter's tensors (trained parameters and frozen U, S, V) and config, which
+        one c steers and the others' fixed coefficients: a retrained or sign-flipped adapter is another steerer."""
+        from innerpissa.adapter import adapter_layers
+
+        layers = sorted(adapter_layers(self.model).items())
+        tensors = [t for _, ly in layers for t in (*ly.parameters(recurse=False), *ly.buffers(recurse=False))]
+        meta = [(name, type(ly).__name__, ly.cfg.to_dict(), ly.merged_coeff) for name, ly in layers]
+        return tensor_digest(tensors, meta, self.adapter, sorted(self.others.items()))
+
+
+def tensor_digest(tensors: Iterable[Tensor], *extra: object) -> str:
+    """sha1 (12 hex digits) over tensors' fp32 bytes and the repr of `extra`: the steerers' fingerprints."""
+    h = hashlib.sha1(repr(extra).encode())
+    for t in tensors:
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -69,14 +69,6 @@ class SignedSteerer(Steerer):
         """A short hash of what state c does (tensors, texts and the sign): pass it as the harness's
         `cache_tag`, so cached scores are reused exactly when the steerer is the same."""
         raise NotImplementedError
-
-
-def fingerprint(tensors: Iterable[Tensor], *extra: object) -> str:
-    """sha1 (12 hex digits) over tensors' fp32 bytes and the repr of `extra`."""
-    h = hashlib.sha1(repr(extra).encode())
-    for t in tensors:
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 def _first_input(args: tuple, kwargs: dict) -> Tensor | None:

@@ -34,9 +34,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from innerpissa.baselines.common import SignedSteerer, fingerprint, resolve_layers
+from innerpissa.baselines.common import SignedSteerer, resolve_layers
 from innerpissa.baselines.vectors import NARROW_COEFFS, SteeringVectors
 from innerpissa.data.pairs import ContrastivePair
+from innerpissa.steering import tensor_digest
 
 #: distribution name -> (import name, pinned version, how to install it without touching our stack)
 EXTERNAL_PACKAGES = {
@@ -131,7 +132,7 @@ class SteeringVectorsSteerer(SignedSteerer):
 
     def fingerprint(self) -> str:
         vs = self.vector.layer_activations
-        return fingerprint((self.sign * vs[k] for k in sorted(vs)), "steering_vectors", self.aggregator, sorted(vs))
+        return tensor_digest((self.sign * vs[k] for k in sorted(vs)), "steering_vectors", self.aggregator, sorted(vs))
 
     @contextmanager
     def applied(self, c: float) -> Iterator[None]:

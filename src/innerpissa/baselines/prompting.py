@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from innerpissa.baselines.common import SignedSteerer, fingerprint
+from innerpissa.baselines.common import SignedSteerer
 from innerpissa.data.pairs import builtin_personas
+from innerpissa.steering import tensor_digest
 
 PROMPT_MODES = ("append", "replace")
 
@@ -56,7 +57,7 @@ class PersonaPrompting(SignedSteerer):
         return f"{default} {persona}"
 
     def fingerprint(self) -> str:
-        return fingerprint((), self.positive, self.negative, self.neutral, self.mode, self.sign)
+        return tensor_digest((), self.positive, self.negative, self.neutral, self.mode, self.sign)
 
     @contextmanager
     def at(self, c: float) -> Iterator[None]:

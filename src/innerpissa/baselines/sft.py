@@ -18,8 +18,10 @@ from torch import Tensor, nn
 from innerpissa.adapter import adapter_parameters, steer
 from innerpissa.adapter.config import AdapterConfig
 from innerpissa.adapter.lora import attach_lora
-from innerpissa.baselines.common import SignedSteerer, fingerprint
-from innerpissa.data.pairs import ContrastivePair, render_prompt
+from innerpissa.baselines.common import SignedSteerer
+from innerpissa.data.chat import render_chat
+from innerpissa.data.pairs import ContrastivePair
+from innerpissa.steering import tensor_digest
 
 NEUTRAL_USER = "Make statements about the world."
 
@@ -47,7 +49,7 @@ def sft_examples(tok, pairs: Sequence[ContrastivePair], completions: Sequence[st
     for pair, completion in zip(pairs, completions, strict=True):
         if pair.group is None:
             raise ValueError("SFT needs pairs built from personas x suffixes (each pair's group is its suffix)")
-        prompt = render_prompt(tok, NEUTRAL_USER, pair.group, system=system)
+        prompt, _ = render_chat(tok, NEUTRAL_USER, system, pair.group)
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         c_ids = tok(completion, add_special_tokens=False)["input_ids"]
         if c_ids:
@@ -103,7 +105,7 @@ class SFTSteerer(SignedSteerer):
             self.default_coeffs = tuple(coeffs)
 
     def fingerprint(self) -> str:
-        return fingerprint([*self.plus, *self.minus], "sft", self.sign)
+        return tensor_digest([*self.plus, *self.minus], "sft", self.sign)
 
     @contextmanager
     def applied(self, c: float) -> Iterator[None]:

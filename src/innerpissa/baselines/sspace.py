@@ -31,7 +31,6 @@ from innerpissa.baselines.common import (
     block_name,
     capture_pair_activations,
     edited_outputs,
-    fingerprint,
     load_tensors,
     model_place,
     module_place,
@@ -40,6 +39,7 @@ from innerpissa.baselines.common import (
 )
 from innerpissa.baselines.vectors import WIDE_COEFFS
 from innerpissa.data.pairs import ContrastivePair
+from innerpissa.steering import tensor_digest
 
 DEFAULT_MODULES = ("self_attn.o_proj", "mlp.down_proj")
 SSPACE_FITS = ("lstsq", "projection")
@@ -169,7 +169,7 @@ class SSpaceSteerer(SignedSteerer):
         keys = sorted(self.edits.edits)
         parts = [t for k in keys for t in (self.edits.edits[k].U, self.edits.edits[k].V,
                                            self.sign * self.edits.edits[k].ds)]
-        return fingerprint(parts, "sspace", keys)
+        return tensor_digest(parts, "sspace", keys)
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Save with the calibrated sign folded into Δs (a loaded steerer starts at sign +1)."""

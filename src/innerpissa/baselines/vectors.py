@@ -44,7 +44,6 @@ from innerpissa.baselines.common import (
     block_name,
     capture_pair_activations,
     edited_outputs,
-    fingerprint,
     load_tensors,
     model_place,
     module_place,
@@ -53,6 +52,7 @@ from innerpissa.baselines.common import (
     save_tensors,
 )
 from innerpissa.data.pairs import ContrastivePair, PairCollator
+from innerpissa.steering import tensor_digest
 from innerpissa.train.directions import direction_from_diffs
 
 VECTOR_METHODS = ("pca", "mean_diff", "random")
@@ -297,7 +297,7 @@ class VectorSteerer(SignedSteerer):
 
     def fingerprint(self) -> str:
         vs = self.vectors.vectors
-        return fingerprint((self.sign * vs[k] for k in sorted(vs)), self.vectors.method, sorted(vs))
+        return tensor_digest((self.sign * vs[k] for k in sorted(vs)), self.vectors.method, sorted(vs))
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Save the vectors with the calibrated sign folded in (a loaded steerer starts at sign +1)."""

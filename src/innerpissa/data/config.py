@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from innerpissa.data.chat import DEFAULT_SYSTEM
 from innerpissa.data.pairs import ContrastivePair, pairs_from_sources, shuffle_pairs, split_pairs
 
 
@@ -23,7 +24,7 @@ class DataConfig:
     """Assistant-turn suffixes, one per line (or a JSON list)."""
     template: str | None = None
     """Persona sentence with a `{persona}` slot (default: the built-in set's)."""
-    system: str | None = "You are a helpful assistant."
+    system: str | None = DEFAULT_SYSTEM
     """Explicit system message for the chat template (some templates inject a default otherwise)."""
     plain_text: bool = False
     """Render pairs as plain text for tokenizers without a chat template."""

@@ -32,6 +32,7 @@ from innerpissa.data.batching import (  # noqa: F401  (re-exported: one import f
     last_tokens_mask,
     position_ids_from_mask,
 )
+from innerpissa.data.chat import render_chat
 
 DEFAULT_TEMPLATE = "Pretend you're {persona} person making statements about the world."
 SLOT = "{persona}"
@@ -123,27 +124,6 @@ def check_template(template: str, personas: Sequence[tuple[str, str]]) -> None:
 # ------------------------------------------------------------------------------------------- rendering
 
 
-def render_prompt(
-    tokenizer, user: str, suffix: str, system: str | None = None, plain_text: bool = False
-) -> str:
-    """A user turn and an assistant turn that starts with `suffix`, ending where the model would go on.
-
-    An explicit `system` message is added when given (some templates inject a default one otherwise; both
-    sides of a pair get the same one either way). `plain_text` skips the chat template entirely.
-    """
-    if plain_text:
-        return "\n".join(part for part in (system, user, suffix) if part)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no chat template; {PLAIN_TEXT_HINT}")
-    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-        {"role": "user", "content": user},
-        {"role": "assistant", "content": suffix},
-    ]
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=False, continue_final_message=True
-    )
-
-
 def build_pairs(
     tokenizer,
     personas: Sequence[tuple[str, str]],
@@ -175,13 +155,15 @@ def build_pairs(
     n_out = total if max_pairs is None else min(max_pairs, total)
     if n_out <= 0:
         raise ValueError(f"max_pairs must be positive, got {max_pairs}")
+    if not plain_text and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no chat template; {PLAIN_TEXT_HINT}")
     user = template.replace(SLOT, _SENTINEL)
     rendered: dict[int, str] = {}
     out = []
     for k in range(n_out):
         shift, j = divmod(k, len(suffixes))
         if j not in rendered:
-            text = render_prompt(tokenizer, user, suffixes[j], system=system, plain_text=plain_text)
+            text = render_chat(tokenizer, user, system, suffixes[j], plain=plain_text)[0]
             if text.count(_SENTINEL) != 1:
                 raise ValueError(f"the chat template dropped or repeated the persona slot in {text!r}")
             rendered[j] = text

@@ -1,5 +1,7 @@
-"""Evaluation on DailyDilemmas: Yes/No scoring (`choices`), sweeps over steerers (`harness`), the metrics of
-METHOD section 7 (`metrics`, arranged by `summary`), and reports (`report`)."""
+"""Evaluation: the `Task` seam every evaluation implements (`task`: DailyDilemmas choices and generated text),
+the DailyDilemmas harness (`choices`, `harness`, `sweep`, `metrics`, `summary`), generation (`generation`,
+`decode`, `gen_metrics`), sign calibration and probes (`calibration`, `sentiment_probe`), one statistics
+home (`stats`) and the reports (`report`)."""
 
 from innerpissa.eval.choices import ChoiceIds, choice_ids
 from innerpissa.eval.harness import DEFAULT_SYSTEM, evaluate, score_encoded
@@ -10,13 +12,13 @@ from innerpissa.eval.metrics import (
     paired_delta,
     raw_score,
     slope_stats,
-    spearman_over_means,
 )
 from innerpissa.eval.report import write_report
+from innerpissa.eval.stats import bootstrap_mean_ci, spearman
 from innerpissa.eval.summary import axis_deltas, coeff_table, method_table, seed_table
 
 __all__ = [
-    "DEFAULT_SYSTEM", "ChoiceIds", "axis_deltas", "bias_term", "choice_ids", "coeff_table",
+    "DEFAULT_SYSTEM", "ChoiceIds", "axis_deltas", "bias_term", "bootstrap_mean_ci", "choice_ids", "coeff_table",
     "corrected_score", "evaluate", "matched_effect", "method_table", "paired_delta", "raw_score",
-    "score_encoded", "seed_table", "slope_stats", "spearman_over_means", "write_report",
+    "score_encoded", "seed_table", "slope_stats", "spearman", "write_report",
 ]

@@ -31,27 +31,17 @@ import torch
 
 from innerpissa.adapter import flip_sign
 from innerpissa.data.builtin import BUILTIN_DIR
+from innerpissa.data.chat import DEFAULT_SYSTEM
 from innerpissa.eval.choices import choice_ids
-from innerpissa.eval.harness import DEFAULT_SYSTEM, encode_prompts, score_encoded
+from innerpissa.eval.harness import encode_prompts, score_encoded
 from innerpissa.eval.sentiment_probe import sentiment_probe_fn
+from innerpissa.eval.stats import bootstrap_mean_ci
 from innerpissa.steering import Steerer
 
 #: `probe_fn()` or `probe_fn(system)`: "toward the concept" scores of the model as it is now, one per probe
 #: item (a 1-D tensor, array or list: gives a CI) or their mean (a float: no CI)
 ProbeFn = Callable[..., Any]
 CALIBRATION_RULES = ("significant", "always", "never")
-
-
-def bootstrap_mean_ci(x: torch.Tensor, n_boot: int = 2000, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of per-item values x [n] (items resampled with replacement)."""
-    x = torch.as_tensor(x, dtype=torch.float64).flatten()
-    if x.numel() < 2:
-        raise ValueError(f"a bootstrap CI needs at least 2 items, got {x.numel()}")
-    g = torch.Generator().manual_seed(seed)
-    means = x[torch.randint(0, x.numel(), (n_boot, x.numel()), generator=g)].mean(1)
-    a = (1 - level) / 2
-    return float(means.quantile(a)), float(means.quantile(1 - a))
 
 
 def _items(value: Any) -> torch.Tensor:

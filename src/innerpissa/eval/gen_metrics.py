@@ -13,12 +13,18 @@ coefficient that happens to score best on the prompts it reports.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import inspect
 import re
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
+
+from innerpissa.errors import InputError
+from innerpissa.eval.stats import bootstrap_mean_ci, paired_mean_ci, spearman
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 MIN_WORDS = 4
@@ -48,15 +54,56 @@ class VaderScorer:
         return np.array([self._analyzer.polarity_scores(str(t))["compound"] for t in texts], dtype=float)
 
 
-SCORERS: dict[str, type] = {"sentiment": VaderScorer}
+class FunctionScorer:
+    """A user's scorer named `module:function`: a function of one text returning a float (higher = more of the
+    concept). Its `identity` covers the function's source, so editing it invalidates cached scores."""
+
+    def __init__(self, spec: str):
+        module, _, attr = spec.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise InputError(f"--gen.scorer {spec}: cannot import {attr!r} from module {module!r} ({e}); the module "
+                             "must be importable (e.g. run from its folder with PYTHONPATH=.)") from None
+        if not callable(fn):
+            raise InputError(f"--gen.scorer {spec}: {attr} is not a function")
+        self.fn, self.name = fn, spec
+        try:
+            source = inspect.getsource(fn)
+        except (OSError, TypeError):
+            source = ""
+        self.identity = f"{spec}#{hashlib.sha256(source.encode()).hexdigest()[:12]}"
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for t in texts:
+            value = self.fn(str(t))
+            try:
+                out.append(float(value))
+            except (TypeError, ValueError):
+                raise InputError(f"--gen.scorer {self.name} returned {value!r} for {str(t)[:40]!r}; it must "
+                                 "return a number") from None
+        return np.array(out, dtype=float)
 
 
-def concept_scorer(concept: str) -> Scorer:
-    """The scorer registered for `concept` (add one to `SCORERS` to evaluate another concept)."""
-    if concept not in SCORERS:
-        raise ValueError(f"no generation scorer for concept {concept!r}; available: {sorted(SCORERS)} "
-                         "(register one in innerpissa.eval.gen_metrics.SCORERS)")
-    return SCORERS[concept]()
+#: built-in scorers by name, and the one each concept is scored with (`--gen.scorer builtin`)
+SCORERS: dict[str, type] = {"vader": VaderScorer}
+CONCEPT_SCORERS = {"sentiment": "vader"}
+
+
+def make_scorer(spec: str = "builtin", concept: str = "sentiment") -> Scorer:
+    """The scorer `spec` names: `builtin` (the concept's), a name in `SCORERS`, or `module:function`."""
+    if spec == "builtin":
+        if concept not in CONCEPT_SCORERS:
+            raise InputError(f"no built-in generation scorer for concept {concept!r} (built-in: "
+                             f"{sorted(CONCEPT_SCORERS)}); give --gen.scorer NAME ({', '.join(SCORERS)}) or "
+                             "module:function")
+        spec = CONCEPT_SCORERS[concept]
+    if spec in SCORERS:
+        return SCORERS[spec]()
+    if ":" in spec:
+        return FunctionScorer(spec)
+    raise InputError(f"unknown --gen.scorer {spec!r}; use builtin, one of {sorted(SCORERS)} or module:function")
 
 
 def words(text: str) -> list[str]:
@@ -91,26 +138,7 @@ def text_metrics(texts: Sequence[str], scorer: Scorer) -> pd.DataFrame:
                          "valid": [is_valid(t) for t in texts]})
 
 
-# ------------------------------------------------------------------------------------------------ statistics
-
-
-def bootstrap_mean_ci(x: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of `x` (NaNs dropped); (nan, nan) when empty."""
-    x = np.asarray(x, dtype=float)
-    x = x[~np.isnan(x)]
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN with fewer than 2 points or no variance."""
-    xs, ys = pd.Series(list(x), dtype=float).rank(), pd.Series(list(y), dtype=float).rank()
-    if len(xs) < 2 or xs.std() == 0 or ys.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(xs, ys)[0, 1])
+# ------------------------------------------------------------------------------------------------ summaries
 
 
 def coeff_summary(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -128,11 +156,9 @@ def coeff_summary(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def _paired(g: pd.DataFrame, c: float, c0: float) -> np.ndarray:
-    a = g[g["c"] == c].set_index("prompt_idx")["score"]
-    b = g[g["c"] == c0].set_index("prompt_idx")["score"]
-    common = a.index.intersection(b.index)
-    return (a.loc[common] - b.loc[common]).to_numpy(dtype=float)
+def _scores(g: pd.DataFrame, c: float) -> pd.Series:
+    """One condition's scores by prompt."""
+    return g[g["c"] == c].set_index("prompt_idx")["score"]
 
 
 def pick_sides(tab: pd.DataFrame, nll_budget: float, distinct_frac: float) -> tuple[float | None, float | None]:
@@ -167,14 +193,10 @@ def matched_range(df: pd.DataFrame, tab: pd.DataFrame, nll_budget: float = 0.25,
                 row.update({f"d_{side}": float("nan"), f"d_{side}_lo": float("nan"),
                             f"d_{side}_hi": float("nan"), f"valid_{side}": float("nan")})
                 continue
-            d = _paired(g, c, 0.0)
-            lo, hi = bootstrap_mean_ci(d, n_boot, seed)
-            row.update({f"d_{side}": float(d.mean()), f"d_{side}_lo": lo, f"d_{side}_hi": hi,
-                        f"valid_{side}": valid[c]})
+            d, lo, hi = paired_mean_ci(_scores(g, c), _scores(g, 0.0), n_boot, seed)
+            row.update({f"d_{side}": d, f"d_{side}_lo": lo, f"d_{side}_hi": hi, f"valid_{side}": valid[c]})
         cp_, cm_ = (cp if cp is not None else 0.0), (cm if cm is not None else 0.0)
-        r = _paired(g, cp_, cm_)
-        row["range"] = float(r.mean()) if len(r) else float("nan")
-        row["range_lo"], row["range_hi"] = bootstrap_mean_ci(r, n_boot, seed)
+        row["range"], row["range_lo"], row["range_hi"] = paired_mean_ci(_scores(g, cp_), _scores(g, cm_), n_boot, seed)
         row["plus_excludes0"] = bool(row["d_plus_lo"] > 0)
         row["minus_excludes0"] = bool(row["d_minus_hi"] < 0)
         rows.append(row)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,9 +25,11 @@ from torch import Tensor
 
 from innerpissa.anatomy import check_context
 from innerpissa.data.builtin import BUILTIN_DIR
+from innerpissa.data.chat import DEFAULT_SYSTEM, chat_ids
+from innerpissa.data.pairs import read_list
 from innerpissa.eval.decode import can_decode_sweep, decode_sweep
 from innerpissa.eval.gen_metrics import Scorer, text_metrics
-from innerpissa.eval.harness import DEFAULT_SYSTEM, pad_left
+from innerpissa.eval.harness import pad_left
 from innerpissa.steering import Steerer
 
 PROMPT_SPLITS = ("dev", "test", "all")
@@ -41,13 +44,11 @@ def load_neutral_prompts(split: str = "test", name: str = "neutral_prompts") -> 
     return list(data["dev"]) + list(data["test"]) if split == "all" else list(data[split])
 
 
-def chat_ids(tokenizer, user: str, system: str = DEFAULT_SYSTEM) -> list[int]:
-    """Token ids of a chat prompt (explicit system message, user turn, open assistant turn)."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
-    return list(tokenizer(f"{system}\n\nUser: {user}\n\nAssistant:")["input_ids"])
+def load_prompts(split: str, prompts_file: str | Path | None = None, n: int | None = None) -> list[str]:
+    """The first `n` (None: all) of a user's prompts file (one per line, or a JSON list), else of the built-in
+    held-out neutral prompts of `split`."""
+    prompts = read_list(prompts_file) if prompts_file is not None else load_neutral_prompts(split)
+    return prompts[:n] if n is not None else prompts
 
 
 def supports_per_row(steerer: Steerer) -> bool:

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from innerpissa.eval.stats import percentile_interval
+
 DEFAULT_MAX_DNLL = 0.5
 DEFAULT_MIN_VALID = 0.9
 
@@ -97,20 +99,13 @@ def bootstrap_scores(
     return point, _resampled_scores(values, label, il, i0, corrected), len(lab_idx), len(neu_idx)
 
 
-def _interval(samples: np.ndarray, ci: float) -> tuple[float, float]:
-    if not np.isfinite(samples).all():
-        return math.nan, math.nan
-    lo, hi = np.quantile(samples, [(1 - ci) / 2, (1 + ci) / 2])
-    return float(lo), float(hi)
-
-
 def paired_delta(
     v_c: np.ndarray, v_0: np.ndarray, label: np.ndarray, corrected: bool = True,
     n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
 ) -> Delta:
     """Δ score (c minus c = 0) over the same dilemmas, with a percentile CI from the paired bootstrap."""
     point, boot, n_lab, n_neu = bootstrap_scores(np.stack([v_c, v_0]), label, corrected, n_boot, seed)
-    return Delta(float(point[0] - point[1]), *_interval(boot[0] - boot[1], ci), n_lab, n_neu)
+    return Delta(float(point[0] - point[1]), *percentile_interval(boot[0] - boot[1], ci), n_lab, n_neu)
 
 
 def two_sided_interval(
@@ -120,19 +115,10 @@ def two_sided_interval(
     """`min(Δ(c_up), -Δ(c_down))` with its paired-bootstrap CI (the matched-coherence effect's interval)."""
     point, boot, _, _ = bootstrap_scores(np.stack([v_up, v_down, v_0]), label, corrected, n_boot, seed)
     eff = np.minimum(point[0] - point[2], point[2] - point[1])
-    return float(eff), *_interval(np.minimum(boot[0] - boot[2], boot[2] - boot[1]), ci)
+    return float(eff), *percentile_interval(np.minimum(boot[0] - boot[2], boot[2] - boot[1]), ci)
 
 
 # ------------------------------------------------------------------------------------------ dose-response
-
-
-def spearman_over_means(coeffs: Sequence[float], means: Sequence[float]) -> float:
-    """Spearman ρ between the coefficients and the mean score at each (monotonicity; NaN if undefined)."""
-    c, m = np.asarray(coeffs, float), np.asarray(means, float)
-    ok = np.isfinite(m)
-    if ok.sum() < 3 or np.ptp(m[ok]) == 0:
-        return math.nan
-    return float(stats.spearmanr(c[ok], m[ok]).statistic)
 
 
 @dataclass(frozen=True)
@@ -210,15 +196,6 @@ def matched_effect(coeffs: Sequence[float], delta: Sequence[float], dnll: Sequen
     up, c_up = best(c > 0, 1.0)
     down, c_down = best(c < 0, -1.0)
     return MatchedEffect(min(up, down), up, down, c_up, c_down)
-
-
-# --------------------------------------------------------------------------------------------- side effects
-
-
-def side_effects(delta_by_axis: pd.Series, target: str) -> float:
-    """Mean |Δ| over the non-target axes (NaN axes, e.g. without label-0 dilemmas, are skipped)."""
-    others = delta_by_axis.drop(index=target, errors="ignore").astype(float)
-    return float(others.abs().mean()) if others.notna().any() else math.nan
 
 
 # ---------------------------------------------------------------------------------------------- over seeds

@@ -1,4 +1,5 @@
-"""Reports of an evaluation: per-row CSV, a markdown summary, the dose-response plot, example answers.
+"""Reports of an evaluation: per-row CSV, a markdown summary, the dose-response plot, example answers (DailyDilemmas);
+the generation comparison's tables, summary and sweep plot (`write_generation_report`).
 
 Every file is written atomically (temporary file + `os.replace`), so a reader never sees half a report.
 """
@@ -165,3 +166,79 @@ def write_report(out_dir: str | Path, res: pd.DataFrame, coeffs: pd.DataFrame, m
     if examples is not None and len(examples):
         paths["examples"] = atomic_write_text(out / "examples.md", examples_markdown(examples))
     return paths
+
+
+# ------------------------------------------------------------------------------------------- generation
+
+
+def _signed(x: float, nd: int = 3) -> str:
+    return "-" if x != x else f"{x:+.{nd}f}"
+
+
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{x:.0%}"
+
+
+def headline_rows(summ: pd.DataFrame) -> list[str]:
+    """Markdown rows: range (sd over seeds), each side's shift with % valid, seeds with both CIs off 0."""
+    lines = ["| method | range c+ − c− (sd over seeds) | Δ+ vs c=0 [valid] | Δ− vs c=0 [valid] | seeds both "
+             "sides' CI excl. 0 | Spearman(c, score) | c+ / c− per seed |",
+             "|---|---|---|---|---|---|---|"]
+    for _, r in summ.iterrows():
+        sd = "" if r["range_sd"] != r["range_sd"] else f" ({r['range_sd']:.3f})"
+        lines.append(f"| {r['method']} | {r['range']:.3f}{sd} | {_signed(r['d_plus'])} [{_pct(r['valid_plus'])}] | "
+                     f"{_signed(r['d_minus'])} [{_pct(r['valid_minus'])}] | {r['both_sides_excl0']}/{r['seeds']} | "
+                     f"{r['spearman']:.2f} | {r['c_plus']} / {r['c_minus']} |")
+    return lines
+
+
+def write_generation_report(out: Path, df: pd.DataFrame, tab: pd.DataFrame, ranges: pd.DataFrame,
+                            summ: pd.DataFrame, meta: dict) -> dict[str, Path]:
+    """rows.csv (every continuation), coeffs.csv, ranges.csv, methods.csv, summary.md and sweep.png (each
+    written atomically, numbers at full precision)."""
+    out = Path(out)
+    paths = {name: atomic_write(out / f"{name}.csv", lambda p, f=frame: f.to_csv(p, index=False))
+             for name, frame in (("rows", df.drop(columns=["ids"], errors="ignore")), ("coeffs", tab),
+                                 ("ranges", ranges), ("methods", summ))}
+    lines = ["# Generation comparison", ""] + [f"- {k}: {v}" for k, v in meta.items()] + ["", "## Headline", ""]
+    lines += headline_rows(summ)
+    lines += ["", "## Per seed", "", "| method | seed | c+ | c− | score(c=0) | Δ+ [95% CI] | Δ− [95% CI] | range "
+              "[95% CI] |", "|---|---|---|---|---|---|---|---|"]
+    for _, r in ranges.iterrows():
+        lines.append(f"| {r['method']} | {r['seed']} | {r['c_plus']} | {r['c_minus']} | {r['score0']:.3f} | "
+                     f"{_signed(r['d_plus'])} [{_signed(r['d_plus_lo'])}, {_signed(r['d_plus_hi'])}] | "
+                     f"{_signed(r['d_minus'])} [{_signed(r['d_minus_lo'])}, {_signed(r['d_minus_hi'])}] | "
+                     f"{_signed(r['range'])} [{_signed(r['range_lo'])}, {_signed(r['range_hi'])}] |")
+    lines += ["", "## Every coefficient (mean over seeds)", "", "| method | c | score | NLL | distinct-2 | rep-3 | "
+              "valid |", "|---|---|---|---|---|---|---|"]
+    agg = tab.groupby(["method", "c"], sort=True)[["score", "nll", "distinct2", "rep3", "valid"]].mean()
+    for (m, c), r in agg.iterrows():
+        lines.append(f"| {m} | {c:+g} | {r['score']:+.3f} | {r['nll']:.3f} | {r['distinct2']:.3f} | "
+                     f"{r['rep3']:.3f} | {r['valid']:.0%} |")
+    paths["summary"] = atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    paths["plot"] = plot_generation_sweep(agg.reset_index(), out / "sweep.png")
+    return paths
+
+
+def plot_generation_sweep(agg: pd.DataFrame, path: Path) -> Path:
+    """Concept score, NLL and distinct-2 over c, one line per method (means over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for m, g in agg.groupby("method"):
+        g = g.sort_values("c")
+        for ax, col in zip(axes, ("score", "nll", "distinct2"), strict=True):
+            ax.plot(g["c"], g[col], marker="o", label=m)
+    for ax, title in zip(axes, ("concept score", "NLL under the base model", "distinct-2"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("c")
+        ax.set_xscale("symlog", linthresh=1.0)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    finally:
+        plt.close(fig)

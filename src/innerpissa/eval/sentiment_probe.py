@@ -12,21 +12,13 @@ from collections.abc import Callable
 import torch
 
 from innerpissa.data.builtin import BUILTIN_DIR
-from innerpissa.eval.harness import DEFAULT_SYSTEM, pad_left
+from innerpissa.data.chat import DEFAULT_SYSTEM, chat_ids
+from innerpissa.eval.harness import pad_left
 
 
 def _first_ids(tokenizer, words: list[str]) -> list[int]:
     """First token id of each word (duplicates dropped)."""
     return sorted({tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words})
-
-
-def _encode(tokenizer, user: str, prefill: str, system: str) -> list[int]:
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user},
-                    {"role": "assistant", "content": prefill}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
-        return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
-    return list(tokenizer(f"{system}\n\nUser: {user}\n\nAssistant: {prefill}")["input_ids"])
 
 
 def sentiment_probe_fn(model, tokenizer, name: str = "sentiment_probe", per_item: bool = False
@@ -47,7 +39,7 @@ def sentiment_probe_fn(model, tokenizer, name: str = "sentiment_probe", per_item
     @torch.no_grad()
     def score(system: str = DEFAULT_SYSTEM):
         if system not in cache:
-            cache[system] = pad_left([_encode(tokenizer, u, p, system) for u, p in data["items"]], pad)
+            cache[system] = pad_left([chat_ids(tokenizer, u, system, p) for u, p in data["items"]], pad)
         ids, mask, position = cache[system]
         dev = next(model.parameters()).device
         logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=position.to(dev),

@@ -1,12 +1,13 @@
-"""The DailyDilemmas evaluation, defined once: its settings (`eval`, `compare` and `ablate` each inherit
-them, so their flags stay `--n-dilemmas`, `--batch-size`, ...; defaults from the harness and metrics) and
-its pipeline: draw the rows, score steerers on them, write the report."""
+"""The evaluations' settings, defined once: DailyDilemmas' (`eval`, `compare` and `ablate` inherit them, so
+their flags stay `--n-dilemmas`, `--batch-size`, ...; defaults from the harness and metrics) and the
+rows they draw, and the generation task's nested group (`--gen.*`, `GenSettings`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
@@ -19,11 +20,8 @@ from innerpissa.data.dilemmas import (
     save_sample,
 )
 from innerpissa.errors import InputError
-from innerpissa.eval.harness import DEFAULT_MIN_MASS, evaluate
+from innerpissa.eval.harness import DEFAULT_MIN_MASS
 from innerpissa.eval.metrics import DEFAULT_MAX_DNLL, DEFAULT_MIN_VALID
-from innerpissa.eval.report import headline_table, markdown_table, write_report
-from innerpissa.eval.summary import coeff_table, method_table, seed_table
-from innerpissa.steering import Steerer
 
 
 @dataclass
@@ -79,27 +77,6 @@ class EvalSettings:
         save_sample(rows, Path(out) / "sample.csv", seed, axes)
         return rows, axes
 
-    def score(self, model, tok, rows: pd.DataFrame, steerer: Steerer, coeffs: Sequence[float], axes: Sequence[str],
-              out: Path | None, seed: int = 0, tag: str = "", progress: bool = False) -> pd.DataFrame:
-        """`steerer` scored on `rows` at `coeffs` (cached under OUT/cache by `tag`; out None: no cache)."""
-        return evaluate(model, tok, rows, steerer, list(coeffs), seed=seed, batch_size=self.batch_size,
-                        min_mass=self.min_mass, axes=axes, cache_dir=None if out is None else Path(out) / "cache",
-                        cache_tag=tag, progress=progress)
-
-    def report(self, out: Path, res: pd.DataFrame, axes: Sequence[str], seed: int, info: Mapping[str, object],
-               examples: pd.DataFrame | None = None) -> dict[str, Path]:
-        """Tables (per coefficient, per method at matched coherence, over seeds) and the report in OUT;
-        prints the headline. `seed` seeds the bootstrap; `info` lines head the summary."""
-        coeff_tab = coeff_table(res, self.target, axes, n_boot=self.n_boot, seed=seed)
-        methods = method_table(res, coeff_tab, self.target, self.max_dnll, self.min_valid, n_boot=self.n_boot,
-                               seed=seed)
-        info = {**info, "coherence budget": f"ΔNLL <= {self.max_dnll}, valid >= {self.min_valid:.0%}"}
-        paths = write_report(out, res, coeff_tab, methods, seed_table(methods), self.target, info, examples,
-                             self.max_dnll, self.min_valid)
-        paths["sample"] = Path(out) / "sample.csv"
-        print(markdown_table(headline_table(methods)))
-        return paths
-
     def rows_info(self, rows: pd.DataFrame, seed: int) -> str:
         """How the rows were drawn, for the report."""
         return f"{len(rows)} ({'labelled-only' if self.labelled_only else 'random'} sample, seed {seed})"
@@ -113,3 +90,45 @@ class SweepSettings(EvalSettings):
     """Random dilemmas to evaluate (both rows of each); with --labelled-only, labelled dilemmas."""
     batch_size: int = 16
     """Evaluation batch size."""
+
+
+@dataclass
+class GenSettings:
+    """The generation task (`--task generation`): greedy continuations of held-out prompts, scored by a
+    concept scorer, with fluency under the unsteered model."""
+
+    split: Literal["dev", "test", "all"] | None = None
+    """Which held-out neutral prompts: dev (choosing settings), test (reporting) or all (None: test for
+    compare; for ablate the half --split names, select: dev)."""
+    prompts_file: Path | None = None
+    """Your own prompts instead of the built-in ones: a text file (one prompt per line) or a JSON list."""
+    n_prompts: int | None = None
+    """The first n prompts (None: all)."""
+    scorer: str = "builtin"
+    """What scores a continuation: `builtin` (the concept's scorer, VADER for sentiment), a registered name
+    (`vader`) or `module:function`, a function of one text returning a float (higher = more of the concept)."""
+    max_new_tokens: int = 40
+    """Greedy tokens per continuation."""
+    batch: int = 128
+    """Rows per batched decode (bounds the KV-cache memory)."""
+    nll_budget: float = 0.25
+    """A side is usable while its mean continuation NLL is at most c = 0's plus this ..."""
+    distinct_frac: float = 0.9
+    """... and its mean distinct-2 at least this fraction of c = 0's."""
+
+    def check(self) -> None:
+        """Numbers and files, checked before any model loads."""
+        for flag, v in (("--gen.n-prompts", self.n_prompts), ("--gen.max-new-tokens", self.max_new_tokens),
+                        ("--gen.batch", self.batch)):
+            if v is not None and v < 1:
+                raise InputError(f"{flag} must be a positive number, got {v}")
+        if self.prompts_file is not None and not Path(self.prompts_file).is_file():
+            raise InputError(f"--gen.prompts-file: {self.prompts_file} is not a file")
+
+
+@dataclass
+class CompareGen(GenSettings):
+    """`compare`'s generation settings: the shared ones and the adapters' sweep."""
+
+    adapter_coeffs: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
+    """Coefficient sweep of InnerPiSSA and LoRA."""

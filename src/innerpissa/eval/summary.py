@@ -17,6 +17,7 @@ import pandas as pd
 
 from innerpissa.data.dilemmas import DEFAULT_TARGET, LABEL_PREFIX
 from innerpissa.eval import metrics as M
+from innerpissa.eval.stats import spearman
 
 GROUP = ["method", "seed"]
 
@@ -132,7 +133,7 @@ def method_table(res: pd.DataFrame, coeffs: pd.DataFrame, target: str = DEFAULT_
         eff, lo, hi = (M.two_sided_interval(table.loc[me.c_up], table.loc[me.c_down], table.loc[0.0], labels,
                                             True, n_boot, ci, seed) if 0.0 in table.index else (math.nan,) * 3)
         in_range = tab[(tab["coeff"] >= c_range[0]) & (tab["coeff"] <= c_range[1])]
-        rho = M.spearman_over_means(in_range["coeff"], in_range["corr"])
+        rho = spearman(in_range["coeff"], in_range["corr"], min_points=3)
         # per-dilemma corrected score at each c: label * (d - b(c)) / 2 over labelled dilemmas
         b = tab.set_index("coeff")["bias"]
         lab = g[g["label"] != 0]

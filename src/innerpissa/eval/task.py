@@ -1,0 +1,234 @@
+"""The evaluation seam: a `Task` scores steerers on fixed items, caches what it scored, and writes the report.
+
+`compare`, `ablate` and `eval` are each one loop over it: `task.base()` (c = 0, the unsteered model, scored
+once), then per method or variant `task.score(steerer, coeffs, seed)`, then `task.report(out, frames, meta)`.
+Two tasks implement it: `DilemmaTask` (DailyDilemmas Yes/No log-odds, METHOD section 7) and
+`GenerationTask` (greedy continuations of held-out or user prompts scored by a concept scorer, section 11).
+A task is bound to its items (a split of the prompts, a sample of dilemmas), so scoring the same steerers on
+another split is another task; `score` takes any coefficient list, so a caller may choose each method's
+coefficients itself.
+
+One cache (`ScoreCache`): one JSON file per scored sweep, named by a hash of everything the numbers depend on:
+the base model (config and weights, `models.model_identity`), the tokenizer, the task's items and settings,
+the steerer's `fingerprint()` and the coefficients. The file repeats that key; an entry that cannot be read
+or holds another key is recomputed with a warning naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from innerpissa.data.chat import DEFAULT_SYSTEM
+from innerpissa.eval.harness import INSTRUCTION, PREFILL, QUESTION, evaluate
+from innerpissa.fileio import atomic_write_text
+from innerpissa.models import model_identity, tokenizer_identity
+from innerpissa.steering import NoSteering, Steerer
+
+CACHE_FORMAT = 1
+
+
+class Task(Protocol):
+    """An evaluation every command runs the same way (module doc)."""
+
+    model: Any
+    tok: Any
+
+    def base(self) -> pd.DataFrame:
+        """The unsteered model (c = 0), scored once and shared by every method and seed."""
+
+    def score(self, steerer: Steerer, coeffs: Sequence[float], seed: int = 0) -> pd.DataFrame:
+        """`steerer` at `coeffs`, one row per item and coefficient, labelled with its name and `seed`."""
+
+    def report(self, out: Path, frames: Sequence[pd.DataFrame], meta: dict[str, object]) -> dict[str, Path]:
+        """The tables, summary and plot of the scored frames in `out`; `meta` heads the summary."""
+
+
+def _digest(obj: object, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def frame_to_json(df: pd.DataFrame, key: dict) -> str:
+    """A frame as JSON with its key, columns and dtypes (floats exact, lists and strings kept)."""
+    return json.dumps({"format": CACHE_FORMAT, "key": key, "columns": list(df.columns),
+                       "dtypes": [str(t) for t in df.dtypes], "data": [df[c].tolist() for c in df.columns]})
+
+
+def frame_from_json(text: str, key: dict) -> pd.DataFrame:
+    """The frame `frame_to_json` wrote; ValueError when it is damaged or was written for another key."""
+    obj = json.loads(text)
+    if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT:
+        raise ValueError("not a score cache file of this version")
+    if json.dumps(obj.get("key"), sort_keys=True) != json.dumps(json.loads(json.dumps(key, default=str)), sort_keys=True):
+        raise ValueError("it holds the scores of other settings")
+    cols, dtypes, data = obj["columns"], obj["dtypes"], obj["data"]
+    if not (len(cols) == len(dtypes) == len(data)) or len({len(v) for v in data}) > 1:
+        raise ValueError("its columns are incomplete")
+    return pd.DataFrame({c: pd.Series(v, dtype=None if t == "object" else t) for c, t, v in zip(cols, dtypes, data,
+                                                                                               strict=True)})
+
+
+@dataclass
+class ScoreCache:
+    """Scored sweeps on disk under `folder` (None: nothing cached), keyed by the task's `key` plus the
+    steerer's fingerprint and the coefficients. Steerers without a fingerprint are scored every time."""
+
+    folder: Path | None
+    key: dict[str, Any]
+
+    def get(self, steerer: Steerer, coeffs: Sequence[float], compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        fp = steerer.fingerprint()
+        if self.folder is None or not fp:
+            return compute()
+        key = {**self.key, "steerer": fp, "coeffs": [float(c) for c in coeffs]}
+        path = Path(self.folder) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', steerer.name)}_{_digest(key)}.json"
+        if path.exists():
+            try:
+                return frame_from_json(path.read_text(encoding="utf-8"), key)
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+                warnings.warn(f"score cache entry {path} is unusable ({e}); recomputing it", stacklevel=3)
+        df = compute()
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, frame_to_json(df, key))
+        return df
+
+
+def model_key(model, tok) -> dict[str, Any]:
+    """The base model's part of every cache key: what it computes, not where it was loaded from."""
+    return {**model_identity(model), "tokenizer": tokenizer_identity(tok)}
+
+
+def _labelled(df: pd.DataFrame, steerer: Steerer, seed: int) -> pd.DataFrame:
+    return df.assign(method=steerer.name, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------------ dilemmas
+
+
+@dataclass
+class DilemmaTask:
+    """DailyDilemmas rows scored by Yes/No log-odds (`harness.evaluate`) under `settings` (an `EvalSettings`:
+    batch size, validity, budgets, target, bootstrap); `sample_seed` seeds the bootstrap of the report."""
+
+    model: Any
+    tok: Any
+    rows: pd.DataFrame
+    axes: list[str]
+    settings: Any
+    cache_dir: Path | None = None
+    sample_seed: int = 0
+    progress: bool = False
+    cache: ScoreCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        items = self.rows[["dilemma_idx", "action_type", "dilemma_situation", "action",
+                           *[c for c in self.rows.columns if c.startswith("label:")]]]
+        self.cache = ScoreCache(self.cache_dir, {
+            "task": "dilemmas", **model_key(self.model, self.tok), "rows": _digest(items.to_json(orient="split")),
+            "axes": list(self.axes), "prompt": [DEFAULT_SYSTEM, INSTRUCTION, QUESTION, PREFILL],
+            "batch_size": self.settings.batch_size, "min_mass": self.settings.min_mass})
+
+    def base(self) -> pd.DataFrame:
+        return self.score(NoSteering(), [0.0])
+
+    def score(self, steerer: Steerer, coeffs: Sequence[float], seed: int = 0) -> pd.DataFrame:
+        s = self.settings
+        return _labelled(self.cache.get(steerer, coeffs, lambda: evaluate(
+            self.model, self.tok, self.rows, steerer, list(coeffs), seed=seed, batch_size=s.batch_size,
+            min_mass=s.min_mass, axes=self.axes, progress=self.progress)), steerer, seed)
+
+    def describe(self) -> dict[str, object]:
+        from innerpissa.eval.choices import choice_ids
+
+        return {"rows": self.settings.rows_info(self.rows, self.sample_seed),
+                "choice tokens": choice_ids(self.tok).describe(self.tok)}
+
+    def report(self, out: Path, frames: Sequence[pd.DataFrame], meta: dict[str, object],
+               examples: pd.DataFrame | None = None) -> dict[str, Path]:
+        """Tables per coefficient, per method at matched coherence and over seeds; prints the headline."""
+        from innerpissa.eval.report import headline_table, markdown_table, write_report
+        from innerpissa.eval.summary import coeff_table, method_table, seed_table
+
+        s, res = self.settings, pd.concat(frames, ignore_index=True)
+        coeff_tab = coeff_table(res, s.target, self.axes, n_boot=s.n_boot, seed=self.sample_seed)
+        methods = method_table(res, coeff_tab, s.target, s.max_dnll, s.min_valid, n_boot=s.n_boot,
+                               seed=self.sample_seed)
+        meta = {**meta, "coherence budget": f"ΔNLL <= {s.max_dnll}, valid >= {s.min_valid:.0%}"}
+        paths = write_report(out, res, coeff_tab, methods, seed_table(methods), s.target, meta, examples,
+                             s.max_dnll, s.min_valid)
+        paths["sample"] = Path(out) / "sample.csv"
+        print(markdown_table(headline_table(methods)))
+        return paths
+
+
+# ---------------------------------------------------------------------------------------------- generation
+
+
+@dataclass
+class GenerationTask:
+    """Greedy continuations of `prompts` scored by `scorer` (`generation.evaluate_generation`) under `settings`
+    (a `GenSettings`: tokens, batch, fluency budget); `n_boot` resamples for the report's CIs."""
+
+    model: Any
+    tok: Any
+    prompts: list[str]
+    scorer: Any
+    settings: Any
+    cache_dir: Path | None = None
+    n_boot: int = 1000
+    source: str = ""
+    cache: ScoreCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.cache = ScoreCache(self.cache_dir, {
+            "task": "generation", **model_key(self.model, self.tok), "prompts": _digest(self.prompts),
+            "system": DEFAULT_SYSTEM, "scorer": getattr(self.scorer, "identity", self.scorer.name),
+            "max_new_tokens": s.max_new_tokens, "batch": s.batch})
+
+    @classmethod
+    def load(cls, model, tok, settings, split: str, concept: str, cache_dir: Path | None = None,
+             n_boot: int = 1000) -> GenerationTask:
+        """The task of `settings` (prompts file or the built-in `split`, scorer spec) for `concept`."""
+        from innerpissa.eval.gen_metrics import make_scorer
+        from innerpissa.eval.generation import load_prompts
+
+        prompts = load_prompts(split, settings.prompts_file, settings.n_prompts)
+        source = f"{settings.prompts_file}" if settings.prompts_file is not None else f"{split} split"
+        return cls(model, tok, prompts, make_scorer(settings.scorer, concept), settings, cache_dir, n_boot,
+                   f"{len(prompts)} ({source})")
+
+    def base(self) -> pd.DataFrame:
+        return self.score(NoSteering(), [0.0])
+
+    def score(self, steerer: Steerer, coeffs: Sequence[float], seed: int = 0) -> pd.DataFrame:
+        from innerpissa.eval.generation import evaluate_generation
+
+        s = self.settings
+        return _labelled(self.cache.get(steerer, coeffs, lambda: evaluate_generation(
+            self.model, self.tok, self.prompts, steerer, coeffs, self.scorer, s.max_new_tokens,
+            max_batch=s.batch)), steerer, seed)
+
+    def describe(self) -> dict[str, object]:
+        return {"prompts": self.source, "new tokens": self.settings.max_new_tokens, "scorer": self.scorer.name}
+
+    def report(self, out: Path, frames: Sequence[pd.DataFrame], meta: dict[str, object]) -> dict[str, Path]:
+        """Per-coefficient table, matched-fluency ranges and the summary; prints the summary."""
+        from innerpissa.eval.gen_metrics import coeff_summary, matched_range, method_summary
+        from innerpissa.eval.report import write_generation_report
+
+        s, df = self.settings, pd.concat(frames, ignore_index=True)
+        tab = coeff_summary(df, n_boot=self.n_boot)
+        ranges = matched_range(df, tab, s.nll_budget, s.distinct_frac, n_boot=self.n_boot)
+        meta = {**meta, "fluency budget": f"NLL <= c0 + {s.nll_budget}, distinct-2 >= {s.distinct_frac:.0%} of c0"}
+        paths = write_generation_report(out, df, tab, ranges, method_summary(ranges), meta)
+        print(paths["summary"].read_text())
+        return paths
