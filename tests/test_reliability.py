@@ -606,17 +606,21 @@ def test_a_pickle_planted_as_checkpoint_is_refused_and_never_runs(finished_run, 
 
 
 def test_generation_caches_are_not_pickles(tmp_path):
-    """The generation comparison's cached frames were pandas pickles (code on load); now JSON data."""
+    """The generation comparison's cached frames were pandas pickles (code on load); the one score cache of
+    every task is JSON data, read back exactly."""
     import pandas as pd
 
-    from innerpissa.methods import cached_frame
+    from innerpissa.eval.task import ScoreCache
+    from innerpissa.steering import NoSteering
 
     df = pd.DataFrame({"c": [-1.0, 1.0], "ids": [[1, 2], []], "continuation": ["a\nb", "é"],
                        "nll": [float("nan"), 1.2345678901234567]})
-    path = tmp_path / "f.json"
-    pd.testing.assert_frame_equal(cached_frame(path, lambda: df), df)
-    assert json.loads(path.read_text())["schema"]
-    pd.testing.assert_frame_equal(cached_frame(path, lambda: pytest.fail("recomputed")), df)
+    cache = ScoreCache(tmp_path, {"task": "test"})
+    pd.testing.assert_frame_equal(cache.get(NoSteering(), [0.0], lambda: df), df)
+    (path,) = tmp_path.iterdir()
+    assert path.suffix == ".json" and json.loads(path.read_text())["columns"] == list(df.columns)
+    pd.testing.assert_frame_equal(cache.get(NoSteering(), [0.0], lambda: pytest.fail("recomputed")), df,
+                                  check_exact=True)
 
 
 # ---------------------------------------------------------------- atomic exports (rows 5, 51, 52, 53, 54)
