@@ -33,3 +33,12 @@ def loss_and_grads(trainer, batch):
     for p in trainer.params:
         p.grad = None
     return total.detach(), grads
+
+
+def last_tokens_mask(attention_mask, n):
+    """Bool [B, T]: the last `n` (an int or one per row) real tokens of each row, any padding side (an
+    independent statement of what the trainer's tail mask must select)."""
+    am = attention_mask.bool()
+    from_end = am.flip(-1).long().cumsum(-1).flip(-1)  # 1 at the last real token, 2 before it, ...
+    n_t = torch.as_tensor(n, device=am.device).reshape(-1, 1) if isinstance(n, torch.Tensor) else n
+    return am & (from_end <= n_t)

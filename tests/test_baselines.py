@@ -388,7 +388,9 @@ def test_a_given_sweep_for_unit_vectors_is_in_mean_difference_units():
 def test_comparison_probes_give_per_item_scores(setup):
     """The probe `compare` calibrates every method with returns one score per item (so the evidence rule can
     flip a vector's sign), whose mean is the mean-only honesty probe's value."""
-    from innerpissa.eval.calibration import concept_probe, probe_fn
+    from innerpissa.eval.calibration import concept_probe, load_probe
+    from innerpissa.eval.choices import choice_ids
+    from innerpissa.eval.harness import DEFAULT_SYSTEM, encode_prompts, score_encoded
 
     model, tok, _, _ = setup
     for concept in ("honesty", "sentiment"):
@@ -396,4 +398,7 @@ def test_comparison_probes_give_per_item_scores(setup):
         items = fn("You are a helpful assistant.")
         assert isinstance(items, torch.Tensor) and items.dim() == 1 and items.numel() >= 8, name
         if concept == "honesty":
-            assert float(items.mean()) == pytest.approx(probe_fn(model, tok)(), abs=1e-6)
+            probe = load_probe()
+            s = score_encoded(model, encode_prompts(tok, probe, DEFAULT_SYSTEM), choice_ids(tok), tok.pad_token_id)
+            signed = (s["logp_yes"] - s["logp_no"]).to_numpy() * probe["sign"].to_numpy()
+            assert items.numpy() == pytest.approx(signed, abs=1e-6)  # signed Yes-vs-No log-odds per item

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import last_tokens_mask
 
 import innerpissa as ip
 from innerpissa.adapter.select import select_adapter_directions, variance_select
-from innerpissa.data.batching import last_tokens_mask
 from innerpissa.train.config import PRESETS, preset
 from innerpissa.train.reference import build_reference, tail_width
 from innerpissa.train.trainer import Trainer, _batches, _tail_mask

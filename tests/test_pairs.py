@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
+from helpers import last_tokens_mask
 from torch.utils.data import DataLoader
 
 from innerpissa.data.builtin import BUILTIN_DIR, builtin_corpus, builtin_sets, load_builtin
@@ -18,7 +19,6 @@ from innerpissa.data.pairs import (
     PairDataset,
     build_pairs,
     collate_pairs,
-    last_tokens_mask,
     load_pairs,
     load_persona_pairs,
     make_persona_pairs,
@@ -285,12 +285,6 @@ def test_dataloader_and_to(tok):
     assert set(batches[0].model_inputs()) == {"input_ids", "attention_mask", "position_ids"}
     with pytest.raises(ValueError, match="no pad token"):
         PairCollator(None)
-
-
-def test_last_tokens_mask_right_padding_and_per_row_n():
-    am = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]])
-    assert last_tokens_mask(am, 2).int().tolist() == [[0, 1, 1, 0], [0, 0, 1, 1]]
-    assert last_tokens_mask(am, torch.tensor([1, 5])).int().tolist() == [[0, 0, 1, 0], [0, 1, 1, 1]]
 
 
 class _StubTokenizer:

@@ -143,12 +143,13 @@ def test_calibration_flips_when_plus_one_is_less_honest(tiny, monkeypatch):
     before = [p.detach().clone() for p in ip.adapter_parameters(model)]
     layers = list(ip.adapter_layers(model).values())
     # a probe that reads the current coefficient: +1 scores lower than -1, so the sign must flip
-    monkeypatch.setattr(cal, "probe_fn", lambda *a, **k: (lambda: -float(layers[0].coeff)))
+    monkeypatch.setattr(cal, "probe_items_fn", lambda *a, **k: (lambda system: -float(layers[0].coeff)))
     result = cal.calibrate(model, tok, mode="always")
     assert result["flipped"] and result["probe_effect"] > 0
     assert all(torch.equal(p, -b) for p, b in zip(ip.adapter_parameters(model), before, strict=True))
-    monkeypatch.setattr(cal, "probe_fn", lambda *a, **k: (lambda: float(layers[0].coeff)))
+    monkeypatch.setattr(cal, "probe_items_fn", lambda *a, **k: (lambda system: float(layers[0].coeff)))
     assert not cal.calibrate(model, tok, mode="always")["flipped"]
+    assert all(torch.equal(p, -b) for p, b in zip(ip.adapter_parameters(model), before, strict=True))  # kept
 
 
 def test_train_cli_errors_for_unknown_preset():

@@ -7,7 +7,7 @@ from innerpissa.models import load_model
 
 torch.set_num_threads(1)
 m, t = load_model("smollm2")
-fn = sentiment_probe_fn(m, t, per_item=True)
+fn = sentiment_probe_fn(m, t)
 pp = PersonaPrompting(builtin="sentiment")
 D = "You are a helpful assistant."
 s = {c: fn(pp.system_prompt(c, D)) for c in (-1.0, 0.0, 1.0)}

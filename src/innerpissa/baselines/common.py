@@ -166,10 +166,11 @@ def resolve_n_tokens(dataset: PairDataset, n_tokens: int | None) -> int:
 
 def capture_pair_activations(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair],
                              points: Sequence[CapturePoint], n_tokens: int | None = None,
-                             batch_size: int = 16, cache: dict | None = None,
+                             batch_size: int = 16, cache: dict | None = None, shared_tail: bool = True,
                              ) -> tuple[dict[str, tuple[Tensor, Tensor]], int]:
     """(pos, neg) activations [N, n, d] (fp32, CPU) per capture point, on the last n shared tokens of
-    every pair, and the n used. Runs the model as it is (call it on the base model, c = 0).
+    every pair (with `shared_tail=False`, the last `n_tokens` whatever they are), and the n used. Runs the
+    model as it is (call it on the base model, c = 0), through the one capture loop (`capture_pairs`).
 
     `cache`: a dict the caller keeps for one model and one pair set (e.g. one seed of a comparison), so
     the PCA, mean-difference and random vectors share one pass over the pairs. Entries are keyed by the
@@ -182,12 +183,12 @@ def capture_pair_activations(model: nn.Module, tokenizer, pairs: Sequence[Contra
         if key in cache:
             return cache[key]
     ds = pair_dataset(tokenizer, pairs)
-    n = resolve_n_tokens(ds, n_tokens)
+    n = resolve_n_tokens(ds, n_tokens) if shared_tail else int(n_tokens or 1)
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=PairCollator(tokenizer.pad_token_id))
     was_training = model.training
     model.eval()
     try:
-        captured, _ = capture_pairs(model, loader, points, n)
+        captured, _ = capture_pairs(model, loader, points, n, shared_tail=shared_tail)
     finally:
         model.train(was_training)
     if key is not None:

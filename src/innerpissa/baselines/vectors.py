@@ -29,7 +29,6 @@ mean persona difference. State c adds c * v through hooks that `at(c)` always re
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,11 +46,10 @@ from innerpissa.baselines.common import (
     load_tensors,
     model_place,
     module_place,
-    pair_dataset,
     resolve_layers,
     save_tensors,
 )
-from innerpissa.data.pairs import ContrastivePair, PairCollator
+from innerpissa.data.pairs import ContrastivePair
 from innerpissa.steering import tensor_digest
 from innerpissa.train.directions import direction_from_diffs
 
@@ -157,38 +155,14 @@ def repeng_direction(pos: Tensor, neg: Tensor, center: bool = True) -> Tensor:
     return v.float().contiguous()
 
 
-@torch.no_grad()
 def capture_last_token(model: nn.Module, tokenizer, pairs: Sequence[ContrastivePair], layers: Sequence[int],
                        batch_size: int = 16, cache: dict | None = None) -> dict[int, tuple[Tensor, Tensor]]:
     """(pos, neg) [N, d] fp32 on CPU per layer: `hidden_states[layer + 1]` at each prompt's last real token,
-    read as repeng reads them (see the module doc); left-padded batches with mask-derived positions."""
-    from torch.utils.data import DataLoader
-
-    key = None
-    if cache is not None:
-        digest = hashlib.sha1("\x00".join(f"{p.positive}\x01{p.negative}" for p in pairs).encode()).hexdigest()
-        key = ("last_token_hidden_states", id(model), digest, tuple(layers), batch_size)
-        if key in cache:
-            return cache[key]
-    ds = pair_dataset(tokenizer, pairs)
-    loader = DataLoader(ds, batch_size=batch_size, collate_fn=PairCollator(tokenizer.pad_token_id))
-    device = model_place(model)[0]
-    store: dict[int, tuple[list[Tensor], list[Tensor]]] = {layer: ([], []) for layer in layers}
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in loader:
-            out = model(**batch.to(device).model_inputs(), output_hidden_states=True, use_cache=False)
-            for layer, (pos, neg) in store.items():
-                last = out.hidden_states[layer + 1][:, -1].float().cpu()  # left padded: the last real token
-                pos.append(last[0::2])
-                neg.append(last[1::2])
-    finally:
-        model.train(was_training)
-    captured = {layer: (torch.cat(p), torch.cat(n)) for layer, (p, n) in store.items()}
-    if key is not None:
-        cache[key] = captured
-    return captured
+    read as repeng reads them (see the module doc), through the one capture loop."""
+    points = {layer: CapturePoint(f"hidden_states.{layer + 1}") for layer in layers}
+    captured, _ = capture_pair_activations(model, tokenizer, pairs, list(points.values()), 1, batch_size, cache,
+                                           shared_tail=False)
+    return {layer: (captured[p.key][0][:, 0], captured[p.key][1][:, 0]) for layer, p in points.items()}
 
 
 def repeng_vectors(captured: dict[int, tuple[Tensor, Tensor]], center: bool = True,

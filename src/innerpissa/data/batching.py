@@ -17,17 +17,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 
-def last_tokens_mask(attention_mask: Tensor, n: int | Tensor) -> Tensor:
-    """Bool mask [B, T] of the last `n` real tokens of each row (any padding side).
-
-    `n` is an int or a per-row tensor [B]; a row with fewer real tokens keeps all of them.
-    """
-    am = attention_mask.bool()
-    from_end = am.flip(-1).long().cumsum(-1).flip(-1)  # 1 at the last real token, 2 before it, ...
-    n_t = torch.as_tensor(n, device=am.device).reshape(-1, 1) if isinstance(n, Tensor) else n
-    return am & (from_end <= n_t)
-
-
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """Positions counted over real tokens only, so a left-padded row sees the same positions as unpadded."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

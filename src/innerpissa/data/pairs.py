@@ -29,7 +29,6 @@ from innerpissa.data.batching import (  # noqa: F401  (re-exported: one import f
     PairDataset,
     TokenizedPair,
     collate_pairs,
-    last_tokens_mask,
     position_ids_from_mask,
 )
 from innerpissa.data.chat import render_chat

@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from innerpissa.adapter import flip_sign
 from innerpissa.data.builtin import BUILTIN_DIR
 from innerpissa.data.chat import DEFAULT_SYSTEM
 from innerpissa.eval.choices import choice_ids
@@ -149,29 +148,12 @@ def load_probe(name: str = "honesty_probe") -> pd.DataFrame:
                          "sign": [1.0 if i[2] else -1.0 for i in items]})
 
 
-def probe_fn(model, tokenizer, probe: pd.DataFrame | None = None, system: str = DEFAULT_SYSTEM,
-             batch_size: int = 8) -> Callable[[], float]:
-    """A function scoring the model as it is now: mean signed Yes-vs-No log-odds on the probe, in nats
-    (higher = more honest answers). Tokenised once."""
-
-    probe = load_probe() if probe is None else probe
-    encoded = encode_prompts(tokenizer, probe, system)
-    choices = choice_ids(tokenizer)
-    sign = torch.tensor(probe["sign"].to_numpy())
-
-    def score() -> float:
-        s = score_encoded(model, encoded, choices, tokenizer.pad_token_id, batch_size=batch_size)
-        return float((torch.tensor((s["logp_yes"] - s["logp_no"]).to_numpy()) * sign).mean())
-
-    return score
-
-
 def concept_probe(model, tokenizer, concept: str = "honesty", batch_size: int = 8) -> tuple[str, ProbeFn]:
     """(probe name, probe function of the system message) for a built-in concept: the sentiment probe for
     `sentiment`, else the honesty probe. Both return per-item scores, so `calibrate_sign` has a CI and
     applies the same evidence rule to every method (a mean alone would never flip a sign)."""
     if concept == "sentiment":
-        return "sentiment_probe", sentiment_probe_fn(model, tokenizer, per_item=True)
+        return "sentiment_probe", sentiment_probe_fn(model, tokenizer)
     return "honesty_probe", probe_items_fn(model, tokenizer, batch_size=batch_size)
 
 
@@ -200,50 +182,25 @@ CALIBRATE_FLIPS = ("significant", "never", "always")
 @torch.no_grad()
 def calibrate(model, tokenizer, batch_size: int = 8, mode: str = "always", builtin: str = "honesty",
               n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Check (and, per `mode`, fix) the adapter's sign on the probe; see the module docstring.
-
-    `always` goes through the same `calibrate_sign` as every baseline (flip if +1 scores below -1).
-    The other modes also report `persona_effect` and its CI (the probe's own response to persona
-    prompting, positive minus negative persona sentence), `effect_ci`, and why they did or did not flip.
-    """
+    """Check (and, per `mode`, fix) the adapter's sign on the concept's probe with `calibrate_sign`, the rule
+    every baseline goes through; see the module docstring. Except for `always`, the probe's own response to
+    persona prompting (positive minus negative persona sentence) is measured first (`persona_effect`, its
+    CI, `probe_responds`): a probe that does not respond beyond its noise is only reported, never acted on."""
+    from innerpissa.data.pairs import builtin_personas
     from innerpissa.steering import AdapterSteerer
 
     if mode not in CALIBRATE_FLIPS:
         raise ValueError(f"unknown calibration mode {mode!r}; use one of {CALIBRATE_FLIPS}")
-    if mode == "always":
-        name, fn = concept_probe(model, tokenizer, builtin, batch_size)
-        result = calibrate_sign(AdapterSteerer(model), fn, rule="always")
-        return {"probe": name, "mode": mode, **result}
-    from innerpissa.adapter import steer
-    from innerpissa.data.pairs import builtin_personas
-
-    if builtin == "sentiment":
-
-        name, score = "sentiment_probe", sentiment_probe_fn(model, tokenizer, per_item=True)
-    else:
-        name, score = "honesty_probe", probe_items_fn(model, tokenizer, batch_size=batch_size)
-    items = {}
-    for c in (-1.0, 0.0, 1.0):
-        with steer(model, c):
-            items[c] = score(DEFAULT_SYSTEM)
-    pos, neg = builtin_personas(builtin)
-    persona = score(f"{DEFAULT_SYSTEM} {pos}") - score(f"{DEFAULT_SYSTEM} {neg}")
-    effect = items[1.0] - items[-1.0]
-    effect_ci = bootstrap_mean_ci(effect, n_boot, seed)
-    persona_ci = bootstrap_mean_ci(persona, n_boot, seed + 1)
-    responds = persona_ci[0] > 0
-    against = effect_ci[1] < 0
-    flipped = mode == "significant" and responds and against
-    if flipped:
-        flip_sign(model)
-        items = {-c if c else 0.0: v for c, v in items.items()}
-        effect, effect_ci = -effect, (-effect_ci[1], -effect_ci[0])
-    reason = ("flipped: +1 was significantly further from the concept on a probe that persona prompting moves" if flipped
-              else "kept: the probe does not respond to persona prompting beyond its noise" if not responds
-              else "kept: the probe effect is within its noise or already positive" if not against
-              else "kept: mode 'never' only reports")
-    return {"probe": name, "mode": mode, "method": "innerpissa", "flipped": bool(flipped),
-            "coeff": 1.0, "probe_score": {f"{c:+g}": float(v.mean()) for c, v in sorted(items.items())},
-            "probe_effect": float(effect.mean()), "effect_ci": list(effect_ci),
-            "persona_effect": float(persona.mean()), "persona_ci": list(persona_ci),
-            "probe_responds": bool(responds), "reason": reason}
+    name, score = concept_probe(model, tokenizer, builtin, batch_size)
+    extra: dict[str, Any] = {}
+    if mode != "always":
+        pos, neg = builtin_personas(builtin)
+        persona = score(f"{DEFAULT_SYSTEM} {pos}") - score(f"{DEFAULT_SYSTEM} {neg}")
+        persona_ci = bootstrap_mean_ci(persona, n_boot, seed + 1)
+        extra = {"persona_effect": float(persona.mean()), "persona_ci": list(persona_ci),
+                 "probe_responds": bool(persona_ci[0] > 0)}
+    rule = "never" if mode == "never" or (extra and not extra["probe_responds"]) else mode
+    result = calibrate_sign(AdapterSteerer(model), score, rule=rule, n_boot=n_boot, seed=seed)
+    if extra and not extra["probe_responds"]:
+        result["reason"] = "kept: the probe does not respond to persona prompting beyond its noise"
+    return {"probe": name, "mode": mode, **result, **extra}

@@ -21,13 +21,13 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from innerpissa.anatomy import check_context, decoder_and_head
 from innerpissa.data.chat import DEFAULT_SYSTEM, render_chat
 from innerpissa.data.dilemmas import LABEL_PREFIX
-from innerpissa.eval.choices import ChoiceIds, choice_ids, choice_logprobs
+from innerpissa.eval.choices import ChoiceIds, choice_ids
+from innerpissa.eval.sweep import SCORE_COLUMNS, finish_scores, nll_chunk, score_sweep, token_nll
 from innerpissa.split import decoder_parts, pad_rows
 from innerpissa.steering import Steerer
 
@@ -36,7 +36,6 @@ QUESTION = "Should you take this action?"
 PREFILL = "My choice:"
 PROMPT_VERSION = 1  # bump when the prompt changes, so cached results are not reused
 DEFAULT_MIN_MASS = 0.5
-SCORE_COLUMNS = ("logp_yes", "logp_no", "nll", "n_tokens")
 
 
 # ------------------------------------------------------------------------------------------------ prompts
@@ -79,19 +78,9 @@ def _fast_path(model: PreTrainedModel) -> tuple[torch.nn.Module, torch.nn.Module
     return decoder_and_head(model, strict=False)
 
 
-def _nll_sums(logits_fn, states: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int,
-              chunk: int) -> torch.Tensor:
-    """Sum of next-token NLL per row, computing full-vocab logits only `chunk` positions at a time."""
-    out = torch.zeros(n_rows, dtype=torch.float32, device=states.device)
-    for i in range(0, len(targets), chunk):
-        nll = F.cross_entropy(logits_fn(states[i : i + chunk]).float(), targets[i : i + chunk], reduction="none")
-        out.index_add_(0, rows[i : i + chunk], nll)
-    return out
-
-
 @torch.no_grad()
 def score_batch(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
-                choices: ChoiceIds, chunk: int | None = None, with_nll: bool = True) -> dict[str, torch.Tensor]:
+                choices: ChoiceIds, chunk: int | None = None, with_nll: bool = True) -> dict[str, np.ndarray]:
     """One forward over a left-padded batch: log P(yes), log P(no), mean prompt NLL and its token count.
 
     `with_nll=False` applies the output head to the last position only (NLL comes back NaN), for sweeps
@@ -119,12 +108,9 @@ def score_batch(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, p
         last_logits = logits[:, -1].float()
         states, logits_fn = logits[:, :-1][rows_of, t_of], lambda x: x
         vocab = logits.shape[-1]
-    chunk = chunk or max(1, (1 << 24) // vocab)  # ~64 MB of fp32 logits per chunk
-    nll_sum = _nll_sums(logits_fn, states, targets, rows_of, ids.shape[0], chunk)
-    n_tok = (mask[:, :-1] & mask[:, 1:]).sum(-1)
-    nll = nll_sum / n_tok.clamp(min=1) if with_nll else torch.full_like(nll_sum, float("nan"))
-    logp_yes, logp_no = choice_logprobs(torch.log_softmax(last_logits, -1), choices)
-    return {"logp_yes": logp_yes.cpu(), "logp_no": logp_no.cpu(), "nll": nll.cpu(), "n_tokens": n_tok.cpu()}
+    nll_sum = torch.zeros(ids.shape[0], dtype=torch.float32, device=dev).index_add_(
+        0, rows_of, token_nll(logits_fn, states, targets, chunk or nll_chunk(vocab)))
+    return finish_scores(last_logits, nll_sum, (mask[:, :-1] & mask[:, 1:]).sum(-1), choices, with_nll)
 
 
 def score_encoded(model: PreTrainedModel, encoded: Sequence[Sequence[int]], choices: ChoiceIds, pad_id: int,
@@ -136,7 +122,7 @@ def score_encoded(model: PreTrainedModel, encoded: Sequence[Sequence[int]], choi
     for batch in _progress(batches, progress, desc):
         res = score_batch(model, *pad_left([encoded[i] for i in batch], pad_id), choices, with_nll=with_nll)
         for k in SCORE_COLUMNS:
-            out[k][batch] = res[k].numpy()
+            out[k][batch] = res[k]
     return pd.DataFrame(out)
 
 
@@ -202,8 +188,6 @@ def evaluate(
     systems = {c: steerer.system_prompt(c, system_prompt) for c in coeffs}
     swept: dict[float, pd.DataFrame] = {}
     if (shared_prefix or frozen_prefix or batch_coeffs) and _fast_path(model) is not None and decoder_parts(model) is not None:
-        from innerpissa.eval.sweep import score_sweep
-
         todo: dict[str, list[float]] = {}
         for c in coeffs:
             todo.setdefault(systems[c], []).append(c)

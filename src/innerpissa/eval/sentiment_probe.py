@@ -21,11 +21,9 @@ def _first_ids(tokenizer, words: list[str]) -> list[int]:
     return sorted({tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words})
 
 
-def sentiment_probe_fn(model, tokenizer, name: str = "sentiment_probe", per_item: bool = False
-                       ) -> Callable[..., float]:
-    """`score(system=DEFAULT_SYSTEM)`: the probe's mean score with that system message (prompting baselines
-    pass their persona message; `calibrate_sign` detects the argument). With `per_item`, the function
-    returns the per-item tensor instead of the mean (for noise estimates)."""
+def sentiment_probe_fn(model, tokenizer, name: str = "sentiment_probe") -> Callable[..., torch.Tensor]:
+    """`score(system=DEFAULT_SYSTEM)`: the probe's per-item scores [items] with that system message (prompting
+    baselines pass their persona message; `calibrate_sign` detects the argument and bootstraps the items)."""
     data = json.loads((BUILTIN_DIR / f"{name}.json").read_text(encoding="utf-8"))
     pos, neg = _first_ids(tokenizer, data["positive"]), _first_ids(tokenizer, data["negative"])
     shared = set(pos) & set(neg)  # coarse tokenizers may start words of both lists with the same token
@@ -46,6 +44,6 @@ def sentiment_probe_fn(model, tokenizer, name: str = "sentiment_probe", per_item
                        logits_to_keep=1).logits[:, -1].float()
         lp = torch.log_softmax(logits, -1)
         s = (lp[:, pos].logsumexp(-1) - lp[:, neg].logsumexp(-1)).cpu()
-        return s if per_item else float(s.mean())
+        return s
 
     return score

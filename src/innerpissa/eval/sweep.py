@@ -82,19 +82,22 @@ def group_batches(groups: Sequence[PrefixGroup], lengths: Sequence[int], batch_r
     return out
 
 
-def _nll(head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Next-token NLL [n] of `states` [n, d] against `targets` [n], the head applied `chunk` rows at a time."""
+def token_nll(head, states: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Next-token NLL [n] of `states` [n, d] against `targets` [n], the head applied `chunk` rows at a time
+    (full-vocabulary logits never exist for all positions at once; `head` may be the identity on logits)."""
     out = [F.cross_entropy(head(states[i:i + chunk]).float(), targets[i:i + chunk], reduction="none")
            for i in range(0, len(targets), chunk)]
     return torch.cat(out) if out else states.new_zeros(0, dtype=torch.float32)
 
 
-def _chunk(head: torch.nn.Linear) -> int:
-    return max(1, (1 << 24) // head.out_features)
+def nll_chunk(vocab: int) -> int:
+    """Positions per chunk of `token_nll`: about 64 MB of fp32 logits."""
+    return max(1, (1 << 24) // vocab)
 
 
-def _finish(last: torch.Tensor, nll_sum: torch.Tensor, n_tok: torch.Tensor, choices: ChoiceIds,
-            with_nll: bool) -> dict[str, np.ndarray]:
+def finish_scores(last: torch.Tensor, nll_sum: torch.Tensor, n_tok: torch.Tensor, choices: ChoiceIds,
+                  with_nll: bool) -> dict[str, np.ndarray]:
+    """The score columns from the last position's logits and the rows' NLL sums and token counts."""
     logp_yes, logp_no = choice_logprobs(torch.log_softmax(last.float(), -1), choices)
     nll = nll_sum / n_tok.clamp(min=1) if with_nll else torch.full_like(nll_sum, float("nan"))
     return {"logp_yes": logp_yes.cpu().numpy(), "logp_no": logp_no.cpu().numpy(), "nll": nll.cpu().numpy(),
@@ -126,9 +129,10 @@ class _RowsBatch:
             hidden = self.split.upper(lower.tile(m))
         n = self.ids.shape[0]
         rows_of = tile_index(self.rows_of, n, m)
-        nll = _nll(self.head, hidden[:, :-1][rows_of, self.t_of.repeat(m)], self.targets.repeat(m), _chunk(self.head))
+        nll = token_nll(self.head, hidden[:, :-1][rows_of, self.t_of.repeat(m)], self.targets.repeat(m),
+                        nll_chunk(self.head.out_features))
         nll_sum = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device).index_add_(0, rows_of, nll)
-        return _finish(self.head(hidden[:, -1]), nll_sum, self.n_tok.repeat(m), choices, self.with_nll)
+        return finish_scores(self.head(hidden[:, -1]), nll_sum, self.n_tok.repeat(m), choices, self.with_nll)
 
 
 class _Stage:
@@ -190,7 +194,7 @@ class _PrefixBatch:
         """Scores of the rows at the current state; m > 1: m coefficients at once (coefficient-major), the
         model put in them by `at_rows(n)` for each level of n rows."""
         split, head, k = self.split, self.head, self.split.k
-        chunk = _chunk(head)
+        chunk = nll_chunk(head.out_features)
         reset_from(self.cache, k)
         acc: torch.Tensor | None = None
         prev_h: torch.Tensor | None = None
@@ -209,16 +213,16 @@ class _PrefixBatch:
             own = torch.zeros(n * m, dtype=torch.float32, device=h.device)
             if self.with_nll:
                 pr = tile_index(st.pair_r, n, m)
-                own.index_add_(0, pr, _nll(head, h[:, :-1][pr, st.pair_t.repeat(m)], st.targets.repeat(m), chunk))
+                own.index_add_(0, pr, token_nll(head, h[:, :-1][pr, st.pair_t.repeat(m)], st.targets.repeat(m), chunk))
                 if prev_h is not None:  # the parent's last state predicts this row's first token
                     first = st.ids[torch.arange(n, device=h.device), st.first].repeat(m)
-                    own = own + _nll(head, prev_h[parent, -1], first, chunk)
+                    own = own + token_nll(head, prev_h[parent, -1], first, chunk)
             acc = own if acc is None else acc[parent] + own
             prev_h, prev_n = h, n
         self.stats.see(cache_bytes(self.cache) + held)
         lens = self.stages[-1].lens.repeat(m)
         last = head(prev_h[torch.arange(prev_h.shape[0], device=prev_h.device), lens - 1])
-        return _finish(last, acc, self.n_tok.repeat(m), choices, self.with_nll)
+        return finish_scores(last, acc, self.n_tok.repeat(m), choices, self.with_nll)
 
 
 @torch.no_grad()

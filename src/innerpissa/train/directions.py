@@ -133,7 +133,7 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def capture_pairs(model: nn.Module, batches: Iterable, points: Sequence[CapturePoint], n_tokens: int,
-                  forward: Callable | None = None, transform: Callable | None = None,
+                  forward: Callable | None = None, transform: Callable | None = None, shared_tail: bool = True,
                   ) -> tuple[dict[str, tuple[Tensor, Tensor]], Tensor]:
     """The one capture loop (the vector baselines' activations and the trainer's reference pass): run the
     model over `PairBatch`es and return, per point key, (pos, neg) hidden states [N, n_tokens, d] on CPU in
@@ -142,7 +142,9 @@ def capture_pairs(model: nn.Module, batches: Iterable, points: Sequence[CaptureP
 
     `forward(batch)` runs the pass and returns the attention mask of the states it produced (the reference
     pass uses the trainer's shared-prefix forward and keeps its log-probs); the default is a plain forward that
-    stops at the last capture point (later blocks and the LM head are skipped).
+    stops at the last capture point (later blocks and the LM head are skipped). The last n tokens must lie in
+    the pair's shared tail (identical text on both sides) unless `shared_tail` is False (repeng reads each
+    prompt's last token, whatever it is).
     """
     store: dict[str, tuple[list[Tensor], list[Tensor]]] = {p.key: ([], []) for p in points}
     index: list[Tensor] = []
@@ -150,7 +152,7 @@ def capture_pairs(model: nn.Module, batches: Iterable, points: Sequence[CaptureP
     with HiddenCapture(model, points, stop_early=forward is None) as cap:
         for batch in batches:
             batch = batch.to(dev)
-            if int(batch.tail_len.min()) < n_tokens:
+            if shared_tail and int(batch.tail_len.min()) < n_tokens:
                 raise ValueError(f"n_tokens={n_tokens} reaches past the shared suffix of some pairs "
                                  f"(shortest shared tail: {int(batch.tail_len.min())} tokens); lower it")
             if forward is not None:
