@@ -25,7 +25,7 @@ import pandas as pd
 
 from innerpissa.eval.settings import GenSettings
 from innerpissa.eval.task import Task
-from innerpissa.methods import Runs, open_task, train_changes, train_config, train_or_load
+from innerpissa.methods import Runs, open_task, score_with_base, train_changes, train_config, train_or_load
 
 
 @dataclass
@@ -82,12 +82,11 @@ def run_variants(task: Task, configs: Sequence[tuple[str, int, object]], coeffs:
                       "val_ordered_pct": summary.get("val_ordered_pct"), "flipped": cal.get("flipped"),
                       "probe_effect": cal.get("probe_effect"), "persona_effect": cal.get("persona_effect")})
         try:
-            res = task.score(AdapterSteerer(task.model, name=name, coeffs=coeffs), [c for c in coeffs if c != 0], seed)
+            frames.append(score_with_base(task, base, AdapterSteerer(task.model, name=name, coeffs=coeffs), coeffs,
+                                          seed, summary.get("train_seconds") or 0.0))
         finally:
             if adapter_layers(task.model):
                 detach_adapter(task.model)
-        res = pd.concat([base.assign(method=name, seed=seed), res], ignore_index=True)
-        frames.append(res.assign(train_seconds=summary.get("train_seconds") or 0.0))
         print(f"  {name:12s} seed {seed}: ordered {facts[-1]['val_ordered_pct']}% of validation pairs, "
               f"done in {time.time() - t0:.0f}s", flush=True)
     return frames, pd.DataFrame(facts)
@@ -119,7 +118,7 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
         raise SystemExit(f"variants must share one base model, got {sorted(models)}")
     if ab.task == "generation":
         task = open_task(ab, out, ab.gen.split or ("dev" if ab.split == "select" else "test"))
-        items = {**task.describe()}
+        items = task.describe()
     else:
         task = open_task(ab, out, data=dilemma_half(load_dilemmas(ab.data_dir), ab), axes=[ab.target])
         items = {"rows": f"{len(task.rows)} ({ab.split} half of the dilemmas, split seed {ab.split_seed}, sample "

@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 from innerpissa.eval.settings import CompareGen
 from innerpissa.methods import (
     ALL_METHODS,
@@ -27,6 +25,7 @@ from innerpissa.methods import (
     each_method,
     open_task,
     run_concept,
+    score_with_base,
     train_changes,
     train_config,
 )
@@ -93,22 +92,20 @@ def run_compare(cmp: Compare) -> dict[str, Path]:
     probe_name, probe = concept_probe(task.model, task.tok, concept)
     print(f"{cmp.task} comparison of {list(methods)} over seeds {list(cmp.seeds)}", flush=True)
 
-    base = task.base()  # c = 0 is the base model for every method (the adapter skips its delta, hooks add 0, the
-    frames, trained_info = [], {}  # persona prompt keeps the default system message): scored once, shared
+    # c = 0 is the base model for every method (the adapter skips its delta, hooks add 0, the persona prompt
+    # keeps the default system message): scored once, shared
+    base, frames, trained_info = task.base(), [], {}
     for b in each_method(cmp, methods, task.model, task.tok, probe,
                          cmp.gen.adapter_coeffs if generation else cmp.adapter_coeffs, cmp.baseline_coeffs,
                          GEN_VECTOR_COEFFS if generation else None):
         if b.info:
             trained_info[f"{b.method}/seed{b.seed}"] = b.info
-        res = task.score(b.steerer, b.scored, b.seed)
-        if b.shared_zero:
-            res = pd.concat([base.assign(method=b.steerer.name, seed=b.seed), res], ignore_index=True)
-        frames.append(res.assign(train_seconds=b.info.get("train_seconds", 0.0) or 0.0))
+        frames.append(score_with_base(task, base, b.steerer, b.coeffs, b.seed, b.info.get("train_seconds") or 0.0))
 
     cfg = train_config(cmp, cmp.seeds[0])
     meta = {"model": cfg.model, "preset": cmp.preset, **({"concept": concept} if generation else {}),
-            "pairs per seed": cfg.data.n_pairs,
-            "seeds": list(cmp.seeds), **task.describe(), **({"probe": probe_name} if generation else {}),
+            "pairs per seed": cfg.data.n_pairs, "seeds": list(cmp.seeds), **task.describe(),
+            **({"probe": probe_name} if generation else {}),
             "overrides": train_changes(cmp), "calibration": json.dumps(trained_info, default=str)[:4000],
             "wall time": f"{time.time() - t_start:.0f} s"}
     return task.report(out, frames, meta)

@@ -159,15 +159,17 @@ class Built:
     coeffs: list[float]
     info: dict = field(default_factory=dict)
 
-    @property
-    def shared_zero(self) -> bool:
-        """Whether c = 0 is the bare base model (scored once for every method) for this steerer."""
-        return self.steerer.system_prompt(0.0, DEFAULT_SYSTEM) == DEFAULT_SYSTEM
 
-    @property
-    def scored(self) -> list[float]:
-        """The coefficients to score for this method (c = 0 only where it is not the shared base)."""
-        return [c for c in self.coeffs if c != 0 or not self.shared_zero]
+def score_with_base(task: Task, base: pd.DataFrame, steerer: Steerer, coeffs: Sequence[float], seed: int,
+                    train_seconds: float = 0.0) -> pd.DataFrame:
+    """`steerer` scored on `task` at `coeffs`, its c = 0 rows taken from `base` (the unsteered frame scored
+    once) wherever c = 0 is the bare base model: every weight or hook method, and prompting that keeps the
+    default system message at c = 0."""
+    shared = steerer.system_prompt(0.0, DEFAULT_SYSTEM) == DEFAULT_SYSTEM
+    res = task.score(steerer, [c for c in coeffs if c != 0 or not shared], seed)
+    if shared:
+        res = pd.concat([base.assign(method=steerer.name, seed=seed), res], ignore_index=True)
+    return res.assign(train_seconds=train_seconds)
 
 
 def build_method(run: Runs, method: str, seed: int, model, tok, pairs: Sequence, probe: Callable,

@@ -35,16 +35,12 @@ def bootstrap_mean_ci(x, n_boot: int = 1000, seed: int = 0, level: float = 0.95)
     return percentile_interval(x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1), level)
 
 
-def paired_diffs(a: pd.Series, b: pd.Series) -> np.ndarray:
-    """a - b on the items (index labels) both have, in a's order: the paired differences of two conditions."""
-    common = a.index.intersection(b.index)
-    return (a.loc[common] - b.loc[common]).to_numpy(dtype=float)
-
-
 def paired_mean_ci(a: pd.Series, b: pd.Series, n_boot: int = 1000, seed: int = 0,
                    level: float = 0.95) -> tuple[float, float, float]:
-    """Mean paired difference a - b over the shared items and its bootstrap CI (nan when none is shared)."""
-    d = paired_diffs(a, b)
+    """Mean paired difference a - b over the items (index labels) both have, in a's order, and its bootstrap
+    CI (nan when none is shared)."""
+    common = a.index.intersection(b.index)
+    d = (a.loc[common] - b.loc[common]).to_numpy(dtype=float)
     return (float(np.nanmean(d)) if np.isfinite(d).any() else math.nan, *bootstrap_mean_ci(d, n_boot, seed, level))
 
 

@@ -51,15 +51,19 @@ class Task(Protocol):
     def report(self, out: Path, frames: Sequence[pd.DataFrame], meta: dict[str, object]) -> dict[str, Path]:
         """The tables, summary and plot of the scored frames in `out`; `meta` heads the summary."""
 
+    def describe(self) -> dict[str, object]:
+        """What was scored (items, settings), for the summary's head."""
 
-def _digest(obj: object, n: int = 16) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def frame_to_json(df: pd.DataFrame, key: dict) -> str:
     """A frame as JSON with its key, columns and dtypes (floats exact, lists and strings kept)."""
     return json.dumps({"format": CACHE_FORMAT, "key": key, "columns": list(df.columns),
-                       "dtypes": [str(t) for t in df.dtypes], "data": [df[c].tolist() for c in df.columns]})
+                       "dtypes": [str(t) for t in df.dtypes], "data": [df[c].tolist() for c in df.columns]},
+                      default=str)
 
 
 def frame_from_json(text: str, key: dict) -> pd.DataFrame:
@@ -67,13 +71,13 @@ def frame_from_json(text: str, key: dict) -> pd.DataFrame:
     obj = json.loads(text)
     if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT:
         raise ValueError("not a score cache file of this version")
-    if json.dumps(obj.get("key"), sort_keys=True) != json.dumps(json.loads(json.dumps(key, default=str)), sort_keys=True):
+    if obj.get("key") != json.loads(json.dumps(key, default=str)):
         raise ValueError("it holds the scores of other settings")
     cols, dtypes, data = obj["columns"], obj["dtypes"], obj["data"]
-    if not (len(cols) == len(dtypes) == len(data)) or len({len(v) for v in data}) > 1:
+    if not len(cols) == len(dtypes) == len(data) or len({len(v) for v in data}) > 1:
         raise ValueError("its columns are incomplete")
-    return pd.DataFrame({c: pd.Series(v, dtype=None if t == "object" else t) for c, t, v in zip(cols, dtypes, data,
-                                                                                               strict=True)})
+    return pd.DataFrame({c: pd.Series(v, dtype=None if t == "object" else t)
+                         for c, t, v in zip(cols, dtypes, data, strict=True)})
 
 
 @dataclass
