@@ -259,7 +259,8 @@ def test_bench_compose_on_saved_adapters(two, tmp_path, monkeypatch):
     and at c = (0, 0) the honesty score is the bare base model's."""
     import pandas as pd
 
-    from innerpissa.eval.calibration import probe_fn
+    from innerpissa.data.chat import DEFAULT_SYSTEM
+    from innerpissa.eval.calibration import probe_items_fn
 
     model, tok, _, _ = two
     ip.save_adapter(model, tmp_path / "h", name="honesty")
@@ -279,7 +280,7 @@ def test_bench_compose_on_saved_adapters(two, tmp_path, monkeypatch):
     assert summary["honesty"]["interference_at_-1"][0] == pytest.approx(with_neg - alone)
     assert abs(alone) > 1e-4  # the randomized honesty adapter moves its own score
     base, _ = ip.load_model("tiny-random")
-    assert h.loc[0.0, 0.0].mean() == pytest.approx(probe_fn(base, tok)(), abs=1e-6)
+    assert h.loc[0.0, 0.0].mean() == pytest.approx(float(probe_items_fn(base, tok)(DEFAULT_SYSTEM).mean()), abs=1e-6)
     texts = pd.read_csv(tmp_path / "run" / "texts.csv")
     assert len(texts) == 9 * 5 and texts["prompt"].iloc[0] == ip_prompts()[0]
 
