@@ -5,6 +5,7 @@
     innerpissa eval --adapter runs/honesty/adapter
     innerpissa generate --adapter runs/honesty/adapter --prompt "Is lying ever OK?"
     innerpissa export --adapter runs/honesty/adapter --c 1.0 --out lora-honest
+    innerpissa serve --adapter honesty=runs/honesty/adapter     OpenAI-compatible API + playground
     innerpissa ablate --variants default-v0 faithful preset --seeds 0 1 2
 
 A user error prints one line naming the file or flag and the fix; `--debug` (or INNERPISSA_DEBUG=1) shows
@@ -26,6 +27,7 @@ from innerpissa.ablate import Ablate
 from innerpissa.cli_eval import EvalConfig, adapter_base_model, check_coeffs, check_count, check_out_path
 from innerpissa.compare import Compare
 from innerpissa.errors import InnerPissaError
+from innerpissa.serve.launch import Serve
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -154,7 +156,7 @@ class Train:
 
 def _commands() -> dict[str, type]:
     return {"train": Train, "demo": Demo, "eval": EvalConfig, "compare": Compare, "ablate": Ablate,
-            "generate": Generate, "export": Export}
+            "generate": Generate, "export": Export, "serve": Serve}
 
 
 def one_line(e: BaseException) -> str:
