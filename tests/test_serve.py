@@ -356,6 +356,17 @@ def test_a_disconnecting_stream_frees_its_row(url):
     assert s["tokens"] - before["tokens"] < 300
 
 
+def test_a_client_giving_up_on_a_plain_request_frees_its_row(url):
+    before = wait_idle(url)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 400, "temperature": 0,
+            "steer": {"sentiment": 1.0}}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{url}/v1/chat/completions", json=body, timeout=0.2)
+    s = wait_idle(url)
+    assert s["finished"].get("cancelled", 0) == before["finished"].get("cancelled", 0) + 1
+    assert s["tokens"] - before["tokens"] < 300
+
+
 def test_full_queue_is_a_503_with_retry_after_and_timeouts_are_504(adapter_dir):
     from innerpissa.serve.launch import background
 
@@ -439,3 +450,25 @@ def test_serve_command_line_errors_are_one_line(adapter_dir):
         main(["serve", "--host", "0.0.0.0", "--adapter", f"s={adapter_dir}"])
     with pytest.raises(SystemExit, match="--max-abs-c"):
         main(["serve", "--max-abs-c", "nan", "--adapter", f"s={adapter_dir}"])
+
+
+def test_bench_serve_runs_on_the_tiny_model(tmp_path, monkeypatch):
+    """bench/serve.py end to end at a small scale: a server process, concurrent clients, the soak's checks."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "serve.py"
+    spec = importlib.util.spec_from_file_location("bench_serve", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_serve", bench)
+    spec.loader.exec_module(bench)
+    out = bench.main(["throughput", "--model", MODEL, "--requests", "4", "--clients", "1", "2", "--max-tokens", "3",
+                      "--threads", "1", "--log-dir", str(tmp_path)])
+    assert set(out["runs"]) == {"mixed@1", "mixed@2", "zero@1", "zero@2"}
+    assert all(r["requests"] == 4 and r["failed"] == 0 and r["tokens"] > 0 for r in out["runs"].values())
+    assert out["runs"]["mixed@1"]["max_batch"] == 1 and out["runs"]["mixed@2"]["max_batch"] == 2
+    soak = bench.main(["soak", "--model", MODEL, "--requests", "60", "--clients", "6", "--disconnect", "0.4",
+                       "--max-tokens", "4", "--threads", "1", "--log-dir", str(tmp_path)])
+    assert soak["pass"], soak
+    assert soak["counts"]["malformed_ok"] > 0 and soak["counts"]["disconnected"] > 0 and soak["leaked_rows"] == 0

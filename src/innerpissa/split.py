@@ -254,8 +254,13 @@ class _Growing(DynamicLayer):
         return self.keys, self.values
 
     def select(self, index: Tensor) -> None:
-        self._kb = self._kb.index_select(0, index.to(self._kb.device))
-        self._vb = self._vb.index_select(0, index.to(self._vb.device))
+        """Rows `index` (repeats allowed); only the filled columns are copied, the room after them stays."""
+        index = index.to(self._kb.device)
+        kb = self._kb.new_empty(index.shape[0], *self._kb.shape[1:])
+        vb = self._vb.new_empty(index.shape[0], *self._vb.shape[1:])
+        kb[..., :self._n, :] = self.keys.index_select(0, index)
+        vb[..., :self._n, :] = self.values.index_select(0, index)
+        self._kb, self._vb = kb, vb
         self._view()
 
     def trim(self, n: int) -> None:

@@ -30,6 +30,8 @@ from innerpissa.serve.batch import Batch
 from innerpissa.serve.sampling import TextStream, next_token
 
 log = logging.getLogger("innerpissa.serve")
+#: cache columns reserved ahead when rows join (more are added, doubling, when a row needs them)
+ROOM = 128
 
 
 @dataclass
@@ -215,8 +217,10 @@ class Engine:
         return out
 
     def _room(self, handles: list[Handle]) -> int:
+        """Cache columns to reserve at a join: the most tokens a row still needs, at most ROOM (a longer row
+        makes its layer's buffer grow, doubling, when it gets there)."""
         left = [r.handle.req.max_tokens - r.n_out for r in self.rows] + [h.req.max_tokens for h in handles]
-        return max(left, default=1) + 1
+        return min(max(left, default=1) + 1, ROOM)
 
     def _iteration(self) -> None:
         new = self._admit()
@@ -241,9 +245,9 @@ class Engine:
         logits = self.batch.logits
         for i, r in enumerate(self.rows):
             req = r.handle.req
-            if r.handle.cancelled:
+            if r.handle.cancelled:  # told so, the caller stops waiting (a stream's caller is already gone)
                 self.stats.finished["cancelled"] += 1
-                r.handle.finished = True
+                r.handle._send(Event("error", status=499, text="cancelled by the client"))
                 continue
             if now > r.handle.deadline:
                 self._end(r, Event("error", status=504, text=f"timed out after {self.timeout:g} s"))

@@ -55,6 +55,8 @@ class Serve:
     """Model id clients send in `model` (default: the --model value)."""
     log_level: str = "info"
     """uvicorn's log level."""
+    threads: int | None = None
+    """Torch CPU threads for the model (default: torch's, one per core)."""
 
     def check(self) -> None:
         """Options that fail before any model is loaded."""
@@ -70,6 +72,8 @@ class Serve:
                 raise InputError(f"{flag} must be at least 1, got {v}")
         if self.max_queue < 0 or not self.timeout > 0 or not 0 <= self.port < 65536:
             raise InputError("--max-queue must be >= 0, --timeout > 0 and --port in 0..65535")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {self.threads}")
         if self.max_context is not None and self.max_context < 2:
             raise InputError(f"--max-context must be at least 2, got {self.max_context}")
         adapter_specs(self.adapter)
@@ -141,6 +145,10 @@ def build_app(opts: Serve, model=None, tokenizer=None):
     from innerpissa.serve.prompt import DEFAULT_SYSTEM
 
     opts.check()
+    if opts.threads is not None:
+        import torch
+
+        torch.set_num_threads(opts.threads)
     specs = adapter_specs(opts.adapter)
     metas = [read_adapter_meta(p) for _, p in specs]
     named = []
@@ -204,4 +212,7 @@ def background(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "wa
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        if thread.is_alive():  # a connection that would not close: stop waiting for it
+            server.force_exit = True
+            thread.join(timeout=30)
         sock.close()
