@@ -2,6 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/serve.py throughput --model smollm2 --adapter runs/sentiment/adapter
     HF_HUB_OFFLINE=1 .venv/bin/python bench/serve.py soak --model smollm2 --adapter runs/sentiment/adapter
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/serve.py greedy --model smollm2 --adapter runs/sentiment/adapter
 
 The server runs as its own process (`innerpissa serve` on 127.0.0.1, a free port), so its memory can be read
 and a crash is seen; the clients are asyncio tasks with httpx in this process.
@@ -16,6 +17,10 @@ time. Reports completion tokens/s, p50/p95 request latency, and the batch sizes 
 10 % malformed (each must be a 4xx naming its field) and random client disconnects (streams closed after
 their first chunk, plain requests given up after 50 ms). Checks: the server never dies, no row is left held afterwards (/stats), every malformed
 request got its 4xx, and the server's RSS stays within 10 % of its level after warm-up.
+
+`greedy`: the tokens of `innerpissa generate` (`generate_sweep`, one prompt at c = -1, 0, +1) against the
+server's greedy answers for the same prompts and c, sent one at a time, three at a time (one prompt's
+coefficients) and all at once; counts the continuations that are identical.
 
 Without `--adapter`, an adapter with the smollm2-cpu preset's shape (r 128 on 8 blocks) at random parameters
 is made (the speed does not depend on what it learned). Timings need quiet cores: say so when they were not.
@@ -319,14 +324,66 @@ def soak(args, adapter: Path) -> dict:
     return res
 
 
+def greedy(args, adapter: Path) -> dict:
+    """`innerpissa generate`'s continuations vs the server's greedy ones (in this process, on loopback)."""
+    import threading
+
+    import innerpissa as ip
+    from innerpissa.eval.generation import generate_sweep, load_neutral_prompts
+    from innerpissa.serve.launch import Serve, background, build_app
+    from innerpissa.steering import AdapterSteerer
+
+    texts, cs = load_neutral_prompts("test")[:args.requests], (-1.0, 0.0, 1.0)
+    model, tok = ip.load_model(args.model)
+    ip.load_adapter(model, adapter)
+    want = {}
+    for p in texts:  # what `innerpissa generate --prompt P --coeffs -1 0 1` computes
+        df = generate_sweep(model, tok, [p], AdapterSteerer(model), list(cs), args.max_tokens)
+        want.update({(p, float(c)): t for c, t in zip(df["c"], df["continuation"], strict=True)})
+    del model
+    app = build_app(Serve(adapter=(f"sentiment={adapter}",), model=args.model, threads=args.threads))
+    got: dict[str, dict] = {"one at a time": {}, "three at a time": {}, "all at once": {}}
+    with background(app) as url:
+        name = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+
+        def ask(where: dict, p: str, c: float) -> None:
+            r = httpx.post(f"{url}/v1/chat/completions", timeout=3600, json={
+                "model": name, "messages": [{"role": "user", "content": p}], "max_tokens": args.max_tokens,
+                "temperature": 0, "steer": {"sentiment": c}})
+            where[(p, c)] = r.json()["choices"][0]["message"]["content"].strip()
+
+        def together(where: dict, keys: list) -> None:
+            threads = [threading.Thread(target=ask, args=(where, p, c)) for p, c in keys]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        for p in texts:
+            for c in cs:
+                ask(got["one at a time"], p, c)
+            together(got["three at a time"], [(p, c) for c in cs])
+        together(got["all at once"], list(want))
+        stats = httpx.get(f"{url}/stats").json()
+    out = {"prompts": len(texts), "max_tokens": args.max_tokens, "max_batch_reached": stats["max_batch_reached"],
+           "identical": {k: sum(v[key] == want[key] for key in want) for k, v in got.items()}, "of": len(want)}
+    print(f"greedy continuations identical to innerpissa generate's (of {len(want)}): {out['identical']}; "
+          f"largest batch {stats['max_batch_reached']}")
+    for k, v in got.items():
+        for key in want:
+            if v[key] != want[key]:
+                print(f"  {k} differs at {key}:\n    generate: {want[key]}\n    server:   {v[key]}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["throughput", "soak"])
+    ap.add_argument("what", choices=["throughput", "soak", "greedy"])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--adapter", type=Path, default=None, help="adapter folder (default: a random one of the "
                     "smollm2-cpu preset's shape)")
     ap.add_argument("--clients", type=int, nargs="+", default=None, help="throughput: 1 4 16; soak: 16")
-    ap.add_argument("--requests", type=int, default=None, help="throughput: 64; soak: 2000")
+    ap.add_argument("--requests", type=int, default=None, help="throughput: 64; soak: 2000; greedy: prompts, 8")
     ap.add_argument("--max-tokens", type=int, default=None, help="throughput: 32; soak: 8")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-seconds", type=float, default=1800, help="stop sending new requests after this long")
@@ -339,13 +396,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     soak_mode = args.what == "soak"
     args.clients = args.clients or ([16] if soak_mode else [1, 4, 16])
-    args.requests = args.requests or (2000 if soak_mode else 64)
+    args.requests = args.requests or {"soak": 2000, "greedy": 8}.get(args.what, 64)
     args.max_tokens = args.max_tokens or (8 if soak_mode else 32)
     if soak_mode:
         args.clients = args.clients[0]
     with tempfile.TemporaryDirectory() as tmp:
         adapter = args.adapter or make_adapter(args.model, Path(tmp) / "adapter")
-        res = soak(args, adapter) if soak_mode else throughput(args, adapter)
+        res = {"soak": soak, "greedy": greedy, "throughput": throughput}[args.what](args, adapter)
     res.update({"what": args.what, "model": args.model, "cpu_count": os.cpu_count(),
                 "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_1m": os.getloadavg()[0]})
     if args.out:
