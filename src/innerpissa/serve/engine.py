@@ -7,8 +7,9 @@ newcomers of a step prefilled together), each row takes its next token, rows tha
 sequence, a stop string, `max_tokens`, cancelled by the client, past their deadline) leave, and the rest
 take one decode step together. A failing step fails the rows it ran (status 500) and the engine goes on.
 
-Nothing else touches the model: the server never runs two `steer` contexts at once, so it does not rely on
-`steer` being safe to call from several threads.
+Nothing else touches the model: the server never runs two `steer` contexts at once, so it keeps `steer`'s
+one-thread-per-model contract (another thread's `steer` would raise `SteeringConflict`); requests run
+concurrently as rows of one batch with per-row coefficients, not as threads.
 """
 
 from __future__ import annotations
