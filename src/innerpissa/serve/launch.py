@@ -80,9 +80,10 @@ class Serve:
 
     def run(self) -> None:
         try:
+            import fastapi  # noqa: F401
             import uvicorn
         except ImportError as e:
-            raise ImportError("`innerpissa serve` needs the serve extra: pip install 'innerpissa[serve]'") from e
+            raise InputError(f"`innerpissa serve` needs the serve extra ({e}): pip install 'innerpissa[serve]'") from e
         self.check()
         app = build_app(self)
         uvicorn.run(app, host=self.host, port=self.port, log_level=self.log_level)
