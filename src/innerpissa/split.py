@@ -286,11 +286,14 @@ def join_rows(cache, other, extra: int) -> None:
     mine, theirs = cache_layers(cache), cache_layers(other)
     if len(mine) != len(theirs):
         raise ValueError(f"caches of {len(mine)} and {len(theirs)} layers cannot be joined")
+    joined = {}
     for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
         if _filled(a) != _filled(b):
             raise ValueError(f"cache layer {i} is filled in one cache and empty in the other")
         if _filled(a):
-            mine[i] = _Growing([a, b], extra)
+            joined[i] = _Growing([a, b], extra)
+    for i, layer in joined.items():  # all or nothing: a failure above leaves `cache` as it was
+        mine[i] = layer
 
 
 def trim_left(cache, n: int) -> None:
