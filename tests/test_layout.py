@@ -7,7 +7,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "innerpissa"
 #: lower layers first; a module may import only from its own layer or below
-LAYERS = [("anatomy", "fileio", "errors"), ("models", "adapter", "data", "split"), ("steering",), ("eval",),
+LAYERS = [("anatomy", "fileio", "errors"), ("models", "adapter", "data", "split"), ("steering",), ("eval",), ("serve",),
           ("train",), ("baselines",), ("methods",), ("compare", "ablate"),
           ("cli", "cli_eval", "demo"), ("__init__",)]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

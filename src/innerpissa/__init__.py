@@ -14,6 +14,7 @@ from innerpissa.adapter import (
     delta_weights,
     detach_adapter,
     export_lora,
+    export_loras,
     export_merged,
     flip_sign,
     load_adapter,
@@ -31,6 +32,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterConfig", "AdapterSteerer", "NoSteering", "Steerer", "adapter_layers", "adapter_names",
     "adapter_parameters", "attach",
-    "delta_weights", "detach_adapter", "export_lora", "export_merged", "flip_sign", "load_adapter", "load_model",
+    "delta_weights", "detach_adapter", "export_lora", "export_loras", "export_merged", "flip_sign", "load_adapter", "load_model",
     "merge_adapter", "read_adapter_meta", "save_adapter", "steer", "unmerge_adapter",
 ]

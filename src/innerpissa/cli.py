@@ -5,6 +5,8 @@
     innerpissa eval --adapter runs/honesty/adapter
     innerpissa generate --adapter runs/honesty/adapter --prompt "Is lying ever OK?"
     innerpissa export --adapter runs/honesty/adapter --c 1.0 --out lora-honest
+    innerpissa export --adapter runs/honesty/adapter --c -1 -0.5 0.5 1 --out loras    one LoRA per c
+    innerpissa serve --adapter honesty=runs/honesty/adapter     OpenAI-compatible API + playground
     innerpissa ablate --variants default-v0 faithful preset --seeds 0 1 2
 
 A user error prints one line naming the file or flag and the fix; `--debug` (or INNERPISSA_DEBUG=1) shows
@@ -26,6 +28,7 @@ from innerpissa.ablate import Ablate
 from innerpissa.cli_eval import EvalConfig, adapter_base_model, check_coeffs, check_count, check_out_path
 from innerpissa.compare import Compare
 from innerpissa.errors import InnerPissaError
+from innerpissa.serve.launch import Serve
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -69,34 +72,44 @@ class Generate:
 
 @dataclass
 class Export:
-    """Write an adapter at a fixed coefficient as a standard PEFT LoRA folder (or a merged full model)."""
+    """Write an adapter at fixed coefficients as standard PEFT LoRA folders (or a merged full model)."""
 
     adapter: Path
     """Adapter folder."""
     out: Path
-    """Output folder."""
-    c: float = 1.0
-    """Coefficient to bake in."""
+    """Output folder; with several --c, the parent of one folder per coefficient (out/c-1, out/c+0.5, ...)."""
+    c: tuple[float, ...] = (1.0,)
+    """Coefficient(s) to bake in: one LoRA each (c acts through a rotation, so a LoRA scale is not c)."""
     model: str | None = None
     """Base model the adapter was trained on (default: the one the adapter records)."""
     merged: bool = False
-    """Write a full merged model (save_pretrained) instead of a LoRA adapter."""
+    """Write a full merged model (save_pretrained) instead of a LoRA adapter (one --c)."""
 
     def run(self) -> None:
         from innerpissa.adapter import export_lora, load_adapter
-        from innerpissa.adapter.io import check_export_out, export_merged
+        from innerpissa.adapter.io import check_export_out, export_folder_name, export_loras, export_merged
+        from innerpissa.errors import InputError
         from innerpissa.models import load_model
 
-        check_coeffs((self.c,), "--c")
-        check_export_out(self.out, merged=self.merged)  # before any model work
+        check_coeffs(self.c, "--c")
+        if self.merged and len(self.c) != 1:
+            raise InputError(f"--merged writes one model; give one --c, got {list(self.c)}")
+        several = len(self.c) > 1
+        for out in [self.out / export_folder_name(c) for c in self.c] if several else [self.out]:
+            check_export_out(out, merged=self.merged)  # before any model work
         name = adapter_base_model(self.adapter, self.model)
         model, tok = load_model(name)
         load_adapter(model, self.adapter)
+        base = None if name == "smollm2" else name
         if self.merged:
-            export_merged(model, tok, self.out, self.c, base_model_name_or_path=name)
+            export_merged(model, tok, self.out, self.c[0], base_model_name_or_path=name)
+        elif not several:
+            export_lora(model, self.out, self.c[0], base_model_name_or_path=base)
         else:
-            export_lora(model, self.out, self.c, base_model_name_or_path=None if name == "smollm2" else name)
-        print(f"wrote {self.out} (c={self.c})")
+            for c, folder in export_loras(model, self.out, self.c, base_model_name_or_path=base).items():
+                print(f"wrote {folder} (c={c:g})")
+            return
+        print(f"wrote {self.out} (c={self.c[0]})")
 
 
 @dataclass
@@ -154,7 +167,7 @@ class Train:
 
 def _commands() -> dict[str, type]:
     return {"train": Train, "demo": Demo, "eval": EvalConfig, "compare": Compare, "ablate": Ablate,
-            "generate": Generate, "export": Export}
+            "generate": Generate, "export": Export, "serve": Serve}
 
 
 def one_line(e: BaseException) -> str:

@@ -226,13 +226,23 @@ class _Growing(DynamicLayer):
     """A cache layer whose keys and values sit in a buffer with room for more tokens: decoding writes each
     step in place instead of concatenating the whole cache again (`DynamicLayer.update`)."""
 
-    def __init__(self, layer, extra: int):
+    def __init__(self, layers: list, extra: int):
+        """The rows of `layers` (filled cache layers) one after another, each left-padded with zeros to the
+        longest one's length, with room for `extra` more tokens."""
         super().__init__()
-        k, v = layer.keys, layer.values
-        self.device, self.is_initialized, self._n = k.device, True, k.shape[-2]
-        self._kb = k.new_empty(*k.shape[:-2], self._n + extra, k.shape[-1])
-        self._vb = v.new_empty(*v.shape[:-2], self._n + extra, v.shape[-1])
-        self._kb[..., :self._n, :], self._vb[..., :self._n, :] = k, v
+        k0, v0 = layers[0].keys, layers[0].values
+        self.device, self.is_initialized = k0.device, True
+        self._n = max(ly.keys.shape[-2] for ly in layers)
+        rows = sum(ly.keys.shape[0] for ly in layers)
+        self._kb = k0.new_empty(rows, *k0.shape[1:-2], self._n + extra, k0.shape[-1])
+        self._vb = v0.new_empty(rows, *v0.shape[1:-2], self._n + extra, v0.shape[-1])
+        r = 0
+        for ly in layers:
+            b, pad = ly.keys.shape[0], self._n - ly.keys.shape[-2]
+            for buf, t in ((self._kb, ly.keys), (self._vb, ly.values)):
+                buf[r:r + b, ..., :pad, :] = 0  # masked out, but never NaN (0 * NaN would leak through)
+                buf[r:r + b, ..., pad:self._n, :] = t
+            r += b
         self._view()
 
     def _view(self) -> None:
@@ -251,8 +261,18 @@ class _Growing(DynamicLayer):
         return self.keys, self.values
 
     def select(self, index: Tensor) -> None:
-        self._kb = self._kb.index_select(0, index.to(self._kb.device))
-        self._vb = self._vb.index_select(0, index.to(self._vb.device))
+        """Rows `index` (repeats allowed); only the filled columns are copied, the room after them stays."""
+        index = index.to(self._kb.device)
+        kb = self._kb.new_empty(index.shape[0], *self._kb.shape[1:])
+        vb = self._vb.new_empty(index.shape[0], *self._vb.shape[1:])
+        kb[..., :self._n, :] = self.keys.index_select(0, index)
+        vb[..., :self._n, :] = self.values.index_select(0, index)
+        self._kb, self._vb = kb, vb
+        self._view()
+
+    def trim(self, n: int) -> None:
+        """Drop the first n columns (the room at the end stays)."""
+        self._kb, self._vb, self._n = self._kb[..., n:, :], self._vb[..., n:, :], self._n - n
         self._view()
 
 
@@ -262,4 +282,35 @@ def preallocate(cache, extra: int) -> None:
     layers = cache_layers(cache)
     for i, layer in enumerate(layers):
         if _filled(layer):
-            layers[i] = _Growing(layer, extra)
+            layers[i] = _Growing([layer], extra)
+
+
+@torch.no_grad()
+def join_rows(cache, other, extra: int) -> None:
+    """In place, for inference: every layer of `cache` gets the rows of the same layer of `other` after its
+    own, the shorter of the two left-padded with zeros to the longer's length (the caller extends the
+    attention masks the same way), with room for `extra` more tokens. Rows continue to decode together."""
+    mine, theirs = cache_layers(cache), cache_layers(other)
+    if len(mine) != len(theirs):
+        raise ValueError(f"caches of {len(mine)} and {len(theirs)} layers cannot be joined")
+    joined = {}
+    for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+        if _filled(a) != _filled(b):
+            raise ValueError(f"cache layer {i} is filled in one cache and empty in the other")
+        if _filled(a):
+            joined[i] = _Growing([a, b], extra)
+    for i, layer in joined.items():  # all or nothing: a failure above leaves `cache` as it was
+        mine[i] = layer
+
+
+def trim_left(cache, n: int) -> None:
+    """In place: drop the first n columns of every filled layer (columns that are padding in every row)."""
+    if n <= 0:
+        return
+    layers = cache_layers(cache)
+    for i, layer in enumerate(layers):
+        if isinstance(layer, _Growing):
+            layer.trim(n)
+        elif _filled(layer):
+            layers[i] = _Growing([layer], 0)
+            layers[i].trim(n)

@@ -537,3 +537,29 @@ def export_merged(model: nn.Module, tokenizer, path: str | os.PathLike, c: float
         for m, w in weights.items():
             w.copy_(saved[m])
     return Path(path)
+
+
+# ---------------------------------------------------------------- one LoRA per coefficient
+
+
+def export_folder_name(c: float) -> str:
+    """The folder of the LoRA exported at coefficient c among several: `c+1`, `c-0.5`, `c+0.25`."""
+    return f"c{float(c):+g}"
+
+
+def export_loras(model: nn.Module, path: str | os.PathLike, coeffs, dtype: torch.dtype = torch.float32,
+                 base_model_name_or_path: str | None = None) -> dict[float, Path]:
+    """One standard PEFT LoRA per coefficient, `path/c+1`, `path/c-0.5`, ... (each written whole or not at all
+    by `export_lora`): the adapter acts through a rotation of c, so a LoRA's scale cannot stand in for c;
+    an engine serving several strengths loads one LoRA per strength. Returns {c: folder}."""
+    cs = [float(c) for c in coeffs]
+    if not cs:
+        raise ValueError("export_loras needs at least one coefficient")
+    if len(set(cs)) != len(cs):
+        raise ValueError(f"coefficients repeat: {cs}; give each once")
+    if any(c == 0 for c in cs):
+        raise ValueError("c = 0 is the base model (an empty LoRA); leave it out and serve the base model")
+    root = Path(path)
+    for c in cs:  # every target checked before anything is written (check_export_out: no run, no adapter)
+        check_export_out(root / export_folder_name(c), merged=False)
+    return {c: export_lora(model, root / export_folder_name(c), c, dtype, base_model_name_or_path) for c in cs}

@@ -34,3 +34,18 @@ def chat_ids(tokenizer, user: str, system: str | None = DEFAULT_SYSTEM, prefill:
     """Token ids of `render_chat` (special tokens added only where no template wrote them)."""
     text, templated = render_chat(tokenizer, user, system, prefill)
     return list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+
+
+def conversation_ids(tokenizer, messages) -> list[int]:
+    """Token ids of a conversation of (role, content) pairs, a system message first and the user's turn last,
+    with the assistant turn opened. One system and one user message give exactly `chat_ids`; longer
+    conversations go through the chat template the same way (or the plain `Role: text` layout)."""
+    msgs = list(messages)
+    if len(msgs) == 2:
+        return chat_ids(tokenizer, msgs[1][1], msgs[0][1])
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in msgs],
+                                             add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
+    turns = "\n\n".join(f"{r.capitalize()}: {c}" for r, c in msgs[1:])
+    return list(tokenizer(f"{msgs[0][1]}\n\n{turns}\n\nAssistant:")["input_ids"])

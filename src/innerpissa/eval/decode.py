@@ -11,12 +11,15 @@ rows of one prompt whose continuations agree so far (common in the first tokens:
 little) still share the blocks below the first steered block, which run once per distinct history.
 The tokens equal those of one `generate` per coefficient (greedy, same positions and keys; tests and
 bench/gen_speed.py check it); models without a plain `decoder.layers` layout use `generate` instead.
+`prefill` and `decode_step` are the two halves, public for the server (`serve/batch.py`), whose rows join
+and leave between steps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -39,29 +42,46 @@ def can_decode_sweep(model: nn.Module) -> bool:
     return decoder_parts(model) is not None and isinstance(model.get_output_embeddings(), nn.Linear)
 
 
+@dataclass
+class RowsState:
+    """Rows decoding together, each at its own coefficients. The KV cache holds, in the blocks below the split
+    (`BlockSplit.k`), one row per distinct history ("lower rows"), and from the split on one row per row;
+    `group[i]` is row i's lower row; `lmask` [lower rows, T] and `lpos` [lower rows] are the lower rows'
+    attention masks and last positions (a row's mask and positions are those of its lower row)."""
+
+    cache: DynamicCache
+    group: list[int]
+    lmask: Tensor
+    lpos: Tensor
+
+
+def coeff_key(c) -> float | tuple[float, ...]:
+    """A row's coefficient as a hashable key: a float (one adapter) or a tuple (one per adapter)."""
+    return tuple(float(x) for x in c) if isinstance(c, tuple | list) else float(c)
+
+
 @torch.no_grad()
-def decode_sweep(model: nn.Module, encoded: Sequence[Sequence[int]], coeffs: Sequence[float],
-                 at_rows: Callable[[Tensor], AbstractContextManager], first_block: int, max_new_tokens: int,
-                 eos: set[int], pad_id: int) -> list[list[int]]:
-    """Greedy continuations (cut before the first end-of-sequence token) of row i = prompt `encoded[i]` at
-    coefficient `coeffs[i]`. `at_rows(c)` puts batch row j at c[j] (a 1-D tensor); `first_block` is the
-    lowest block it can change (0: nothing is shared below the steering)."""
+def prefill(model: nn.Module, split: BlockSplit, encoded: Sequence[Sequence[int]], coeffs: Sequence,
+            at_rows: Callable[[Tensor], AbstractContextManager], pad_id: int) -> tuple[RowsState, Tensor]:
+    """Row i = prompt `encoded[i]` at coefficient `coeffs[i]` (a float, or a tuple with one per adapter):
+    every row's prompt into one KV cache, computing only what differs (the common chat header below the
+    split once, from the split on once per distinct coefficient; each distinct prompt's own tokens below the
+    split once). `at_rows(c)` puts batch row j at c[j] (c: [rows] for floats, [rows, adapters] for tuples).
+    Returns the rows' state and their next-token logits [rows, vocab] (float32)."""
     if len(encoded) != len(coeffs):
         raise ValueError(f"{len(encoded)} prompts but {len(coeffs)} coefficients")
-    if max_new_tokens <= 0:
-        return [[] for _ in encoded]
     dev = next(model.parameters()).device
     uniq: dict[tuple[int, ...], int] = {}
     row_u = torch.tensor([uniq.setdefault(tuple(e), len(uniq)) for e in encoded], dtype=torch.long, device=dev)
     prompts = [list(e) for e in uniq]
-    cvals: dict[float, int] = {}
-    row_c = torch.tensor([cvals.setdefault(float(c), len(cvals)) for c in coeffs], dtype=torch.long, device=dev)
-    c_rows = torch.tensor([float(c) for c in coeffs], device=dev)
+    keys = [coeff_key(c) for c in coeffs]
+    cvals: dict = {}
+    row_c = torch.tensor([cvals.setdefault(c, len(cvals)) for c in keys], dtype=torch.long, device=dev)
+    c_rows = torch.tensor(keys, device=dev)
     c_head = torch.tensor(list(cvals), device=dev)
 
     header = common_prefix_len(prompts)
     header = header if header >= MIN_HEADER else 0
-    split = BlockSplit(model, first_block)
     k, u = split.k, len(prompts)
     ids, _, full, pos = continue_rows([p[header:] for p in prompts], header, pad_id, dev)
     # one cache: blocks below k hold one row per distinct history ("lower rows"), blocks from k one per row
@@ -85,20 +105,56 @@ def decode_sweep(model: nn.Module, encoded: Sequence[Sequence[int]], coeffs: Seq
         select_rows(cache, row_c, k)
     if own_low is None:  # nothing frozen: the embeddings of each prompt's own part, after the header's keys
         own_low = split.lower(ids, full, pos, cache)
-    with at_rows(c_rows):  # one state for the rows' prompt part and every decode step
+    with at_rows(c_rows):
         hidden = split.upper(own_low.rows(row_u))
-        head = model.get_output_embeddings()
-        nxt = head(hidden[:, -1]).float().argmax(-1)
-        preallocate(cache, max_new_tokens)
-        return _decode(split, head, cache, nxt, row_u.tolist(), full, pos[:, -1], max_new_tokens, eos)
+        logits = model.get_output_embeddings()(hidden[:, -1]).float()
+    return RowsState(cache, row_u.tolist(), full, pos[:, -1]), logits
 
 
-def _decode(split: BlockSplit, head: nn.Module, cache, nxt: Tensor, group: list[int], lmask: Tensor,
-            lpos: Tensor, max_new_tokens: int, eos: set[int]) -> list[list[int]]:
-    """Greedy decoding of every row from its first new token `nxt`, in the caller's steering state; each
-    row's lower row is `group[i]` (lower rows: distinct histories, with attention masks `lmask` and last
-    positions `lpos`)."""
-    n, k, dev = len(group), split.k, nxt.device
+@torch.no_grad()
+def decode_step(split: BlockSplit, head: nn.Module, state: RowsState, toks: Sequence[int]) -> Tensor:
+    """Feed token `toks[i]` to row i, in the caller's steering state; returns the next-token logits [rows,
+    vocab] (float32). `state` advances in place: rows of one lower row that take different tokens split it
+    (its keys and values below the split are copied for each branch)."""
+    dev = state.lpos.device
+    keys: dict[tuple[int, int], int] = {}
+    group = [keys.setdefault((g, t), len(keys)) for g, t in zip(state.group, toks, strict=True)]
+    parent = torch.tensor([g for g, _ in keys], dtype=torch.long, device=dev)
+    if len(keys) != state.lmask.shape[0] or bool((parent != torch.arange(len(keys), device=dev)).any()):
+        select_rows(state.cache, parent, 0, split.k)
+    state.group = group
+    state.lmask = torch.cat([state.lmask[parent], state.lmask.new_ones(len(keys), 1)], 1)
+    state.lpos = state.lpos[parent] + 1
+    tok = torch.tensor([t for _, t in keys], dtype=torch.long, device=dev)
+    low = split.lower(tok[:, None], state.lmask, state.lpos[:, None], state.cache)
+    hidden = split.upper(low.rows(torch.tensor(group, dtype=torch.long, device=dev)))
+    return head(hidden[:, -1]).float()
+
+
+@torch.no_grad()
+def decode_sweep(model: nn.Module, encoded: Sequence[Sequence[int]], coeffs: Sequence[float],
+                 at_rows: Callable[[Tensor], AbstractContextManager], first_block: int, max_new_tokens: int,
+                 eos: set[int], pad_id: int) -> list[list[int]]:
+    """Greedy continuations (cut before the first end-of-sequence token) of row i = prompt `encoded[i]` at
+    coefficient `coeffs[i]`. `at_rows(c)` puts batch row j at c[j] (a 1-D tensor); `first_block` is the
+    lowest block it can change (0: nothing is shared below the steering)."""
+    if len(encoded) != len(coeffs):
+        raise ValueError(f"{len(encoded)} prompts but {len(coeffs)} coefficients")
+    if max_new_tokens <= 0:
+        return [[] for _ in encoded]
+    split = BlockSplit(model, first_block)
+    state, logits = prefill(model, split, encoded, coeffs, at_rows, pad_id)
+    head = model.get_output_embeddings()
+    preallocate(state.cache, max_new_tokens)
+    c_rows = torch.tensor([coeff_key(c) for c in coeffs], device=logits.device)
+    with at_rows(c_rows):  # one state for every decode step
+        return _greedy(split, head, state, logits.argmax(-1), max_new_tokens, eos)
+
+
+def _greedy(split: BlockSplit, head: nn.Module, state: RowsState, nxt: Tensor, max_new_tokens: int,
+            eos: set[int]) -> list[list[int]]:
+    """Greedy decoding of every row from its first new token `nxt`, in the caller's steering state."""
+    n = len(state.group)
     out: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
     for step in range(max_new_tokens):
@@ -111,15 +167,5 @@ def _decode(split: BlockSplit, head: nn.Module, cache, nxt: Tensor, group: list[
                     out[i].append(t)
         if all(done) or step == max_new_tokens - 1:
             break
-        keys: dict[tuple[int, int], int] = {}
-        group = [keys.setdefault((g, t), len(keys)) for g, t in zip(group, toks, strict=True)]
-        parent = torch.tensor([g for g, _ in keys], dtype=torch.long, device=dev)
-        if len(keys) != lmask.shape[0] or bool((parent != torch.arange(len(keys), device=dev)).any()):
-            select_rows(cache, parent, 0, k)  # a history split: its lower keys/values copied for each branch
-        lmask = torch.cat([lmask[parent], lmask.new_ones(len(keys), 1)], 1)
-        lpos = lpos[parent] + 1
-        tok = torch.tensor([t for _, t in keys], dtype=torch.long, device=dev)
-        low = split.lower(tok[:, None], lmask, lpos[:, None], cache)
-        hidden = split.upper(low.rows(torch.tensor(group, dtype=torch.long, device=dev)))
-        nxt = head(hidden[:, -1]).float().argmax(-1)
+        nxt = decode_step(split, head, state, toks).argmax(-1)
     return out

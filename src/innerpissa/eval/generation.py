@@ -72,7 +72,8 @@ def per_row_state(steerer: Steerer, c: Tensor) -> Iterator[None]:
         raise TypeError(f"{type(steerer).__name__} cannot take per-row coefficients; generate per coefficient")
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
+def eos_ids(model, tokenizer) -> set[int]:
+    """The token ids that end a continuation: the tokenizer's and the generation config's end-of-sequence ids."""
     ids = set()
     for e in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
         if isinstance(e, int):
@@ -95,7 +96,7 @@ def generate_ids(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
     out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=pad, use_cache=True, temperature=None, top_p=None,
                          top_k=None)
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     conts = []
     for row in out[:, ids.shape[1]:].tolist():
         cut = next((k for k, t in enumerate(row) if t in eos), len(row))
@@ -138,7 +139,7 @@ def generate_sweep(model, tokenizer, prompts: Sequence[str], steerer: Steerer, c
                 part = order[k:k + step]
                 got = decode_sweep(model, [encoded[j] for j in part], [rows[j][1] for j in part],
                                    lambda c: per_row_state(steerer, c), steerer.first_steered_block(model),
-                                   max_new_tokens, _eos_ids(model, tokenizer), pad)
+                                   max_new_tokens, eos_ids(model, tokenizer), pad)
                 for j, ids in zip(part, got, strict=True):
                     conts[j] = ids
         elif batched and supports_per_row(steerer):
