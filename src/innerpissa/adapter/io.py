@@ -25,8 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from innerpissa.adapter.config import AdapterConfig
-from innerpissa.adapter.layer import InnerPiSSALinear
-from innerpissa.adapter.lora import CoeffLoRALinear, attach_lora
+from innerpissa.adapter.kinds import KINDS
 from innerpissa.adapter.model import (
     _components,
     _float_coeffs,
@@ -35,7 +34,6 @@ from innerpissa.adapter.model import (
     adapter_config,
     adapter_layers,
     adapter_names,
-    attach,
     base_linear,
     target_names,
 )
@@ -53,9 +51,6 @@ FORMAT = "innerpissa-adapter"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "adapter.safetensors"
 CONFIG_NAME = "adapter_config.json"
-#: adapter kind (the JSON's `kind`) -> its layer class and the tensors saved per layer
-KINDS = {"innerpissa": (InnerPiSSALinear, ("theta_v", "theta_u", "delta", "U", "S", "V")),
-         "lora": (CoeffLoRALinear, ("lora_A", "lora_B"))}
 #: the embedded model's upstream checkpoint (its weights here are the dequantised Q4_1 GGUF of it)
 EXPORT_FILES = ("adapter_model.safetensors", "adapter_config.json", "innerpissa_export.json", "README.md")
 SMOLLM2_UPSTREAM = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -102,7 +97,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any
     beside it and renamed into place, so an existing adapter is replaced whole or not at all. The JSON records
     the tensor file's sha256 (checked on load) and, when given, the coefficient range it was trained on."""
     layers = _layers_or_raise(model, name)
-    kind = next((k for k, (cls, _) in KINDS.items() if all(isinstance(ly, cls) for ly in layers.values())), None)
+    kind = next((k for k, kd in KINDS.items() if all(isinstance(ly, kd.layer) for ly in layers.values())), None)
     if kind is None:
         raise TypeError(f"save_adapter writes one adapter kind ({', '.join(KINDS)}); this model carries other "
                         "steerable layers")
@@ -112,7 +107,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any
     tensors: dict[str, torch.Tensor] = {}
     modules = []
     for name, layer in layers.items():
-        for t in KINDS[kind][1]:
+        for t in KINDS[kind].tensors:
             v = getattr(layer, t)
             if v is not None:
                 if not bool(torch.isfinite(v).all()):
@@ -246,9 +241,9 @@ def _check_tensors(path: Path, meta: dict[str, Any], cfg: AdapterConfig, kind: s
                    tensors: dict[str, torch.Tensor]) -> None:
     """Exactly the tensors `save_adapter` writes for these modules and this config, each in its dtype."""
     file = Path(path) / WEIGHTS_NAME
-    dtype = getattr(torch, cfg.dtype) if kind == "innerpissa" else torch.float32
+    dtype = torch.float32 if kind == "lora" else getattr(torch, cfg.dtype)
     optional = {"theta_v": cfg.rotate_v, "theta_u": cfg.rotate_u, "delta": cfg.s_mode != "none"}
-    expected = {f"{m['name']}.{t}" for m in meta["modules"] for t in KINDS[kind][1] if optional.get(t, True)}
+    expected = {f"{m['name']}.{t}" for m in meta["modules"] for t in KINDS[kind].tensors if optional.get(t, True)}
     extra = sorted(set(tensors) - expected)
     if extra:
         raise CorruptAdapterError(f"corrupt adapter file {file}: unexpected tensor(s) {extra[:3]} that no module of "
@@ -351,12 +346,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, strict: bool = True,
     if strict and kind == "innerpissa":
         _check_basis(Path(path), model, names, tensors)
     if adapter_name not in adapter_names(model):
-        if kind == "lora":
-            attach_lora(model, cfg, name=adapter_name)
-        else:
-            attach(model, cfg, init_svd=False, name=adapter_name)
+        KINDS[kind].attach(model, cfg, adapter_name, False)
     for mname, layer in adapter_layers(model, adapter_name).items():
-        for t in KINDS[kind][1]:
+        for t in KINDS[kind].tensors:
             dst = getattr(layer, t)
             key = f"{mname}.{t}"
             if dst is None:

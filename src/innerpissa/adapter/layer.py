@@ -100,6 +100,9 @@ class SteerableLinear(nn.Module):
     `merge_adapter` and the trainer treat every kind of steerable layer alike.
     """
 
+    #: whether the delta is a weight change (`delta_weight`), so it can be merged and exported as a LoRA
+    mergeable: bool = True
+
     def __init__(self, base_layer: nn.Linear):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):

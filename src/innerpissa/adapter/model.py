@@ -140,6 +140,16 @@ def freeze_base(model: nn.Module) -> None:
             p.requires_grad_(False)
 
 
+def check_attachable(model: nn.Module, name: str) -> None:
+    """Refuse to attach an adapter called `name` where one of that name exists or an adapter is merged."""
+    check_adapter_name(name)
+    if name in adapter_names(model):
+        raise RuntimeError(f"model already has an adapter named {name!r}; call detach_adapter(model, name={name!r}) "
+                           "first, or attach under another name")
+    if any(comp.merged_coeff is not None for _, _, comp in _components(model)):
+        raise RuntimeError("an adapter is merged into the weights; unmerge_adapter(model) before attaching another")
+
+
 def attach(model: nn.Module, config: AdapterConfig | None = None, init_svd: bool = True,
            name: str = DEFAULT_ADAPTER) -> nn.Module:
     """Wrap the selected linear layers of `model` in place with an InnerPiSSA adapter called `name`.
@@ -149,13 +159,7 @@ def attach(model: nn.Module, config: AdapterConfig | None = None, init_svd: bool
     where both wrap the same module their deltas add, and each is steered by its own coefficient.
     """
     cfg = config or AdapterConfig()
-    check_adapter_name(name)
-    known = adapter_names(model)
-    if name in known:
-        raise RuntimeError(f"model already has an adapter named {name!r}; call detach_adapter(model, name={name!r}) "
-                           "first, or attach under another name")
-    if any(comp.merged_coeff is not None for _, _, comp in _components(model)):
-        raise RuntimeError("an adapter is merged into the weights; unmerge_adapter(model) before attaching another")
+    check_attachable(model, name)
     names = target_names(model, cfg)
     for mname in names:  # validate every target before wrapping any: never a half-attached model
         d_out, d_in = base_linear(model.get_submodule(mname)).weight.shape
@@ -356,10 +360,19 @@ def merge_adapter(model: nn.Module, c: float | Mapping[str, float]) -> nn.Module
     is merged at its coefficient (deltas on a shared module add); unnamed ones stay unmerged.
     """
     coeffs = _float_coeffs(model, c, "merge_adapter")
+    check_mergeable(model, coeffs, "merge")
     for _, a, comp in _components(model):
         if a in coeffs:
             comp.merge(coeffs[a])
     return model
+
+
+def check_mergeable(model: nn.Module, coeffs: Mapping[str, float], what: str) -> None:
+    """Refuse (before touching anything) to `what` an adapter whose delta is not a weight change."""
+    bad = sorted({a for _, a, comp in _components(model) if a in coeffs and not comp.mergeable})
+    if bad:
+        raise TypeError(f"cannot {what} adapter(s) {bad}: a trained steering vector adds c * v to a module's output, "
+                        "it is not a weight change; steer with it instead (innerpissa.steer)")
 
 
 def unmerge_adapter(model: nn.Module) -> nn.Module:
@@ -396,6 +409,7 @@ def detach_adapter(model: nn.Module, merge_at: float | Mapping[str, float] | Non
             raise ValueError(f"model has several adapters {known}; give merge_at by name, e.g. {{{known[0]!r}: 1.0}}")
         else:
             coeffs = {removing[0]: float(merge_at)}
+    check_mergeable(model, coeffs, "merge")
     for mname, a, comp in reversed(_components(model)):
         if a not in removing:
             continue
@@ -418,6 +432,7 @@ def detach_adapter(model: nn.Module, merge_at: float | Mapping[str, float] | Non
 def delta_weights(model: nn.Module, c: float | Mapping[str, float]) -> dict[str, Tensor]:
     """The total Delta W at coefficients `c` (a float for one adapter, or by name) of every wrapped module."""
     coeffs = _float_coeffs(model, c, "delta_weights")
+    check_mergeable(model, coeffs, "take the weight change of")
     out: dict[str, Tensor] = {}
     for mname, a, comp in _components(model):
         if a in coeffs:
