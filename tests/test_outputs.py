@@ -13,7 +13,7 @@ from helpers import randomize
 import innerpissa as ip
 from innerpissa.train.forward import TrainForward
 from innerpissa.train.outputs import (
-    ObjectiveConfig,
+    OutputConfig,
     OutputItem,
     collate_outputs,
     completion_logprob,
@@ -66,10 +66,10 @@ def _l(pos, neg):
 
 @pytest.mark.parametrize("kind", ["pref", "dpo", "sft"])
 def test_each_objective_prefers_the_positive_completion_at_plus_one_and_the_negative_at_minus_one(kind):
-    cfg = ObjectiveConfig(kind=kind, beta=2.0)
+    cfg = OutputConfig(beta=2.0)
     for c, favoured in ((1.0, 0), (-1.0, 1)):
         lc = _l(-2.0, -2.0)
-        loss, terms = output_loss(cfg, {c: lc}, torch.tensor([-2.0, -2.0]))
+        loss, terms = output_loss(kind, cfg, {c: lc}, torch.tensor([-2.0, -2.0]))
         loss.backward()
         # gradient descent raises the favoured completion's log-prob and never raises the other's more
         assert lc.grad[favoured] < 0
@@ -79,26 +79,26 @@ def test_each_objective_prefers_the_positive_completion_at_plus_one_and_the_nega
 
 def test_pref_is_simpo_form_and_dpo_subtracts_the_reference():
     lc, l0 = torch.tensor([-1.0, -3.0]), torch.tensor([-0.5, -3.5])
-    pref, _ = output_loss(ObjectiveConfig(kind="pref", beta=2.0, margin=0.5), {1.0: lc}, None)
+    pref, _ = output_loss("pref", OutputConfig(beta=2.0, margin=0.5), {1.0: lc}, None)
     assert math.isclose(float(pref), -math.log(1 / (1 + math.exp(-(2.0 * 2.0 - 0.5)))), rel_tol=1e-6)
-    dpo, _ = output_loss(ObjectiveConfig(kind="dpo", beta=2.0), {-1.0: lc}, l0)
+    dpo, _ = output_loss("dpo", OutputConfig(beta=2.0), {-1.0: lc}, l0)
     gap = (-1.0 + 0.5) - (-3.0 + 3.5)  # (l+ - l0+) - (l- - l0-) = -1
     assert math.isclose(float(dpo), -math.log(1 / (1 + math.exp(-(-2.0 * gap)))), rel_tol=1e-6)
 
 
 def test_nll_anchor_adds_the_chosen_completions_nll():
     lc = torch.tensor([-1.0, -3.0, -2.0, -4.0])
-    base, _ = output_loss(ObjectiveConfig(kind="pref"), {-1.0: lc}, None)
-    anchored, terms = output_loss(ObjectiveConfig(kind="pref", w_nll=0.5), {-1.0: lc}, None)
+    base, _ = output_loss("pref", OutputConfig(), {-1.0: lc}, None)
+    anchored, terms = output_loss("pref", OutputConfig(w_nll=0.5), {-1.0: lc}, None)
     assert math.isclose(float(anchored - base), 0.5 * 3.5, rel_tol=1e-6)  # chosen at c = -1: y- rows (3, 4)
     assert math.isclose(float(terms["nll-1"]), 3.5, rel_tol=1e-6)
 
 
 def test_bad_objective_settings_are_refused():
     with pytest.raises(ValueError, match="needs the base model"):
-        output_loss(ObjectiveConfig(kind="dpo"), {1.0: torch.zeros(2)}, None)
+        output_loss("dpo", OutputConfig(), {1.0: torch.zeros(2)}, None)
     with pytest.raises(ValueError, match="c != 0"):
-        output_loss(ObjectiveConfig(kind="pref"), {0.0: torch.zeros(2)}, None)
+        output_loss("pref", OutputConfig(), {0.0: torch.zeros(2)}, None)
 
 
 def test_margins_count_pairs_ordered_on_both_sides():
@@ -108,3 +108,111 @@ def test_margins_count_pairs_ordered_on_both_sides():
     # pair 0: -0.5 < 0 < 0.5 ordered; pair 1: 1.0 < 0 false
     assert m["ordered"] == 0.5
     assert math.isclose(m["margin+1"], (0.5 - 0.5) / 2)
+
+
+# ------------------------------------------------------------------------------------------ in the trainer
+
+
+def _run_cfg(tmp_path, name, objective="pref", method="innerpissa", epochs=3):
+    from innerpissa.train.config import preset
+
+    cfg = preset("tiny")
+    cfg.objective, cfg.method, cfg.epochs = objective, method, epochs
+    cfg.outputs.n_new_tokens, cfg.lr, cfg.calibrate = 6, 3e-2, False
+    cfg.out = tmp_path / name
+    return cfg
+
+
+def _train_margins(trainer):
+    """m(c) = l_c(y+) - l_c(y-) per training item at c = -1, 0, +1, computed by `_by_hand` (no library path)."""
+    out = trainer.outputs
+    rows = [(out.items[i].x, y) for i in out.train_idx for y in (out.items[i].y_pos, out.items[i].y_neg)]
+    return {c: (lambda v: v[0::2] - v[1::2])(_by_hand(trainer.model, rows, c)) for c in (-1.0, 0.0, 1.0)}
+
+
+@pytest.fixture(scope="module")
+def pref_run(tmp_path_factory):
+    from innerpissa.train.trainer import Trainer
+
+    cfg = _run_cfg(tmp_path_factory.mktemp("pref"), "run")
+    trainer = Trainer(cfg)
+    result = trainer.fit()
+    return cfg, trainer, result
+
+
+def test_pref_run_orders_the_margins_it_trains_on(pref_run):
+    cfg, trainer, result = pref_run
+    m = _train_margins(trainer)
+    # what the objective asks for, measured independently: +1 prefers y+ more than c = 0 does, -1 less
+    assert float(m[1.0].mean()) > float(m[0.0].mean()) > float(m[-1.0].mean())
+    s = result.summary
+    assert s["objective"] == "pref" and s["train_items"] + s["items_dropped_empty"] == s["train_pairs"]
+    assert {"val_margin-1", "val_margin+0", "val_margin+1", "val_ordered"} <= set(s["final_validation"])
+    texts = __import__("json").loads((cfg.out / "completions.json").read_text())
+    assert len(texts) == s["train_pairs"] + s["val_pairs"] and {"positive", "negative", "suffix"} <= set(texts[0])
+
+
+def test_an_inverted_preference_fails_the_margin_check(tmp_path, monkeypatch):
+    """The check above can fail: with the preference's sign planted inverted the trained margins order the
+    other way."""
+    import innerpissa.train.outputs as outputs
+    from innerpissa.train.trainer import Trainer
+
+    real = outputs.output_loss
+    monkeypatch.setattr(outputs, "output_loss", lambda kind, cfg, l_c, l_0: real(kind, cfg, {-c: v for c, v in
+                                                                                               l_c.items()}, l_0))
+    trainer = Trainer(_run_cfg(tmp_path, "inverted"))
+    trainer.fit()
+    m = _train_margins(trainer)
+    assert not (float(m[1.0].mean()) > float(m[0.0].mean()) > float(m[-1.0].mean()))
+
+
+def test_output_objective_resumes_from_its_checkpoint_without_regenerating(tmp_path, monkeypatch):
+    import innerpissa.train.outputs as outputs
+    from innerpissa.train.trainer import Trainer, train
+
+    full = _run_cfg(tmp_path, "full", epochs=2)
+    train(full)
+    cut = _run_cfg(tmp_path, "cut", epochs=2)
+    calls = {"n": 0}
+    original = Trainer.losses
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 4 and torch.is_grad_enabled():
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "losses", flaky)
+    with pytest.raises(KeyboardInterrupt, match="resume"):
+        train(cut)
+    monkeypatch.setattr(Trainer, "losses", original)
+    monkeypatch.setattr(outputs, "generate_ids", lambda *a, **k: pytest.fail("resume regenerated completions"))
+    cut.resume = True
+    train(cut)
+    from safetensors.torch import load_file
+
+    a, c = load_file(full.out / "adapter" / "adapter.safetensors"), load_file(cut.out / "adapter" / "adapter.safetensors")
+    for k in a:
+        torch.testing.assert_close(c[k], a[k], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("objective,method", [("dpo", "lora"), ("sft", "vector")])
+def test_every_objective_trains_every_kind(tmp_path, objective, method):
+    from innerpissa.train.trainer import train
+
+    r = train(_run_cfg(tmp_path, f"{objective}-{method}", objective, method, epochs=1))
+    assert r.summary["method"] == method and r.summary["objective"] == objective
+    assert math.isfinite(r.summary["final_validation"]["val_total"])
+
+
+def test_pairs_without_a_suffix_are_refused_for_output_objectives(tmp_path):
+    from innerpissa.errors import InnerPissaError
+    from innerpissa.train.trainer import train
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(f'{{"positive": "be kind {i} now", "negative": "be cruel {i} now"}}\n' for i in range(12)))
+    cfg = _run_cfg(tmp_path, "nosuffix")
+    cfg.data.pairs_file = pairs
+    with pytest.raises((ValueError, InnerPissaError), match="personas x suffixes"):
+        train(cfg)

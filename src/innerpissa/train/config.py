@@ -10,6 +10,7 @@ from typing import Literal, get_args
 from innerpissa.adapter.config import AdapterConfig
 from innerpissa.data.config import DataConfig
 from innerpissa.train.losses import LossConfig
+from innerpissa.train.outputs import Objective, OutputConfig
 
 
 @dataclass
@@ -45,8 +46,15 @@ class TrainConfig:
     out: Path | None = None
     """Output folder: adapter/, checkpoint/, metrics.jsonl, summary.json (default: a new
     runs/<concept>-<timestamp>). A folder that already holds a run needs --resume or --overwrite."""
-    method: Literal["innerpissa", "lora"] = "innerpissa"
-    """What to train: the InnerPiSSA adapter, or the LoRA-scaled-by-c baseline (same loss, same layers)."""
+    method: Literal["innerpissa", "lora", "vector"] = "innerpissa"
+    """What to train (one objective, the same modules of the same blocks): the InnerPiSSA adapter, a LoRA scaled
+    by c (the LoRA(c) baseline), or a steering vector scaled by c on those modules' outputs (`adapter/vector.py`)."""
+    objective: Objective = "inner"
+    """What training optimises: `inner`, the seed's loss on hidden states of the persona pairs (METHOD section 5,
+    settings in `loss.*`, `loss_target`, `direction.*`); or an objective on the model's own completions from a
+    persona-free input (METHOD section 12, settings in `outputs.*`): `pref` (reference-free preference: y+ at
+    c = +1, y- at c = -1), `dpo` (the same against the base model), `sft` (imitate the chosen completion)."""
+    outputs: OutputConfig = field(default_factory=OutputConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     data: DataConfig = field(default_factory=DataConfig)
     direction: DirectionConfig = field(default_factory=DirectionConfig)

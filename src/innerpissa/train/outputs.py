@@ -31,20 +31,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from innerpissa.data.batching import PairBatch, position_ids_from_mask
+from innerpissa.data.chat import chat_ids
+from innerpissa.eval.generation import generate_ids
+from innerpissa.train.forward import TrainForward
 
 OUTPUT_KINDS = ("pref", "dpo", "sft")
 NEUTRAL_USER = "Make statements about the world."
 
 
-@dataclass
-class ObjectiveConfig:
-    """What training optimises: the seed's inner loss on hidden states (`inner`, METHOD section 5) or an
-    objective on the model's own outputs (`pref`, `dpo`, `sft`; see `innerpissa.train.outputs`)."""
+OBJECTIVES = ("inner", *OUTPUT_KINDS)
+Objective = Literal["inner", "pref", "dpo", "sft"]
 
-    kind: Literal["inner", "pref", "dpo", "sft"] = "inner"
-    """`inner`: separation/shift of hidden states on the persona pairs (the seed's loss, with `loss.*`);
-    `pref`: prefer the positive persona's own completion at c = +1 and the negative's at c = -1, from a
-    persona-free input (reference-free); `dpo`: the same against the base model; `sft`: imitate them."""
+
+@dataclass
+class OutputConfig:
+    """Settings of the output objectives (`--objective pref | dpo | sft`; `innerpissa.train.outputs`)."""
+
     beta: float = 5.0
     """Preference sharpness on length-normalised log-probs (nats per token)."""
     margin: float = 0.0
@@ -55,10 +57,6 @@ class ObjectiveConfig:
     """Length of the base model's greedy completions of each persona prompt."""
     user: str = NEUTRAL_USER
     """The persona-free user turn that precedes each pair's suffix in what the adapter is trained on."""
-
-    @property
-    def on_outputs(self) -> bool:
-        return self.kind in OUTPUT_KINDS
 
 
 @dataclass(frozen=True)
@@ -96,12 +94,13 @@ def completion_logprob(tail_logp: Tensor, tail_len: Tensor) -> Tensor:
     return (tail_logp * m).sum(-1) / m.sum(-1).clamp(min=1)
 
 
-def output_loss(cfg: ObjectiveConfig, l_c: dict[float, Tensor], l_0: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
-    """Total loss and named terms from length-normalised completion log-probs per coefficient: `l_c[c]` [rows]
-    with rows [y+, y-, ...] of each pair; `l_0` the same at c = 0 (needed by `dpo`)."""
-    if cfg.kind not in OUTPUT_KINDS:
-        raise ValueError(f"unknown output objective {cfg.kind!r}; use one of {OUTPUT_KINDS}")
-    if cfg.kind == "dpo" and l_0 is None:
+def output_loss(kind: str, cfg: OutputConfig, l_c: dict[float, Tensor],
+                l_0: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Total loss and named terms of objective `kind` from length-normalised completion log-probs per coefficient:
+    `l_c[c]` [rows] with rows [y+, y-, ...] of each pair; `l_0` the same at c = 0 (needed by `dpo`)."""
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"unknown output objective {kind!r}; use one of {OUTPUT_KINDS}")
+    if kind == "dpo" and l_0 is None:
         raise ValueError("the dpo objective needs the base model's completion log-probs (l_0)")
     terms: dict[str, Tensor] = {}
     total = torch.zeros((), device=next(iter(l_c.values())).device)
@@ -111,16 +110,16 @@ def output_loss(cfg: ObjectiveConfig, l_c: dict[float, Tensor], l_0: Tensor | No
         s = 1.0 if c > 0 else -1.0
         pos, neg = lc[0::2], lc[1::2]
         chosen = pos if s > 0 else neg
-        if cfg.kind == "sft":
+        if kind == "sft":
             term = -chosen.mean()
         else:
-            gap = pos - neg if cfg.kind == "pref" else (pos - l_0[0::2]) - (neg - l_0[1::2])
+            gap = pos - neg if kind == "pref" else (pos - l_0[0::2]) - (neg - l_0[1::2])
             term = -F.logsigmoid(cfg.beta * s * gap - cfg.margin).mean()
             if cfg.w_nll > 0:
                 nll = -chosen.mean()
                 terms[f"nll{c:+g}"] = nll.detach()
                 term = term + cfg.w_nll * nll
-        terms[f"{cfg.kind}{c:+g}"] = term.detach()
+        terms[f"{kind}{c:+g}"] = term.detach()
         terms[f"margin{c:+g}"] = (pos - neg).mean().detach()
         total = total + term
     terms["total"] = total.detach()
@@ -134,3 +133,126 @@ def margins(l_by_c: dict[float, Tensor]) -> dict[str, float]:
     out = {f"margin{c:+g}": float(v.mean()) for c, v in m.items()}
     out["ordered"] = float(((m[-1.0] < m[0.0]) & (m[0.0] < m[1.0])).float().mean())
     return out
+
+
+# ------------------------------------------------------------------------------------------ the objective
+
+
+def make_items(tok, pairs: Sequence, completions: dict[str, list[list[int]]], system: str | None,
+               user: str) -> list[OutputItem | None]:
+    """One item per pair (None where a completion is empty: the model ended at once, nothing to prefer)."""
+    items: list[OutputItem | None] = []
+    for i, (pair, yp, yn) in enumerate(zip(pairs, completions["pos"], completions["neg"], strict=True)):
+        if pair.group is None:
+            raise ValueError("the output objectives need pairs built from personas x suffixes (each pair's group "
+                             "is its suffix, which follows the persona-free user turn); a pairs file has no "
+                             "suffix per pair: use --data.personas-file with --data.suffixes-file, or a built-in set")
+        x = chat_ids(tok, user, system, prefill=pair.group)
+        items.append(OutputItem(i, x, list(yp), list(yn)) if yp and yn else None)
+    return items
+
+
+class OutputObjective:
+    """An output objective of one run: its data (completions made once by the base model), the cached c = 0
+    completion log-probs, and the loss and validation the trainer calls (`train/trainer.py`)."""
+
+    def __init__(self, kind: str, cfg: OutputConfig, model, tok, pairs: Sequence, n_train: int, system: str | None,
+                 batch_size: int, device, shared_prefix: bool = True, frozen_prefix: bool = True):
+        if kind not in OUTPUT_KINDS:
+            raise ValueError(f"unknown output objective {kind!r}; use one of {OUTPUT_KINDS}")
+        self.kind, self.cfg, self.model, self.tok, self.pairs = kind, cfg, model, tok, list(pairs)
+        self.n_train, self.system, self.batch_size, self.device = n_train, system, batch_size, device
+        self.shared_prefix, self.frozen_prefix = shared_prefix, frozen_prefix
+        self.completions: dict[str, list[list[int]]] | None = None
+        self.items: list[OutputItem | None] = []
+        self.l0: Tensor | None = None  # [N, 2]: base model's l(y+), l(y-) per item
+
+    # ---------------------------------------------------------------- data and reference
+
+    @torch.no_grad()
+    def setup(self) -> None:
+        """Greedy completions of every pair's two persona prompts by the model as it is (c = 0: the base
+        model), the persona-free items, and their c = 0 log-probs."""
+        out: dict[str, list[list[int]]] = {"pos": [], "neg": []}
+        for side, attr in (("pos", "positive"), ("neg", "negative")):
+            ids = [self.tok(getattr(p, attr), add_special_tokens=False)["input_ids"] for p in self.pairs]
+            for k in range(0, len(ids), 16):
+                out[side] += generate_ids(self.model, self.tok, ids[k:k + 16], self.cfg.n_new_tokens)
+        self._build(out, None)
+
+    def _build(self, completions: dict[str, list[list[int]]], l0: Tensor | None) -> None:
+        self.completions = completions
+        self.items = make_items(self.tok, self.pairs, completions, self.system, self.cfg.user)
+        self.train_idx = [i for i in range(self.n_train) if self.items[i] is not None]
+        self.val_idx = [i for i in range(self.n_train, len(self.items)) if self.items[i] is not None]
+        if not self.train_idx:
+            raise ValueError("every training pair's completion is empty (the model ends at once); raise "
+                             "--outputs.n-new-tokens or check the persona prompts")
+        if l0 is None:
+            l0 = torch.full((len(self.items), 2), float("nan"))
+            for batch in self.batches(self.train_idx + self.val_idx):
+                lp = completion_logprob(TrainForward(self.model, batch.to(self.device)).run(None), batch.tail_len)
+                l0[batch.pair_index[0::2]] = lp.view(-1, 2).cpu()
+        self.l0 = l0
+
+    def state_dict(self) -> dict:
+        return {"objective": self.kind, "completions": self.completions, "l0": self.l0}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self._build({k: [list(map(int, y)) for y in v] for k, v in sd["completions"].items()}, sd["l0"])
+
+    def readable(self) -> list[dict]:
+        """Per pair: the persona-free input's suffix and both completions as text (None: dropped, empty)."""
+        dec = self.tok.decode
+        return [{"pair": i, "suffix": p.group, "split": "train" if i < self.n_train else "validation",
+                 "positive": dec(self.completions["pos"][i]), "negative": dec(self.completions["neg"][i]),
+                 "used": self.items[i] is not None} for i, p in enumerate(self.pairs)]
+
+    @property
+    def dropped(self) -> int:
+        return sum(it is None for it in self.items)
+
+    def batches(self, idx: Sequence[int]) -> list[PairBatch]:
+        items = [self.items[i] for i in idx if self.items[i] is not None]
+        pad = self.tok.pad_token_id
+        return [collate_outputs(items[k:k + self.batch_size], pad) for k in range(0, len(items), self.batch_size)]
+
+    # ---------------------------------------------------------------- loss and validation
+
+    def _l(self, batch: PairBatch, cs: Sequence[float], batched: bool = True) -> dict[float, Tensor]:
+        fwd = TrainForward(self.model, batch, self.shared_prefix, self.frozen_prefix)
+        out: dict[float, Tensor] = {}
+        for group in ([tuple(cs)] if batched else [(c,) for c in cs]):
+            lp = completion_logprob(fwd.run(group), batch.tail_len.repeat(len(group)))
+            out.update({c: lp[i * fwd.rows:(i + 1) * fwd.rows] for i, c in enumerate(group)})
+        return out
+
+    def _l0(self, batch: PairBatch) -> Tensor:
+        return self.l0[batch.pair_index[0::2].cpu()].reshape(-1).to(batch.input_ids.device)
+
+    def losses(self, batch: PairBatch, batched: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss and named terms of one micro-batch at c = +1 and c = -1."""
+        return output_loss(self.kind, self.cfg, self._l(batch, (1.0, -1.0), batched), self._l0(batch))
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation pairs: the loss terms (pair-weighted), the margins m(-1), m(0), m(+1) and `val_ordered`,
+        the fraction of pairs with m(-1) < m(0) < m(+1)."""
+        sums: dict[str, float] = {}
+        ls: dict[float, list[Tensor]] = {-1.0: [], 0.0: [], 1.0: []}
+        n = 0
+        for batch in self.batches(self.val_idx):
+            batch = batch.to(self.device)
+            l_c = self._l(batch, (1.0, -1.0))
+            _, terms = output_loss(self.kind, self.cfg, l_c, self._l0(batch))
+            k = batch.n_pairs
+            for key, v in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(v) * k
+            n += k
+            for c, v in {**l_c, 0.0: self._l0(batch)}.items():
+                ls[c].append(v.cpu())
+        out = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+        if n:
+            m = margins({c: torch.cat(v) for c, v in ls.items()})
+            out.update({"val_ordered": m["ordered"], "val_margin+0": m["margin+0"]})
+        return out

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from innerpissa.adapter import adapter_parameters, attach, save_adapter
+from innerpissa.adapter import adapter_parameters, save_adapter
 from innerpissa.adapter.io import base_model_identity
-from innerpissa.adapter.lora import attach_lora
+from innerpissa.adapter.kinds import attach_kind
 from innerpissa.anatomy import HiddenCapture
 from innerpissa.data.batching import PairBatch, PairCollator, PairDataset
 from innerpissa.data.config import make_pairs
@@ -32,6 +32,7 @@ from innerpissa.train.config import TrainConfig
 from innerpissa.train.fingerprint import fingerprint_diff, run_fingerprint
 from innerpissa.train.forward import TrainForward
 from innerpissa.train.losses import combine
+from innerpissa.train.outputs import OutputObjective
 from innerpissa.train.reference import Reference, build_reference, projections, tail_width
 from innerpissa.train.runfolder import (
     check_out,
@@ -109,10 +110,7 @@ class Trainer:
                              "or lower --direction.n-tokens")
         self.fingerprint = run_identity(cfg, self.model, train_pairs, val_pairs)
 
-        if cfg.method == "lora":  # the LoRA-scaled-by-c baseline, trained with the same loss
-            attach_lora(self.model, cfg.adapter)
-        else:
-            attach(self.model, cfg.adapter)
+        attach_kind(self.model, cfg.method, cfg.adapter)  # innerpissa, lora or vector: same modules, same loss
         self.selection: dict[str, Tensor] | None = None
         if cfg.method == "innerpissa" and cfg.adapter.select == "data":  # a pure function of the training pairs
             from innerpissa.adapter.select import select_adapter_directions
@@ -122,6 +120,12 @@ class Trainer:
                 cfg.direction.n_tokens)
         self.params = adapter_parameters(self.model)
         self.ref: Reference | None = None
+        #: the output objective (train/outputs.py) when cfg.objective is one; None: the inner loss below
+        self.outputs: OutputObjective | None = None
+        if cfg.objective != "inner":
+            self.outputs = OutputObjective(cfg.objective, cfg.outputs, self.model, tokenizer, train_pairs + val_pairs,
+                                           len(train_pairs), cfg.data.system, cfg.batch_size, self.device,
+                                           cfg.shared_prefix, cfg.frozen_prefix)
 
     # ---------------------------------------------------------------- the maths of one micro-batch
 
@@ -135,6 +139,8 @@ class Trainer:
 
     def losses(self, batch: PairBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss and named terms of one micro-batch (c = +1 and -1 against the c = 0 reference)."""
+        if self.outputs is not None:
+            return self.outputs.losses(batch, self.cfg.batch_pm)
         width = tail_width(batch)
         cfg = self.cfg
         with HiddenCapture(self.model, [self.ref.point]) as cap:
@@ -160,7 +166,10 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Loss terms on the validation pairs, pair-weighted; `val_ordered_fwd` is the fraction of pairs
-        ordered g(-1) < 0 < g(+1) (the batch fractions weighted by batch size are exactly that)."""
+        ordered g(-1) < 0 < g(+1) (the batch fractions weighted by batch size are exactly that). An output
+        objective validates itself (`OutputObjective.validate`)."""
+        if self.outputs is not None:
+            return self.outputs.validate()
         sums: dict[str, float] = {}
         n = 0
         for batch in _batches(self.ds, self.val_idx, self.cfg.batch_size, self.collate):
@@ -174,6 +183,12 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
 
     def _setup_reference(self) -> None:
+        """What the loss compares against, made once: the inner loss's frozen direction and c = 0 reference, or an
+        output objective's completions and their c = 0 log-probs."""
+        if self.outputs is not None:
+            self.outputs.setup()
+            self.scale = 1.0
+            return
         cfg, d = self.cfg, self.cfg.direction
         tb = _batches(self.ds, self.train_idx, cfg.batch_size, self.collate)
         vb = _batches(self.ds, self.val_idx, cfg.batch_size, self.collate)
@@ -189,26 +204,33 @@ class Trainer:
         completed step."""
         cfg = self.cfg
         self.ckpt_dir = self.out / "checkpoint"
-        steps_per_epoch = math.ceil(math.ceil(len(self.train_idx) / cfg.batch_size) / cfg.grad_accum)
-        total = max(1, steps_per_epoch * cfg.epochs)
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, one_cycle(total, cfg.warmup))
         self.state = state = Checkpoint()
         self.resumed = cfg.resume and (self.ckpt_dir / "state.pt").exists()
         self._ckpt_step: int | None = None
         self._log: _Logger | None = None
+        saved = None
         if self.resumed:
             saved = read_checkpoint_state(self.ckpt_dir)
             self._check_resume(saved, self.ckpt_dir)
             if saved.finished or (saved.epoch >= cfg.epochs and (self.out / "summary.json").exists()):
                 return self._already_finished(saved)
-            self.state = state = load_checkpoint(self.ckpt_dir, self.params, self.opt, self.sched)
-            self.ref, self.scale = Reference.from_state_dict(state.reference), state.scale
-            self._ckpt_step = state.global_step
-            self._folder()
+            if self.outputs is not None:
+                self.outputs.load_state_dict(saved.reference)
+            else:
+                self.ref = Reference.from_state_dict(saved.reference)
+            self.scale = saved.scale
         else:
             self._setup_reference()  # fails on bad data or settings before the folder is touched
-        state.reference, state.scale, state.fingerprint = self.ref.state_dict(), self.scale, self.fingerprint
+        steps_per_epoch = math.ceil(math.ceil(len(self._step_idx()) / cfg.batch_size) / cfg.grad_accum)
+        total = max(1, steps_per_epoch * cfg.epochs)
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, one_cycle(total, cfg.warmup))
+        if saved is not None:
+            self.state = state = load_checkpoint(self.ckpt_dir, self.params, self.opt, self.sched)
+            self._ckpt_step = state.global_step
+            self._folder()
+        state.reference = (self.outputs or self.ref).state_dict()
+        state.scale, state.fingerprint = self.scale, self.fingerprint
         self.t0 = time.time() - state.elapsed
         self.bar = _bar(total, state.global_step, cfg.progress)
         try:
@@ -240,8 +262,10 @@ class Trainer:
     def _epoch(self, epoch: int) -> None:
         """The optimizer steps of one epoch (from where a resumed run stopped), then validation and a checkpoint."""
         cfg, state = self.cfg, self.state
-        order = [self.train_idx[i] for i in epoch_order(len(self.train_idx), cfg.seed, epoch)]
-        batches = _batches(self.ds, order, cfg.batch_size, self.collate)
+        idx = self._step_idx()
+        order = [idx[i] for i in epoch_order(len(idx), cfg.seed, epoch)]
+        batches = (self.outputs.batches(order) if self.outputs is not None
+                   else _batches(self.ds, order, cfg.batch_size, self.collate))
         batches = batches[self.acc.process_index::self.acc.num_processes]
         for b in range(state.batch_in_epoch, len(batches), cfg.grad_accum):
             group = batches[b:b + cfg.grad_accum]
@@ -291,6 +315,11 @@ class Trainer:
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         return terms_sum, float(gnorm)
+
+    def _step_idx(self) -> list[int]:
+        """What an epoch draws its batches from: the training pairs, or an output objective's training items
+        (the pairs whose completions are not empty)."""
+        return self.outputs.train_idx if self.outputs is not None else self.train_idx
 
     def _folder(self) -> _Logger:
         """The run's metrics log; the first call takes over the folder (a fresh run clears what --overwrite or
@@ -343,6 +372,22 @@ class Trainer:
         raise TrainingDiverged(f"{what} at epoch {epoch}, step {step} ({shown}); {where}. No adapter was "
                                "written. Lower --lr or --adapter.max-angle and rerun with --overwrite or another --out.")
 
+    def _inner_summary(self, final_val: dict) -> dict:
+        return {"ref_separation_mean": float(self.ref.sep0[self.train_idx].mean()),
+                "ref_separation_std": float(self.ref.sep0[self.train_idx].std()),
+                "val_ordered_pct": (None if final_val.get("val_ordered_fwd") is None
+                                    else round(100 * float(final_val["val_ordered_fwd"]), 2)),
+                "loss_point": self.ref.point.key}
+
+    def _output_summary(self, final_val: dict) -> dict:
+        """The output objective's gate: are the validation margins ordered m(-1) < m(0) < m(+1)?"""
+        m = [final_val.get(f"val_margin{c}") for c in ("-1", "+0", "+1")]
+        ordered = None if None in m else bool(m[0] < m[1] < m[2])
+        return {"train_items": len(self.outputs.train_idx), "items_dropped_empty": self.outputs.dropped,
+                "val_ordered_pct": (None if final_val.get("val_ordered") is None
+                                    else round(100 * float(final_val["val_ordered"]), 2)),
+                "val_margins_ordered": ordered}
+
     def _finish(self, state: Checkpoint, seconds: float) -> TrainResult:
         cfg = self.cfg
         if state.best_params is not None and cfg.patience:
@@ -356,26 +401,28 @@ class Trainer:
         if cfg.calibrate:
             from innerpissa.eval.calibration import calibrate
 
-            calibration = calibrate(self.model, self.tok, batch_size=cfg.batch_size, mode=cfg.calibrate_flip,
+            # an output objective's sign is "+1 prefers the positive persona's completion" by construction: the
+            # probe is reported as a check, never used to flip it
+            mode = "never" if self.outputs is not None else cfg.calibrate_flip
+            calibration = calibrate(self.model, self.tok, batch_size=cfg.batch_size, mode=mode,
                                     builtin=cfg.data.builtin)
             if calibration["flipped"]:  # the ordering flips with the sign
                 final_val = {**final_val, "val_ordered_fwd": final_val.get("val_ordered_rev"),
                              "val_ordered_rev": final_val.get("val_ordered_fwd")}
         summary = {
-            "model": cfg.model, "train_pairs": len(self.train_idx), "val_pairs": len(self.val_idx),
+            "model": cfg.model, "method": cfg.method, "objective": cfg.objective,
+            "train_pairs": len(self.train_idx), "val_pairs": len(self.val_idx),
             "epochs_run": state.epoch, "steps": state.global_step, "train_seconds": round(seconds, 2),
-            "ref_separation_mean": float(self.ref.sep0[self.train_idx].mean()),
-            "ref_separation_std": float(self.ref.sep0[self.train_idx].std()),
-            "final_validation": final_val, "calibration": calibration,
-            "val_ordered_pct": (None if final_val.get("val_ordered_fwd") is None
-                                else round(100 * float(final_val["val_ordered_fwd"]), 2)),
-            "loss_point": self.ref.point.key, "fingerprint": self.fingerprint,
+            "final_validation": final_val, "calibration": calibration, "fingerprint": self.fingerprint,
+            **(self._inner_summary(final_val) if self.outputs is None else self._output_summary(final_val)),
         }
         adapter_path = self.out / "adapter"
         if self.acc.is_main_process:  # either kind (InnerPiSSA or LoRA(c)) through the one save path
             save_adapter(self.model, adapter_path, extra={"training": summary, "config": cfg.to_dict()},
                          coeff_range=(min(COEFFS), max(COEFFS)))
             atomic_write_json(self.out / "summary.json", summary)
+            if self.outputs is not None:  # what the output objective trained on, readable
+                atomic_write_json(self.out / "completions.json", self.outputs.readable())
         return TrainResult(self.out, adapter_path, summary)
 
 
