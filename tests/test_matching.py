@@ -77,8 +77,9 @@ def test_binding_distinct_or_valid_constraint_takes_the_last_point_in():
     # fixed states: the one point, flagged over the budgets it exceeds
     fixed = _tab({-1.0: 1.05, 0.0: 1.0, 1.0: 1.3})
     ch = mt.choose(fixed, (0.1, 0.25, 0.5), fixed=True).set_index(["budget", "side"])
-    assert (ch["c"].abs() == 1.0).all() and (ch["how"] == "fixed").all()
+    assert (ch["c"].abs() == 1.0).all() and ch["how"].str.startswith("fixed").all()
     assert ch.loc[(0.25, "+"), "over"] and not ch.loc[(0.5, "+"), "over"] and not ch.loc[(0.1, "-"), "over"]
+    assert ch.loc[(0.25, "+"), "how"] == "fixed over: nll" and ch.loc[(0.5, "+"), "how"] == "fixed"
     assert ch.loc[(0.25, "+"), "dev_cost"] == pytest.approx(0.3)
 
 
@@ -223,6 +224,15 @@ def test_word_attribution_sums_match_a_hand_count():
     tp = top[top["side"] == "+"]
     assert tp["word"].tolist() == ["vibrant", "happy"] or tp["word"].tolist() == ["vibrant", "sad"]
     assert tp["share"].iloc[0] == pytest.approx(9 / 14)
+    # the - side's net shift is -2 (happy -1 x 2); shares are of its push toward negative: happy 100 %
+    tm = top[top["side"] == "-"]
+    assert tm["word"].tolist() == ["happy"] and tm["share"].iloc[0] == 1.0 and tm["side_total"].iloc[0] == -2.0
+    # cancellation: a + side whose words push both ways; shares of the positive push only
+    mixed = mt.top_words(pd.DataFrame({"method": "m", "seed": 0, "side": "+", "c": 1.0, "n_prompts": 2,
+                                       "word": ["good", "great", "bad"], "delta_count": [2, 1, 1],
+                                       "valence": [2.0, 3.0, -2.5], "contribution": [4.0, 3.0, -2.5]}))
+    assert mixed["word"].tolist() == ["good", "great"] and mixed["share"].tolist() == pytest.approx([4 / 7, 3 / 7])
+    assert mixed["side_total"].iloc[0] == pytest.approx(4.5) and mixed["side_push"].iloc[0] == 7.0
     # the range without each side's top word: rescored by a counting scorer after deleting it
     count_happy = lambda ts: np.array([t.lower().count("vibrant") + t.lower().count("happy") for t in ts], float)  # noqa: E731
     wo = mt.range_without(df, choices, 0.25, {"m": ["vibrant"]}, {"count": count_happy}).iloc[0]
@@ -368,7 +378,7 @@ def test_dev_test_protocol_end_to_end_on_tiny(tmp_path):
         assert np.interp(abs(r["c"]), xs[order], side.to_numpy()[order]) == pytest.approx(
             g[0.0] + r["budget"], abs=2e-3 * max(1.0, abs(r["c"])))
     ins = choices[choices["method"] == "instruction"]
-    assert set(ins["c"]) == {-1.0, 1.0} and (ins["how"] == "fixed").all()
+    assert set(ins["c"]) == {-1.0, 1.0} and ins["how"].str.startswith("fixed").all()
     summary = paths["summary"].read_text()
     assert "innerpissa:r32" in summary and "Budget 0.05 nats" in summary and paths["pareto"].exists()
 

@@ -105,7 +105,7 @@ class Choice:
     """One side's chosen strength at one budget, and what the dev sweep says about it."""
 
     c: float
-    how: str  # nll (interpolated to the budget), distinct-2 / valid (the last point in), grid end, fixed
+    how: str  # nll (interpolated to the budget), distinct-2 / valid (the last point in), grid end, fixed [over: why]
     dev_cost: float  # NLL(c) - NLL(0) on dev (interpolated for "nll": the budget itself)
     over: bool = False  # a fixed state that exceeds the budget
 
@@ -121,7 +121,9 @@ def choose_side(tab: pd.DataFrame, sign: float, budget: float, distinct_frac: fl
             return Choice(0.0, "fixed", 0.0)
         row = side.iloc[-1]
         nll_ok, other = _checks(row, ref, budget, distinct_frac, min_valid)
-        return Choice(float(row["c"]), "fixed", float(row["nll"] - ref["nll"]), not (nll_ok and not other))
+        over = ([] if nll_ok else ["nll"]) + other
+        return Choice(float(row["c"]), "fixed" + (f" over: {'+'.join(over)}" if over else ""),
+                      float(row["nll"] - ref["nll"]), bool(over))
     limit = ref["nll"] + budget
     last = ref
     for _, row in side.iterrows():
@@ -346,21 +348,25 @@ def word_attribution(test: pd.DataFrame, choices: pd.DataFrame, budget: float,
 
 
 def top_words(attr: pd.DataFrame, k: int = 5) -> pd.DataFrame:
-    """Per (method, side), summed over seeds: the `k` words that push the side its way most (+: largest
-    contributions, -: most negative) with their share of the side's total lexicon shift."""
+    """Per (method, side), summed over seeds: the `k` words that push the side its way most (+: the largest
+    contributions, -: the most negative), each with its `share` of the side's push its way (the sum of the
+    contributions of that sign, `side_push`), and the side's net lexicon shift (`side_total`, all words)."""
     rows = []
     for (method, side), g in attr.groupby(["method", "side"], sort=False):
         per = g.groupby("word").agg(contribution=("contribution", "sum"), delta_count=("delta_count", "sum"),
                                     valence=("valence", "first"))
-        total = float(per["contribution"].sum())
-        per = per.sort_values("contribution", ascending=(side == "-")).head(k)
+        sign = 1.0 if side == "+" else -1.0
+        per = per[per["contribution"] * sign > 0]
+        push = float(per["contribution"].sum())
+        per = per.assign(order=-per["contribution"].abs()).sort_values(["order"], kind="stable").head(k)
         for rank, (w, r) in enumerate(per.iterrows(), 1):
             rows.append({"method": method, "side": side, "rank": rank, "word": w,
                          "delta_count": int(r["delta_count"]), "valence": r["valence"],
-                         "contribution": float(r["contribution"]), "side_total": total,
-                         "share": float(r["contribution"] / total) if total else math.nan})
+                         "contribution": float(r["contribution"]), "side_push": push,
+                         "side_total": float(g["contribution"].sum()),
+                         "share": float(r["contribution"] / push) if push else math.nan})
     return pd.DataFrame(rows, columns=["method", "side", "rank", "word", "delta_count", "valence", "contribution",
-                                       "side_total", "share"])
+                                       "side_push", "side_total", "share"])
 
 
 def remove_words(text: str, words: Sequence[str]) -> str:

@@ -254,11 +254,12 @@ def _num(x: float, fmt: str = "{:.3f}") -> str:
 def _method_cell(method: str, r: pd.Series) -> str:
     """The method's name with what the reader must know about its choice: a fixed state over the budget, a side
     that never left the budget on the extended grid, or one stopped by distinct-2 / validity before the NLL."""
-    notes = ["over budget"] if r["over"] else []
     how = set(r["how"].split(", "))
+    over = sorted({h.removeprefix("fixed over: ") for h in how if h.startswith("fixed over: ")})
+    notes = ["over budget" + (f": {', '.join(over)}" if over else "")] if r["over"] else []
     if "grid end" in how:
         notes.append("a side never left the budget")
-    stopped = sorted(how - {"nll", "grid end", "fixed"})
+    stopped = sorted(h for h in how if h not in ("nll", "grid end", "fixed") and not h.startswith("fixed over"))
     if stopped:
         notes.append("stopped by " + ", ".join(stopped))
     return method + (f" ({'; '.join(notes)})" if notes else "")
@@ -291,16 +292,19 @@ def attribution_lines(top: pd.DataFrame, without: pd.DataFrame, summary: pd.Data
     shift, and the range with each side's top word removed from the texts (per scorer)."""
     lines = [f"## Which words carry the shift (budget {budget:g} nats, test, VADER lexicon)", "",
              "Per word: (occurrences at c* − occurrences at c = 0) × VADER valence, summed over the prompts valid at "
-             "both and over seeds; share = of the side's total lexicon shift. *Without top words*: the range after "
-             "deleting each side's top word from every continuation and rescoring.", "",
-             "| method | side | lexicon shift | top 5 words (share) |", "|---|---|---|---|"]
+             "both and over seeds. Net shift: over all words; push its way: the sum of the contributions toward the "
+             "side (c*+: positive, c*−: negative), of which each top word's share is given. *Without top words*: the "
+             "range after deleting each side's top word from every continuation and rescoring.", "",
+             "| method | side | net lexicon shift | push its way | top 5 words (share of the push) |",
+             "|---|---|---|---|---|"]
     for m in order:
         for side in ("+", "-"):
             g = top[(top["method"] == m) & (top["side"] == side)].sort_values("rank")
             if g.empty:
                 continue
             words = ", ".join(f"{w} {_num(s, '{:.0%}')}" for w, s in zip(g["word"], g["share"], strict=True))
-            lines.append(f"| {m} | {'c*+' if side == '+' else 'c*−'} | {g['side_total'].iloc[0]:+.1f} | {words} |")
+            lines.append(f"| {m} | {'c*+' if side == '+' else 'c*−'} | {g['side_total'].iloc[0]:+.1f} | "
+                         f"{g['side_push'].iloc[0]:+.1f} | {words} |")
     lines += ["", "| method | removed | " + " | ".join(f"range {s} → without" for s in scorers) + " |",
               "|---|---|" + "---|" * len(scorers)]
     for m in order:
