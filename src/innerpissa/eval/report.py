@@ -409,6 +409,12 @@ def plot_pareto(summary: pd.DataFrame, scorers: list[str], budgets: list[float],
             if g.empty:
                 continue
             col = f"C{i % 10}"
+            if g[["cost", "range"]].round(12).drop_duplicates().shape[0] == 1:  # fixed states: one point for all
+                r = g.iloc[0]
+                ax.errorbar(r["cost"], r["range"], xerr=None if r["cost_sd"] != r["cost_sd"] else r["cost_sd"],
+                            yerr=None if r["range_sd"] != r["range_sd"] else r["range_sd"], color=col, marker="*",
+                            ms=11, capsize=3, label=f"{m} (one state, every budget)")
+                continue
             ax.plot(g["cost"], g["range"], "-", color=col, alpha=0.4)
             for j, (_, r) in enumerate(g.iterrows()):
                 k = budgets.index(r["budget"]) if r["budget"] in budgets else j
