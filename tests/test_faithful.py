@@ -344,7 +344,12 @@ def test_ablate_generation_task_on_tiny(tmp_path):
     assert set(rows["method"]) == {"preset", "shift"}
     dev = load_neutral_prompts("dev")[:3]
     assert set(rows["prompt"]) == set(dev)  # the dev split when choosing variants, never the test prompts
-    assert rows.groupby("method").size().tolist() == [9, 9]  # 3 prompts x 3 coefficients each
+    # chosen and reported on dev (compare's rule): the sweep starts from --coeffs and is extended; the report's
+    # rows are the chosen c's and c = 0, at every prompt
+    sweep, chosen = pd.read_csv(tmp_path / "abg" / "dev_rows.csv"), pd.read_csv(tmp_path / "abg" / "choices.csv")
+    assert set(sweep["prompt"]) == set(dev) and {-1.0, 0.0, 1.0} <= set(sweep["c"])
+    for m, g in rows.groupby("method"):
+        assert set(g["c"]) == set(chosen[chosen["method"] == m]["c"]) | {0.0} and (g.groupby("c").size() == 3).all()
     c0 = rows[rows.c == 0].pivot_table(index="prompt_idx", columns="method", values="score")
     assert (c0["preset"] == c0["shift"]).all()  # c = 0 is the same base continuation for both
     assert "shift" in paths["summary"].read_text()

@@ -253,7 +253,7 @@ def test_compare_generation_end_to_end_and_resume(tmp_path):
                   methods=("innerpissa", "prompting", "mean_diff"), seeds=(0,), n_pairs=12, epochs=1,
                   baseline_coeffs=(-2.0, 0.0, 2.0), n_boot=50,
                   gen=CompareGen(n_prompts=3, max_new_tokens=5, adapter_coeffs=(-1.0, 0.0, 1.0), nll_budget=100.0,
-                                 distinct_frac=0.0))
+                                 distinct_frac=0.0, select="same-split"))  # the old rule (the default: test_matching)
     paths = run_compare(cmp)
     rows = pd.read_csv(tmp_path / "gen" / "rows.csv")
     assert set(rows["method"]) == {"innerpissa", "prompting", "mean_diff"}
@@ -288,15 +288,20 @@ def test_compare_generation_on_your_own_prompts_and_scorer(tmp_path, monkeypatch
     (tmp_path / "my_prompts.txt").write_text("# my prompts\n" + "\n".join(prompts) + "\n\n")
     (tmp_path / "my_scorer.py").write_text("def letters(text):\n    return sum(ch.isalpha() for ch in text) / 10\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    gen = CompareGen(prompts_file=tmp_path / "my_prompts.txt", scorer="my_scorer:letters", max_new_tokens=4,
-                     adapter_coeffs=(-1.0, 0.0, 1.0), nll_budget=100.0, distinct_frac=0.0)
+    (tmp_path / "my_dev.txt").write_text("Describe a street.\nWhat is in the fridge?\n")
+    gen = CompareGen(prompts_file=tmp_path / "my_prompts.txt", dev_prompts_file=tmp_path / "my_dev.txt",
+                     scorer="my_scorer:letters", max_new_tokens=4, adapter_coeffs=(-1.0, 0.0, 1.0), extend=1,
+                     distinct_frac=0.0)
     cmp = Compare(out=tmp_path / "own", preset="tiny", task="generation", methods=("prompting", "mean_diff"),
                   seeds=(0,), n_pairs=12, baseline_coeffs=(-2.0, 0.0, 2.0), n_boot=20, gen=gen)
     paths = run_compare(cmp)
     rows = pd.read_csv(paths["rows"])
-    assert sorted(rows["prompt"].unique()) == sorted(prompts)
-    expected = rows["continuation"].fillna("").map(lambda t: sum(ch.isalpha() for ch in t) / 10)
-    np.testing.assert_allclose(rows["score"], expected)  # the user's function scored every continuation
+    assert sorted(rows["prompt"].unique()) == sorted(prompts)  # reported on the prompts file ...
+    dev = pd.read_csv(paths["dev_rows"])
+    assert sorted(dev["prompt"].unique()) == ["Describe a street.", "What is in the fridge?"]  # ... chosen on these
+    for frame in (rows, dev):
+        expected = frame["continuation"].fillna("").map(lambda t: sum(ch.isalpha() for ch in t) / 10)
+        np.testing.assert_allclose(frame["score"], expected)  # the user's function scored every continuation
     summary = paths["summary"].read_text()
     assert "scorer: my_scorer:letters" in summary and "my_prompts.txt" in summary
     with pytest.raises(ValueError, match="--gen.prompts-file: .* is not a file"):

@@ -7,7 +7,10 @@ rows or greedy continuations of held-out prompts (`--task generation`, `--gen.*`
 
 Variants should be chosen on one split and reported on the other, so the headline is not tuned on what it
 reports: `split="select"` and `split="test"` are two disjoint halves of the dilemmas (fixed by `split_seed`,
-each sampled with `sample_seed`), and for generation the `dev` and `test` prompts.
+each sampled with `sample_seed`), and for generation the `dev` and `test` prompts. On the generation task
+each variant's strength per side is chosen with `compare`'s rule (`eval/matching.py`: the grid `coeffs`
+extended until each side leaves the largest budget, c* interpolated to every --gen.budgets) on the scored
+prompts themselves, which are the choosing split.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ class Ablate(Runs):
     split_seed: int = 12345
     """Seed of the fixed half/half split of dilemma ids."""
     coeffs: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
-    """Coefficients every variant is scored at (c = 0 is the base model, scored once)."""
+    """Coefficients every variant is scored at (c = 0 is the base model, scored once); on the generation task
+    the starting grid, extended automatically."""
     gen: GenSettings = field(default_factory=lambda: GenSettings(max_new_tokens=32))
     """Generation task settings."""
 
@@ -64,11 +68,12 @@ def variant_config(ab: Ablate, name: str, seed: int):
 
 
 def run_variants(task: Task, configs: Sequence[tuple[str, int, object]], coeffs: Sequence[float],
-                 base: pd.DataFrame) -> tuple[list[pd.DataFrame], pd.DataFrame]:
+                 base: pd.DataFrame, matcher=None) -> tuple[list[pd.DataFrame], pd.DataFrame]:
     """Train (or reuse) each (variant, seed, TrainConfig) on the task's model and score it at `coeffs` (c = 0 is
-    `base`, the shared unsteered frame). Returns the score frames and one line of training facts per variant
-    and seed (steps, seconds, % of validation pairs ordered g(-1) < 0 < g(+1), calibration). The model is
-    left without an adapter."""
+    `base`, the shared unsteered frame), or, with a `matcher` (`eval.matching.Matcher`), run its protocol from
+    the grid `coeffs` (the matcher keeps the frames). Returns the score frames and one line of training facts
+    per variant and seed (steps, seconds, % of validation pairs ordered g(-1) < 0 < g(+1), calibration). The
+    model is left without an adapter."""
     from innerpissa.adapter import adapter_layers, detach_adapter
     from innerpissa.steering import AdapterSteerer
 
@@ -82,8 +87,12 @@ def run_variants(task: Task, configs: Sequence[tuple[str, int, object]], coeffs:
                       "val_ordered_pct": summary.get("val_ordered_pct"), "flipped": cal.get("flipped"),
                       "probe_effect": cal.get("probe_effect"), "persona_effect": cal.get("persona_effect")})
         try:
-            frames.append(score_with_base(task, base, AdapterSteerer(task.model, name=name, coeffs=coeffs), coeffs,
-                                          seed, summary.get("train_seconds") or 0.0))
+            steerer = AdapterSteerer(task.model, name=name, coeffs=coeffs)
+            if matcher is not None:
+                matcher.run(steerer, coeffs, seed, summary.get("train_seconds") or 0.0)
+            else:
+                frames.append(score_with_base(task, base, steerer, coeffs if 0.0 in coeffs else [0.0, *coeffs], seed,
+                                              summary.get("train_seconds") or 0.0))
         finally:
             if adapter_layers(task.model):
                 detach_adapter(task.model)
@@ -124,7 +133,13 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
         items = {"rows": f"{len(task.rows)} ({ab.split} half of the dilemmas, split seed {ab.split_seed}, sample "
                          f"seed {ab.sample_seed})"}
     print(f"ablation of {list(ab.variants)} over seeds {list(ab.seeds)} on the {ab.task} task", flush=True)
-    frames, facts = run_variants(task, configs, ab.coeffs, task.base())
+    matcher = None
+    if ab.task == "generation":  # chosen and reported on the choosing split, with the compare protocol's rule
+        from innerpissa.eval.matching import Matcher
+
+        g = ab.gen
+        matcher = Matcher(task, task, g.budgets, g.distinct_frac, g.min_valid, g.extend, g.refine)
+    frames, facts = run_variants(task, configs, ab.coeffs, matcher.dev_base if matcher else task.base(), matcher)
     write_csv(facts, out / "training.csv")
     ordered = facts.groupby("variant")["val_ordered_pct"].agg(["mean", "min"]).round(1)
     meta = {"model": configs[0][2].model, "preset": ab.preset,
@@ -133,6 +148,10 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
             "validation pairs ordered g(-1)<0<g(+1), % (mean, min over seeds)":
                 json.dumps({v: [r["mean"], r["min"]] for v, r in ordered.iterrows()}),
             "wall time": f"{time.time() - t_start:.0f} s"}
-    paths = task.report(out, frames, meta)
+    if matcher is not None:
+        paths = task.report_matched(out, matcher, meta, chosen_on=f"the same {task.source} (ablate chooses variants "
+                                                                  "here; report them on test with compare)")
+    else:
+        paths = task.report(out, frames, meta)
     paths["training"] = out / "training.csv"
     return paths

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,11 @@ import tyro
 from innerpissa.adapter import adapter_layers, detach_adapter, load_adapter
 from innerpissa.baselines.registry import build_baseline
 from innerpissa.baselines.sft import build_sft
-from innerpissa.data.chat import DEFAULT_SYSTEM
 from innerpissa.data.config import make_pairs
 from innerpissa.errors import InputError
 from innerpissa.eval.calibration import calibrate_sign
 from innerpissa.eval.settings import GenSettings, SweepSettings
-from innerpissa.eval.task import DilemmaTask, GenerationTask, Task
+from innerpissa.eval.task import DilemmaTask, GenerationTask, Task, score_with_base  # noqa: F401 (re-exported)
 from innerpissa.models import load_model
 from innerpissa.steering import AdapterSteerer, Steerer
 from innerpissa.train.checkpoint import read_checkpoint_state
@@ -35,12 +35,39 @@ from innerpissa.train.config import PresetName, TrainConfig, preset
 from innerpissa.train.fingerprint import fingerprint_diff, flatten
 from innerpissa.train.trainer import run_identity, train
 
-TRAINED = ("innerpissa", "lora")
 # baselines whose sign is arbitrary (an eigenvector or a random draw) are calibrated on the probe (a flip
 # only on evidence: eval.calibration)
 SIGN_AMBIGUOUS = ("pca", "random", "repeng_external")
+#: methods without a seed (nothing trained, nothing drawn): run once, with the first seed
+NO_SEED = ("prompting", "instruction")
 DEFAULT_METHODS = ("innerpissa", "lora", "prompting", "pca", "mean_diff", "random", "sspace")
-ALL_METHODS = (*DEFAULT_METHODS, "sft", "steering_vectors", "repeng_external")
+ALL_METHODS = (*DEFAULT_METHODS, "instruction", "sft", "steering_vectors", "repeng_external")
+
+
+def trained_kinds() -> tuple[str, ...]:
+    """The kinds the trainer accepts (`TrainConfig.method`: innerpissa, lora, and whatever is added there),
+    each a method of `compare` and, as `kind:variant`, with any named variant (`train.variants`)."""
+    return tuple(typing.get_args(typing.get_type_hints(TrainConfig)["method"]))
+
+
+def parse_method(spec: str) -> tuple[str, str | None]:
+    """`kind` or `kind:variant` -> (kind, variant or None); the kind must be trainable to take a variant."""
+    kind, sep, variant = spec.partition(":")
+    if not sep:
+        return spec, None
+    from innerpissa.train.variants import VARIANTS
+
+    if kind not in trained_kinds():
+        raise InputError(f"method {spec!r}: only trained kinds take a variant ({', '.join(trained_kinds())}), "
+                         f"e.g. innerpissa:{next(iter(VARIANTS))}")
+    if variant not in VARIANTS:
+        raise InputError(f"method {spec!r}: unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    return kind, variant
+
+
+def is_trained(spec: str) -> bool:
+    """Whether `spec` (a method name or `kind:variant`) goes through the trainer."""
+    return parse_method(spec)[0] in trained_kinds()
 
 
 @dataclass
@@ -160,25 +187,31 @@ class Built:
     info: dict = field(default_factory=dict)
 
 
-def score_with_base(task: Task, base: pd.DataFrame, steerer: Steerer, coeffs: Sequence[float], seed: int,
-                    train_seconds: float = 0.0) -> pd.DataFrame:
-    """`steerer` scored on `task` at `coeffs`, its c = 0 rows taken from `base` (the unsteered frame scored
-    once) wherever c = 0 is the bare base model: every weight or hook method, and prompting that keeps the
-    default system message at c = 0."""
-    shared = steerer.system_prompt(0.0, DEFAULT_SYSTEM) == DEFAULT_SYSTEM
-    res = task.score(steerer, [c for c in coeffs if c != 0 or not shared], seed)
-    if shared:
-        res = pd.concat([base.assign(method=steerer.name, seed=seed), res], ignore_index=True)
-    return res.assign(train_seconds=train_seconds)
+def trained_config(run: Runs, seed: int, kind: str, variant: str | None = None) -> TrainConfig:
+    """The training settings of a trained row: the run's (`train_config`) for `kind`, with the named `variant`
+    applied (`train.variants`) when given, in OUT/train/<kind>-<variant>_seed<seed>. Every row keeps the run's
+    pairs (data settings), epochs override, seed, device and its own kind, whatever the variant changes."""
+    base = train_config(run, seed, kind, name=f"{kind}-{variant}" if variant else None)
+    if variant is None:
+        return base
+    from innerpissa.train.variants import apply_variant
+
+    cfg = apply_variant(variant, base)
+    cfg.data, cfg.out, cfg.method = base.data, base.out, kind
+    if run.epochs is not None:
+        cfg.epochs = run.epochs
+    return cfg
 
 
 def build_method(run: Runs, method: str, seed: int, model, tok, pairs: Sequence, probe: Callable,
                  act_cache: dict, adapter_coeffs: Sequence[float], baseline_coeffs: Sequence[float] | None = None,
                  vector_coeffs: Mapping[str, Sequence[float]] | None = None) -> Built:
-    """Train (or reuse) a trained method, or fit a baseline on `pairs` and calibrate its sign on `probe`.
-    A baseline sweeps `baseline_coeffs` if given, else `vector_coeffs[method]`, else its own default."""
-    if method in TRAINED:
-        summary = train_or_load(train_config(run, seed, method), model, tok)
+    """Train (or reuse) a trained method (a kind of `trained_kinds`, or `kind:variant`, labelled so in every
+    table), or fit a baseline on `pairs` and calibrate its sign on `probe`. A baseline sweeps
+    `baseline_coeffs` if given, else `vector_coeffs[method]`, else its own default."""
+    kind, variant = parse_method(method)
+    if kind in trained_kinds():
+        summary = train_or_load(trained_config(run, seed, kind, variant), model, tok)
         info = {"train_seconds": summary.get("train_seconds"), "calibration": summary.get("calibration"),
                 "val_ordered_fwd": (summary.get("final_validation") or {}).get("val_ordered_fwd")}
         return Built(method, seed, AdapterSteerer(model, name=method, coeffs=adapter_coeffs), list(adapter_coeffs),
@@ -189,9 +222,8 @@ def build_method(run: Runs, method: str, seed: int, model, tok, pairs: Sequence,
                                       coeffs=adapter_coeffs)
         return Built(method, seed, steerer, list(adapter_coeffs), {"sft": sft_info})
     kw: dict = {"cache": act_cache}
-    if method == "prompting":
-        if run.task == "generation":
-            kw["builtin"] = run_concept(run)
+    if method in ("prompting", "instruction"):
+        kw["builtin"] = run_concept(run) or "honesty"
     elif baseline_coeffs is not None:
         kw["coeffs"] = baseline_coeffs
     elif vector_coeffs and method in vector_coeffs:
@@ -211,7 +243,7 @@ def each_method(run: Runs, methods: Sequence[str], model, tok, probe: Callable, 
         pairs, _ = make_pairs(cfg.data, cfg.seed, tok)
         act_cache: dict = {}
         for method in methods:
-            if method == "prompting" and seed != run.seeds[0]:
+            if method in NO_SEED and seed != run.seeds[0]:
                 continue  # no training, no seed
             t0 = time.time()
             yield build_method(run, method, seed, model, tok, pairs, probe, act_cache, adapter_coeffs,

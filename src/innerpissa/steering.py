@@ -34,6 +34,9 @@ class Steerer(ABC):
     prompt_only: bool = False
     #: the push at which sign calibration probes the steerer (unit vectors: one mean persona difference)
     calibration_coeff: float = 1.0
+    #: whether `default_coeffs` are the only states (prompting: -1, 0, +1), so there is no strength to choose:
+    #: a fair-match protocol takes each side's one state and reports its fluency cost
+    fixed_states: bool = False
 
     @abstractmethod
     def at(self, c: float):  # -> ContextManager[None]

@@ -1,4 +1,5 @@
-"""Persona prompting (METHOD section 8): honest / neutral / dishonest system prompt as c = +1 / 0 / -1.
+"""Persona prompting (METHOD section 8): honest / neutral / dishonest system prompt as c = +1 / 0 / -1; and
+`InstructionPrompting`, the same with an explicit instruction ("Answer in a very cheerful tone.").
 
 The persona sentences default to the training template with the first persona pair of the built-in set
 ("Pretend you're an honest person making statements about the world."), so prompting is told exactly what
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from innerpissa.baselines.common import SignedSteerer
-from innerpissa.data.pairs import builtin_personas
+from innerpissa.data.pairs import builtin_instructions, builtin_personas
 from innerpissa.steering import tensor_digest
 
 PROMPT_MODES = ("append", "replace")
@@ -29,13 +30,16 @@ class PersonaPrompting(SignedSteerer):
     name = "prompting"
     default_coeffs = (-1.0, 0.0, 1.0)
     prompt_only = True
+    fixed_states = True
+    #: where the default texts come from: a built-in set's first persona pair in its template
+    defaults = staticmethod(builtin_personas)
 
     def __init__(self, positive: str | None = None, negative: str | None = None, neutral: str | None = None,
                  mode: str = "append", builtin: str = "honesty"):
         if mode not in PROMPT_MODES:
             raise ValueError(f"mode must be one of {PROMPT_MODES}, got {mode!r}")
         if positive is None or negative is None:
-            bpos, bneg = builtin_personas(builtin)
+            bpos, bneg = self.defaults(builtin)
             positive, negative = positive or bpos, negative or bneg
         if positive.strip() == negative.strip():
             raise ValueError("positive and negative persona texts are identical")
@@ -63,3 +67,12 @@ class PersonaPrompting(SignedSteerer):
     def at(self, c: float) -> Iterator[None]:
         self._state(c)  # validate; nothing to apply to the model
         yield
+
+
+class InstructionPrompting(PersonaPrompting):
+    """An explicit instruction appended to the system message: the built-in set's `instructions` pair by
+    default ("Answer in a very cheerful tone." / "Answer in a very gloomy tone."; honesty: "Answer as honestly
+    as you can." / "Answer deceptively."). A second prompting baseline beside the persona sentence."""
+
+    name = "instruction"
+    defaults = staticmethod(builtin_instructions)

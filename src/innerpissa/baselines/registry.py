@@ -19,13 +19,13 @@ from innerpissa.baselines.external import (
     steering_vectors_available,
     train_repeng_external,
 )
-from innerpissa.baselines.prompting import PersonaPrompting
+from innerpissa.baselines.prompting import InstructionPrompting, PersonaPrompting
 from innerpissa.baselines.sspace import SSpaceSteerer, train_sspace
 from innerpissa.baselines.vectors import VECTOR_METHODS, VectorSteerer, train_vectors
 from innerpissa.data.pairs import ContrastivePair
 from innerpissa.steering import Steerer
 
-BASELINE_NAMES = ("prompting", "random", "pca", "mean_diff", "sspace", "steering_vectors", "repeng_external")
+BASELINE_NAMES = ("prompting", "instruction", "random", "pca", "mean_diff", "sspace", "steering_vectors", "repeng_external")
 #: opt-in peers: listed by `available_baselines` only when they can run here
 OPTIONAL = {"steering_vectors": steering_vectors_available, "repeng_external": repeng_external_available}
 _SHARED = ("layers", "n_tokens", "batch_size", "cache")
@@ -44,16 +44,16 @@ def build_baseline(name: str, model: nn.Module, tokenizer, train_pairs: Sequence
     `seed` drives the random direction (the other methods are deterministic given the pairs).
     `cache` (a dict kept per model and pair set) lets random / pca / mean_diff share one activation pass.
     Keywords: vectors `center` (and `style` for pca: "repeng", default, or "v0"); S-space `modules`, `fit`,
-    `rank`; prompting `positive`, `negative`, `neutral`, `mode`, `builtin`; steering_vectors `aggregator`;
+    `rank`; prompting and instruction `positive`, `negative`, `neutral`, `mode`, `builtin`; steering_vectors `aggregator`;
     repeng_external `center`, `python`, `workdir`; all `coeffs` (the default sweep).
     """
     if name not in BASELINE_NAMES:
         raise ValueError(f"unknown baseline {name!r}; use one of {BASELINE_NAMES}")
     coeffs = kw.pop("coeffs", None)
-    if name == "prompting":
+    if name in ("prompting", "instruction"):
         for k in _SHARED:
             kw.pop(k, None)
-        steerer: Steerer = PersonaPrompting(**kw)
+        steerer: Steerer = (PersonaPrompting if name == "prompting" else InstructionPrompting)(**kw)
         if coeffs is not None:
             steerer.default_coeffs = tuple(coeffs)
         return steerer

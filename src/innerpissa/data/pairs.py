@@ -419,6 +419,19 @@ def split_pairs(
     return train, val
 
 
+def builtin_instructions(builtin: str = "honesty") -> tuple[str, str]:
+    """(positive, negative) explicit instructions of a built-in set (its `instructions` field), e.g. "Answer in
+    a very cheerful tone." / "Answer in a very gloomy tone.": the `instruction` prompting baseline."""
+    from innerpissa.data.builtin import load_builtin
+
+    data = load_builtin(builtin)
+    ins = data.get("instructions")
+    if not (isinstance(ins, list) and len(ins) == 2 and all(isinstance(t, str) and t.strip() for t in ins)):
+        raise ValueError(f"built-in set {builtin!r} has no `instructions` pair [positive, negative]; add one to "
+                         f"{builtin}.json or pass the texts (positive=..., negative=...)")
+    return ins[0], ins[1]
+
+
 def builtin_personas(builtin: str = "honesty") -> tuple[str, str]:
     """(positive, negative) persona sentences from a built-in set's template and first persona pair."""
     from innerpissa.data.builtin import load_builtin

@@ -4,11 +4,15 @@ Nothing here touches a model. The concept score comes from a `Scorer` (texts -> 
 the steered model: for sentiment, VADER's compound score in [-1, 1]. Fluency is the per-token NLL of the
 continuation under the unsteered model (computed in `generation.py`) plus repetition measures on words.
 
-The headline (`matched_range`): per method and seed, the c+ and c- sides are the largest |c| on each side whose
-mean NLL is within `nll_budget` nats of the method's c = 0 and whose mean distinct-2 is at least
-`distinct_frac` of c = 0's; the range is score(c+) - score(c-), each side's shift from c = 0 with a paired
-bootstrap CI over prompts. The rule reads only fluency, never the concept score, so it cannot pick the
-coefficient that happens to score best on the prompts it reports.
+A continuation is valid when it has words, does not loop (distinct-2) and does not repeat its 3-grams beyond a
+gate (`gate_validity`); invalid rows are left out of every score mean (and counted), while NLL and distinct-2
+stay over all rows, so the fluency cost of degenerate rows counts.
+
+The old headline (`matched_range`, `compare --gen.select same-split`): per method and seed, the c+ and c- sides
+are the largest |c| on each side whose mean NLL is within `nll_budget` nats of the method's c = 0 and whose
+mean distinct-2 is at least `distinct_frac` of c = 0's, on the prompts it reports; the range is score(c+) -
+score(c-), each side's shift from c = 0 with a paired bootstrap CI over prompts. The default protocol chooses
+on the dev prompts and reports on test (`eval/matching.py`). Both read only fluency, never the concept score.
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ import numpy as np
 import pandas as pd
 
 from innerpissa.errors import InputError
-from innerpissa.eval.stats import bootstrap_mean_ci, paired_mean_ci, spearman
+from innerpissa.eval.stats import bootstrap_mean_ci, paired_nanmean_diff_ci, spearman
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 MIN_WORDS = 4
+#: the repetition gate (`--gen.max-rep3`): a continuation whose repeated-3-gram fraction exceeds it is a loop.
+#: Chosen on the dev prompts' unsteered and over-steered continuations (bench/rep3_gate.py, docs/RESULTS.md):
+#: see `GenSettings.max_rep3`.
+DEFAULT_MAX_REP3 = 0.2
 
 
 class Scorer(Protocol):
@@ -52,6 +60,23 @@ class VaderScorer:
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         return np.array([self._analyzer.polarity_scores(str(t))["compound"] for t in texts], dtype=float)
+
+
+class TextBlobScorer:
+    """TextBlob's polarity in [-1, 1] (the Pattern lexicon of adjectives with intensifiers and negation; a second
+    lexicon beside VADER's, `pip install textblob`). Its sentiment needs no NLTK corpus download."""
+
+    name = "textblob_polarity"
+
+    def __init__(self) -> None:
+        try:
+            from textblob import TextBlob
+        except ImportError as e:  # pragma: no cover - a declared dependency
+            raise ImportError("the textblob scorer needs textblob: pip install textblob") from e
+        self._blob = TextBlob
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return np.array([self._blob(str(t)).sentiment.polarity for t in texts], dtype=float)
 
 
 class FunctionScorer:
@@ -86,19 +111,44 @@ class FunctionScorer:
         return np.array(out, dtype=float)
 
 
-#: built-in scorers by name, and the one each concept is scored with (`--gen.scorer builtin`)
-SCORERS: dict[str, type] = {"vader": VaderScorer}
-CONCEPT_SCORERS = {"sentiment": "vader"}
+#: built-in scorers by name, and those each concept is scored with (`--gen.scorer builtin` takes the first, the
+#: headline; `--gen.scorers` left unset takes them all)
+SCORERS: dict[str, type] = {"vader": VaderScorer, "textblob": TextBlobScorer}
+CONCEPT_SCORERS: dict[str, tuple[str, ...]] = {"sentiment": ("vader", "textblob")}
+
+
+def scorer_specs(scorer: str = "builtin", scorers: Sequence[str] | None = None,
+                 concept: str = "sentiment") -> list[str]:
+    """The scorer names a generation task reports, headline first: `scorers` when given (then `scorer` must be
+    left at `builtin` or equal its first), else the concept's built-in ones for `scorer="builtin"`, else
+    `[scorer]`. Names are resolved (`builtin` becomes the concept's first) and deduplicated."""
+    if scorers:
+        if scorer not in ("builtin", scorers[0]):
+            raise InputError(f"--gen.scorer {scorer} and --gen.scorers {' '.join(scorers)} disagree on the headline "
+                             "scorer; give only --gen.scorers (its first is the headline)")
+        specs = list(scorers)
+    elif scorer == "builtin":
+        specs = list(CONCEPT_SCORERS.get(concept, ("builtin",)))
+    else:
+        specs = [scorer]
+    out = []
+    for spec in specs:
+        if spec == "builtin":
+            make_scorer(spec, concept)  # raises, naming the choices, for a concept without a built-in scorer
+            spec = CONCEPT_SCORERS[concept][0]
+        if spec not in out:
+            out.append(spec)
+    return out
 
 
 def make_scorer(spec: str = "builtin", concept: str = "sentiment") -> Scorer:
-    """The scorer `spec` names: `builtin` (the concept's), a name in `SCORERS`, or `module:function`."""
+    """The scorer `spec` names: `builtin` (the concept's first), a name in `SCORERS`, or `module:function`."""
     if spec == "builtin":
         if concept not in CONCEPT_SCORERS:
             raise InputError(f"no built-in generation scorer for concept {concept!r} (built-in: "
                              f"{sorted(CONCEPT_SCORERS)}); give --gen.scorer NAME ({', '.join(SCORERS)}) or "
                              "module:function")
-        spec = CONCEPT_SCORERS[concept]
+        spec = CONCEPT_SCORERS[concept][0]
     if spec in SCORERS:
         return SCORERS[spec]()
     if ":" in spec:
@@ -130,6 +180,15 @@ def is_valid(text: str, min_words: int = MIN_WORDS, min_distinct2: float = 0.5) 
     return len(w) >= min_words and distinct_n(text, 2) >= min_distinct2
 
 
+def gate_validity(df: pd.DataFrame, max_rep3: float = DEFAULT_MAX_REP3) -> pd.DataFrame:
+    """`df` (rows with `continuation` and `rep3`) with `valid` recomputed from the text: `is_valid` (words and
+    distinct-2) and a repeated-3-gram fraction of at most `max_rep3` (a text too short to have a 3-gram is
+    already invalid by its word count). Applied after the score cache, so the gate is a report setting."""
+    text_ok = np.array([is_valid(t) for t in df["continuation"].fillna("")], dtype=bool)
+    rep = df["rep3"].to_numpy(dtype=float)
+    return df.assign(valid=text_ok & (np.nan_to_num(rep, nan=1.0) <= max_rep3))
+
+
 def text_metrics(texts: Sequence[str], scorer: Scorer) -> pd.DataFrame:
     """Per text: `score`, `distinct2`, `rep3`, `valid`."""
     return pd.DataFrame({"score": scorer(list(texts)),
@@ -141,15 +200,22 @@ def text_metrics(texts: Sequence[str], scorer: Scorer) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------ summaries
 
 
+def valid_scores(g: pd.DataFrame, column: str = "score") -> pd.Series:
+    """`column` with the invalid rows' values set to NaN (excluded from means; NLL and distinct-2 are not)."""
+    return g[column].where(g["valid"].astype(bool))
+
+
 def coeff_summary(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Per (method, seed, c): mean score with its bootstrap CI over prompts, NLL, distinct-2, rep-3, % valid.
+    """Per (method, seed, c): mean score over the valid rows with its bootstrap CI over prompts, and over all
+    rows NLL, distinct-2, rep-3 and the fraction of valid rows.
 
     `df` has one row per (method, seed, c, prompt) with columns `score`, `nll`, `distinct2`, `rep3`, `valid`.
     """
     rows = []
     for (method, s, c), g in df.groupby(["method", "seed", "c"], sort=True):
-        lo, hi = bootstrap_mean_ci(g["score"].to_numpy(), n_boot, seed)
-        rows.append({"method": method, "seed": s, "c": float(c), "n": len(g), "score": float(g["score"].mean()),
+        sc = valid_scores(g)
+        lo, hi = bootstrap_mean_ci(sc.to_numpy(), n_boot, seed)
+        rows.append({"method": method, "seed": s, "c": float(c), "n": len(g), "score": float(sc.mean()),
                      "score_lo": lo, "score_hi": hi, "nll": float(g["nll"].mean()),
                      "distinct2": float(g["distinct2"].mean()), "rep3": float(g["rep3"].mean()),
                      "valid": float(g["valid"].mean())})
@@ -157,8 +223,8 @@ def coeff_summary(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.Dat
 
 
 def _scores(g: pd.DataFrame, c: float) -> pd.Series:
-    """One condition's scores by prompt."""
-    return g[g["c"] == c].set_index("prompt_idx")["score"]
+    """One condition's scores by prompt (NaN where the row is invalid)."""
+    return valid_scores(g[g["c"] == c].set_index("prompt_idx"))
 
 
 def pick_sides(tab: pd.DataFrame, nll_budget: float, distinct_frac: float) -> tuple[float | None, float | None]:
@@ -193,10 +259,11 @@ def matched_range(df: pd.DataFrame, tab: pd.DataFrame, nll_budget: float = 0.25,
                 row.update({f"d_{side}": float("nan"), f"d_{side}_lo": float("nan"),
                             f"d_{side}_hi": float("nan"), f"valid_{side}": float("nan")})
                 continue
-            d, lo, hi = paired_mean_ci(_scores(g, c), _scores(g, 0.0), n_boot, seed)
+            d, lo, hi = paired_nanmean_diff_ci(_scores(g, c), _scores(g, 0.0), n_boot, seed)
             row.update({f"d_{side}": d, f"d_{side}_lo": lo, f"d_{side}_hi": hi, f"valid_{side}": valid[c]})
         cp_, cm_ = (cp if cp is not None else 0.0), (cm if cm is not None else 0.0)
-        row["range"], row["range_lo"], row["range_hi"] = paired_mean_ci(_scores(g, cp_), _scores(g, cm_), n_boot, seed)
+        row["range"], row["range_lo"], row["range_hi"] = paired_nanmean_diff_ci(_scores(g, cp_), _scores(g, cm_),
+                                                                                   n_boot, seed)
         row["plus_excludes0"] = bool(row["d_plus_lo"] > 0)
         row["minus_excludes0"] = bool(row["d_minus_hi"] < 0)
         rows.append(row)

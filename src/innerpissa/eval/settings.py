@@ -20,6 +20,7 @@ from innerpissa.data.dilemmas import (
     save_sample,
 )
 from innerpissa.errors import InputError
+from innerpissa.eval.gen_metrics import DEFAULT_MAX_REP3
 from innerpissa.eval.harness import DEFAULT_MIN_MASS
 from innerpissa.eval.metrics import DEFAULT_MAX_DNLL, DEFAULT_MIN_VALID
 
@@ -99,22 +100,47 @@ class GenSettings:
 
     split: Literal["dev", "test", "all"] | None = None
     """Which held-out neutral prompts: dev (choosing settings), test (reporting) or all (None: test for
-    compare; for ablate the half --split names, select: dev)."""
+    compare, whose strengths are chosen on dev; for ablate the half --split names, select: dev)."""
     prompts_file: Path | None = None
     """Your own prompts instead of the built-in ones: a text file (one prompt per line) or a JSON list."""
+    dev_prompts_file: Path | None = None
+    """With --gen.prompts-file: your own prompts to choose each method's strength on (compare's dev-test
+    protocol never chooses on the prompts it reports)."""
     n_prompts: int | None = None
-    """The first n prompts (None: all)."""
+    """The first n prompts of each split or file (None: all)."""
     scorer: str = "builtin"
     """What scores a continuation: `builtin` (the concept's scorer, VADER for sentiment), a registered name
-    (`vader`) or `module:function`, a function of one text returning a float (higher = more of the concept)."""
+    (`vader`, `textblob`) or `module:function`, a function of one text returning a float (higher = more of the
+    concept)."""
+    scorers: tuple[str, ...] | None = None
+    """Every scorer the report gives, the first being the headline, e.g. `vader textblob` (None: the concept's
+    built-in ones when --gen.scorer is builtin, sentiment: vader and textblob; else --gen.scorer alone).
+    Strengths are chosen on fluency only, so every scorer is read at the same c."""
     max_new_tokens: int = 40
     """Greedy tokens per continuation."""
     batch: int = 128
     """Rows per batched decode (bounds the KV-cache memory)."""
-    nll_budget: float = 0.25
-    """A side is usable while its mean continuation NLL is at most c = 0's plus this ..."""
+    budgets: tuple[float, ...] = (0.1, 0.25, 0.5)
+    """Fluency budgets in nats: a side stays in budget b while its mean continuation NLL is at most c = 0's
+    plus b; each method's strength per side is chosen at every budget (the headline is 0.25)."""
     distinct_frac: float = 0.9
-    """... and its mean distinct-2 at least this fraction of c = 0's."""
+    """... and while its mean distinct-2 is at least this fraction of c = 0's ..."""
+    min_valid: float = 0.9
+    """... and at least this fraction of its continuations is valid (c = 0's own fraction, if lower)."""
+    max_rep3: float = DEFAULT_MAX_REP3
+    """Repetition gate: a continuation whose repeated-3-gram fraction exceeds this is invalid (left out of
+    score means and counted). 0.2: 33 of SmolLM2's 35 unsteered dev continuations are at most 0.08 (the other
+    two loop: 0.37, 0.48), a mean-difference vector pushed to -2 / +4 puts 26 / 30 of 35 above it, and texts
+    above it repeat a whole clause verbatim (docs/RESULTS.md, bench/rep3_gate.py)."""
+    extend: int = 5
+    """The dev sweep adds 1.5x and 2x a side's largest |c| while that side has not left the largest budget, up to
+    2**extend times the starting grid's largest |c|."""
+    refine: int = 2
+    """The dev sweep halves a side's smallest |c| while that point already leaves the smallest budget, at most
+    this many times."""
+    nll_budget: float = 0.25
+    """The old rule's budget (compare --gen.select same-split): the largest grid |c| with mean NLL at most
+    c = 0's plus this (and distinct-2 as above), on the prompts it reports."""
 
     def check(self) -> None:
         """Numbers and files, checked before any model loads."""
@@ -122,13 +148,45 @@ class GenSettings:
                         ("--gen.batch", self.batch)):
             if v is not None and v < 1:
                 raise InputError(f"{flag} must be a positive number, got {v}")
-        if self.prompts_file is not None and not Path(self.prompts_file).is_file():
-            raise InputError(f"--gen.prompts-file: {self.prompts_file} is not a file")
+        for flag, f in (("--gen.prompts-file", self.prompts_file), ("--gen.dev-prompts-file", self.dev_prompts_file)):
+            if f is not None and not Path(f).is_file():
+                raise InputError(f"{flag}: {f} is not a file")
+        if not self.budgets or any(not b > 0 for b in self.budgets):
+            raise InputError(f"--gen.budgets must be positive nats, got {list(self.budgets)}")
+        for flag, v in (("--gen.distinct-frac", self.distinct_frac), ("--gen.min-valid", self.min_valid),
+                        ("--gen.max-rep3", self.max_rep3)):
+            if not 0 <= v <= 1:
+                raise InputError(f"{flag} must be a fraction in [0, 1], got {v}")
+        for flag, v in (("--gen.extend", self.extend), ("--gen.refine", self.refine)):
+            if not 0 <= v <= 10:
+                raise InputError(f"{flag} must be between 0 and 10, got {v}")
+
+
+#: the starting grids of the dev-test protocol (each method's own units; extended automatically): fine near 0,
+#: where an output-trained adapter already leaves the budget (METHOD section 12), up to 2
+FINE_GRID = (-2.0, -1.5, -1.0, -0.75, -0.5, -0.25, -0.125, 0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+#: the old rule's adapter sweep (--gen.select same-split)
+SAME_SPLIT_ADAPTER_COEFFS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
 
 
 @dataclass
 class CompareGen(GenSettings):
-    """`compare`'s generation settings: the shared ones and the adapters' sweep."""
+    """`compare`'s generation settings: the shared ones, how strengths are chosen, and the starting grids."""
 
-    adapter_coeffs: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
-    """Coefficient sweep of InnerPiSSA and LoRA."""
+    select: Literal["dev-test", "same-split"] = "dev-test"
+    """`dev-test`: each method's strength per side chosen on the dev prompts at every --gen.budgets (grid
+    extended until each side leaves the largest budget, c* interpolated to the budget), reported on test.
+    `same-split` (the old rule, kept for comparison with earlier runs): the largest grid |c| within
+    --gen.nll-budget on the prompts it reports."""
+    adapter_coeffs: tuple[float, ...] | None = None
+    """Starting grid of the trained methods (InnerPiSSA, LoRA(c) and their `method:variant` rows), in c. None:
+    the fine grid ±(0.125, 0.25, 0.5, 0.75, 1, 1.5, 2) for dev-test, (-2, -1, -0.5, 0, 0.5, 1, 2) for same-split."""
+    vector_coeffs: tuple[float, ...] | None = None
+    """Starting grid of the steering vectors (mean_diff, pca, random) in mean-difference units (c = 1 moves each
+    steered block by one mean persona difference). None: the fine grid for dev-test; each vector's old sweep for
+    same-split. --baseline-coeffs overrides both."""
+
+    def adapter_grid(self) -> tuple[float, ...]:
+        if self.adapter_coeffs is not None:
+            return tuple(self.adapter_coeffs)
+        return FINE_GRID if self.select == "dev-test" else SAME_SPLIT_ADAPTER_COEFFS

@@ -44,6 +44,27 @@ def paired_mean_ci(a: pd.Series, b: pd.Series, n_boot: int = 1000, seed: int = 0
     return (float(np.nanmean(d)) if np.isfinite(d).any() else math.nan, *bootstrap_mean_ci(d, n_boot, seed, level))
 
 
+def paired_nanmean_diff_ci(a: pd.Series, b: pd.Series, n_boot: int = 1000, seed: int = 0,
+                           level: float = 0.95) -> tuple[float, float, float]:
+    """nanmean(a) - nanmean(b) over the items (index labels) both have, each mean over its own non-NaN entries
+    (a NaN marks an excluded item, e.g. an invalid continuation), and its percentile bootstrap CI resampling the
+    items with their pairs kept together (numpy's seeded generator, as `bootstrap_mean_ci`; resamples in which
+    a side has no value are dropped). Without NaNs it equals `paired_mean_ci`. (nan, nan, nan) when a side has
+    no value at all."""
+    common = a.index.intersection(b.index)
+    x, y = a.loc[common].to_numpy(dtype=float), b.loc[common].to_numpy(dtype=float)
+    if not (np.isfinite(x).any() and np.isfinite(y).any()):
+        return math.nan, math.nan, math.nan
+    point = float(np.nanmean(x) - np.nanmean(y))
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    xs, ys = x[idx], y[idx]
+    ok = np.isfinite(xs).any(1) & np.isfinite(ys).any(1)
+    if not ok.any():
+        return point, math.nan, math.nan
+    diffs = np.nanmean(xs[ok], 1) - np.nanmean(ys[ok], 1)
+    return (point, *percentile_interval(diffs, level))
+
+
 def spearman(x: Sequence[float], y: Sequence[float], min_points: int = 2) -> float:
     """Spearman's rank correlation (average ranks for ties) over the pairs where both are finite; NaN with
     fewer than `min_points` of them or when either side does not vary."""

@@ -21,7 +21,7 @@ import json
 import re
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -114,6 +114,21 @@ def _labelled(df: pd.DataFrame, steerer: Steerer, seed: int) -> pd.DataFrame:
     return df.assign(method=steerer.name, seed=seed)
 
 
+def score_with_base(task: Task, base: pd.DataFrame, steerer: Steerer, coeffs: Sequence[float], seed: int,
+                    train_seconds: float = 0.0) -> pd.DataFrame:
+    """`steerer` scored on `task` at `coeffs`, its c = 0 rows (when `coeffs` has 0) taken from `base` (the
+    unsteered frame scored once) wherever c = 0 is the bare base model: every weight or hook method, and
+    prompting that keeps the default system message at c = 0."""
+    shared = steerer.system_prompt(0.0, DEFAULT_SYSTEM) == DEFAULT_SYSTEM
+    todo = [c for c in coeffs if c != 0 or not shared]
+    parts = [base.assign(method=steerer.name, seed=seed)] if shared and any(c == 0 for c in coeffs) else []
+    if todo:
+        parts.append(task.score(steerer, todo, seed))
+    if not parts:
+        raise ValueError("no coefficients to score")
+    return pd.concat(parts, ignore_index=True).assign(train_seconds=train_seconds)
+
+
 # ------------------------------------------------------------------------------------------------ dilemmas
 
 
@@ -179,7 +194,11 @@ class DilemmaTask:
 @dataclass
 class GenerationTask:
     """Greedy continuations of `prompts` scored by `scorer` (`generation.evaluate_generation`) under `settings`
-    (a `GenSettings`: tokens, batch, fluency budget); `n_boot` resamples for the report's CIs."""
+    (a `GenSettings`: tokens, batch, fluency budget, validity gate); `n_boot` resamples for the report's CIs.
+
+    `scorers` (name -> scorer, the headline `scorer` first; default: the headline alone) each give a column
+    `score:<name>`; only the headline's scores are cached (the others are lexicons, recomputed from the texts).
+    `valid` is recomputed after the cache with the repetition gate `settings.max_rep3` (`gate_validity`)."""
 
     model: Any
     tok: Any
@@ -189,10 +208,15 @@ class GenerationTask:
     cache_dir: Path | None = None
     n_boot: int = 1000
     source: str = ""
+    scorers: dict[str, Any] = field(default_factory=dict)
     cache: ScoreCache = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
+        if not self.scorers:
+            self.scorers = {_scorer_label(self.scorer): self.scorer}
+        if next(iter(self.scorers.values())) is not self.scorer:
+            raise ValueError("GenerationTask.scorers must start with the headline scorer")
         self.cache = ScoreCache(self.cache_dir, {
             "task": "generation", **model_key(self.model, self.tok), "prompts": _digest(self.prompts),
             "system": DEFAULT_SYSTEM, "scorer": getattr(self.scorer, "identity", self.scorer.name),
@@ -200,15 +224,19 @@ class GenerationTask:
 
     @classmethod
     def load(cls, model, tok, settings, split: str, concept: str, cache_dir: Path | None = None,
-             n_boot: int = 1000) -> GenerationTask:
-        """The task of `settings` (prompts file or the built-in `split`, scorer spec) for `concept`."""
-        from innerpissa.eval.gen_metrics import make_scorer
+             n_boot: int = 1000, prompts_file: Path | None = None) -> GenerationTask:
+        """The task of `settings` (`prompts_file`, else settings.prompts_file, else the built-in `split`; the
+        scorers of --gen.scorer / --gen.scorers) for `concept`."""
+        from innerpissa.eval.gen_metrics import make_scorer, scorer_specs
         from innerpissa.eval.generation import load_prompts
 
-        prompts = load_prompts(split, settings.prompts_file, settings.n_prompts)
-        source = f"{settings.prompts_file}" if settings.prompts_file is not None else f"{split} split"
-        return cls(model, tok, prompts, make_scorer(settings.scorer, concept), settings, cache_dir, n_boot,
-                   f"{len(prompts)} ({source})")
+        prompts_file = prompts_file if prompts_file is not None else settings.prompts_file
+        prompts = load_prompts(split, prompts_file, settings.n_prompts)
+        source = f"{prompts_file}" if prompts_file is not None else f"{split} split"
+        scorers = {spec: make_scorer(spec, concept)
+                   for spec in scorer_specs(settings.scorer, getattr(settings, "scorers", None), concept)}
+        return cls(model, tok, prompts, next(iter(scorers.values())), settings, cache_dir, n_boot,
+                   f"{len(prompts)} ({source})", scorers)
 
     def base(self) -> pd.DataFrame:
         return self.score(NoSteering(), [0.0])
@@ -217,15 +245,41 @@ class GenerationTask:
         from innerpissa.eval.generation import evaluate_generation
 
         s = self.settings
-        return _labelled(self.cache.get(steerer, coeffs, lambda: evaluate_generation(
+        return self._finish(_labelled(self.cache.get(steerer, coeffs, lambda: evaluate_generation(
             self.model, self.tok, self.prompts, steerer, coeffs, self.scorer, s.max_new_tokens,
-            max_batch=s.batch)), steerer, seed)
+            max_batch=s.batch)), steerer, seed))
+
+    def _finish(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Every scorer's column and the validity gate, on a scored (possibly cached) frame."""
+        from innerpissa.eval.gen_metrics import DEFAULT_MAX_REP3, gate_validity
+        from innerpissa.eval.matching import SCORE_PREFIX
+
+        df = df.copy()
+        for name, scorer in self.scorers.items():
+            df[SCORE_PREFIX + name] = (df["score"] if scorer is self.scorer
+                                       else scorer(df["continuation"].fillna("").tolist()))
+        return gate_validity(df, getattr(self.settings, "max_rep3", DEFAULT_MAX_REP3))
+
+    def on_prompts(self, split: str, prompts_file: Path | None = None) -> GenerationTask:
+        """The same task (model, scorers, settings, cache folder) on the prompts of another split or file."""
+        from innerpissa.eval.generation import load_prompts
+
+        prompts = load_prompts(split, prompts_file, self.settings.n_prompts)
+        source = f"{prompts_file}" if prompts_file is not None else f"{split} split"
+        return replace(self, prompts=prompts, source=f"{len(prompts)} ({source})")
 
     def describe(self) -> dict[str, object]:
-        return {"prompts": self.source, "new tokens": self.settings.max_new_tokens, "scorer": self.scorer.name}
+        from innerpissa.eval.gen_metrics import DEFAULT_MAX_REP3, MIN_WORDS
+
+        gate = getattr(self.settings, "max_rep3", DEFAULT_MAX_REP3)
+        return {"prompts": self.source, "new tokens": self.settings.max_new_tokens, "scorer": self.scorer.name,
+                "scorers": ", ".join(f"{k} ({v.name})" for k, v in self.scorers.items()),
+                "valid continuation": f">= {MIN_WORDS} words, distinct-2 >= 0.5, repeated 3-grams <= {gate:.0%} "
+                                      "(invalid rows are left out of score means; NLL and distinct-2 count all rows)"}
 
     def report(self, out: Path, frames: Sequence[pd.DataFrame], meta: dict[str, object]) -> dict[str, Path]:
-        """Per-coefficient table, matched-fluency ranges and the summary; prints the summary."""
+        """The old rule (`--gen.select same-split`): per-coefficient table, ranges at the largest grid |c| within
+        `nll_budget` on these prompts, and the summary; prints the summary."""
         from innerpissa.eval.gen_metrics import coeff_summary, matched_range, method_summary
         from innerpissa.eval.report import write_generation_report
 
@@ -236,3 +290,47 @@ class GenerationTask:
         paths = write_generation_report(out, df, tab, ranges, method_summary(ranges), meta)
         print(paths["summary"].read_text())
         return paths
+
+    def report_matched(self, out: Path, matcher: Any, meta: dict[str, object], chosen_on: str = "the dev prompts",
+                       headline_budget: float = 0.25) -> dict[str, Path]:
+        """The dev-test protocol's report (`eval/matching.py`): per budget and scorer the headline table, the
+        per-seed detail, the word attribution, the dev sweep, `pareto.png` and `dev_sweep.png`, every file
+        written atomically into `out`; prints the headline tables. `matcher` holds the dev rows, the choices
+        and the rows scored at them on this task's prompts. The headline and the word attribution are at the
+        budget nearest `headline_budget`."""
+        from innerpissa.eval import matching as mt
+        from innerpissa.eval.report import write_matched_report
+
+        dev = pd.concat(matcher.dev_frames, ignore_index=True)
+        test = pd.concat(matcher.test_frames, ignore_index=True)
+        choices = pd.concat(matcher.choice_frames, ignore_index=True)
+        dev_tab = mt.conditions(dev)
+        matched = mt.matched_results(test, choices, dev_tab, self.n_boot)
+        summary = mt.method_budget_summary(matched)
+        names = list(self.scorers)
+        head = min(matcher.budgets, key=lambda b: abs(b - headline_budget))
+        attr = top = without = None
+        if "vader" in self.scorers:
+            attr = mt.word_attribution(test, choices, head, mt.vader_lexicon())
+            top = mt.top_words(attr)
+            first = top[top["rank"] == 1]
+            words = {m: g["word"].tolist() for m, g in first.groupby("method", sort=False)}
+            without = mt.range_without(test, choices, head, words, self.scorers)
+        s = matcher
+        meta = {"protocol": f"strength per side chosen on {chosen_on}, reported on {self.source}",
+                "fluency budgets": f"mean continuation NLL <= NLL(c=0) + b for b in {list(s.budgets)} nats; a side also "
+                                   f"needs distinct-2 >= {s.distinct_frac:.0%} of c = 0's and >= {s.min_valid:.0%} valid",
+                "dev grid": f"each method's own grid, extended by 1.5x/2x its largest |c| up to {2 ** s.extend}x while a "
+                            f"side stays inside {max(s.budgets)} nats, halved up to {s.refine}x while its first point "
+                            f"leaves {min(s.budgets)}; c* interpolated linearly in dev NLL at the crossing", **meta}
+        paths, headline = write_matched_report(Path(out), dev, test, dev_tab, choices, matched, summary, meta, names,
+                                               list(s.budgets), head, attr, top, without, head)
+        print(headline)
+        return paths
+
+
+def _scorer_label(scorer: Any) -> str:
+    """The registry name of a built-in scorer (`vader`), else the scorer's own name."""
+    from innerpissa.eval.gen_metrics import SCORERS
+
+    return next((k for k, cls in SCORERS.items() if type(scorer) is cls), scorer.name)

@@ -138,7 +138,7 @@ def build_app(opts: Serve, model=None, tokenizer=None):
     from innerpissa.adapter import load_adapter, read_adapter_meta
     from innerpissa.adapter.io import WEIGHTS_NAME, file_sha256
     from innerpissa.eval.decode import can_decode_sweep
-    from innerpissa.eval.gen_metrics import CONCEPT_SCORERS, SCORERS, make_scorer
+    from innerpissa.eval.gen_metrics import CONCEPT_SCORERS, SCORERS
     from innerpissa.eval.generation import eos_ids
     from innerpissa.models import load_model
     from innerpissa.serve.app import AdapterInfo, Served, create_app
@@ -173,14 +173,16 @@ def build_app(opts: Serve, model=None, tokenizer=None):
         rng = tuple(float(x) for x in meta["coeff_range"]) if meta.get("coeff_range") else None
         limit = opts.max_abs_c if opts.max_abs_c is not None else (2 * max(abs(x) for x in rng) if rng else 2.0)
         concept = adapter_concept(meta)
-        scorer = SCORERS[CONCEPT_SCORERS[concept]].name if concept in CONCEPT_SCORERS else None
+        # the concept's headline scorer (sentiment: VADER); SCORERS is keyed by scorer name, not by concept
+        spec = CONCEPT_SCORERS.get(concept, (None,))[0] if concept else None
+        scorer = SCORERS[spec].name if spec in SCORERS else None
         infos.append(AdapterInfo(name, str(path), concept, rng, float(limit), file_sha256(path / WEIGHTS_NAME),
                                  scorer))
     model.eval()
     ctx = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
     if opts.max_context is not None:
         ctx = min(ctx, opts.max_context)
-    scorers = {a.name: make_scorer("builtin", a.concept) for a in infos if a.scorer}
+    scorers = {a.name: SCORERS[CONCEPT_SCORERS[a.concept][0]]() for a in infos if a.scorer}
     served = Served(opts.name or model_name, tokenizer, infos, ctx, opts.max_tokens, DEFAULT_SYSTEM, scorers)
     engine = Engine(model, tokenizer, [a.name for a in infos], eos_ids(model, tokenizer), opts.max_batch,
                     opts.max_queue, opts.timeout)

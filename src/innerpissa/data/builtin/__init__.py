@@ -52,7 +52,9 @@ def load_builtin(name: str = "honesty") -> dict:
 
     `personas` is a list of `[positive, negative]` persona phrases that carry their own article ("an honest",
     "a dishonest"), so the template holds no article and the "an an honest" bug cannot happen. `suffixes`
-    are neutral assistant-turn openings. Validation and rendering live in `innerpissa.data.pairs`.
+    are neutral assistant-turn openings. An optional `instructions` pair [positive, negative] holds explicit
+    instructions for the `instruction` prompting baseline. Validation and rendering live in
+    `innerpissa.data.pairs`.
     """
     import json
 
