@@ -185,3 +185,18 @@ def test_reference_per_sample_directions_and_short_tail(tiny):
     assert torch.all(ref.sep0 > 0)  # each pair's own direction separates it positively
     with pytest.raises(ValueError, match="reaches past the shared suffix"):
         _reference(model, ds, tok, n_tokens=10_000)
+
+
+def test_difference_dims_keep_the_most_of_the_mean_difference():
+    from innerpissa.train.reference import difference_dims, direction_dims
+
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(40, 2, 3, 16, generator=g)
+    states[:, 0, :, 5] += 2.0  # a coordinate where the personas differ a lot
+    diff = (states[:, 0] - states[:, 1]).reshape(-1, 16).mean(0)
+    k = 4
+    by_diff = difference_dims(states, k)
+    assert 5 in by_diff.tolist()
+    assert set(by_diff.tolist()) == set(diff.abs().argsort(descending=True)[:k].tolist())
+    kept = lambda idx: float(diff[idx].norm())  # noqa: E731
+    assert kept(by_diff) >= kept(direction_dims(states, k, None)) - 1e-6

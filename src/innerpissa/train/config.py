@@ -35,6 +35,9 @@ class DirectionConfig:
     """Truncate the direction to this many basis coordinates, chosen as the author's `adapter_dims`: half by
     the variance of the S-normalised positive-prompt coordinates, half by the negative ones' (so the basis
     matters; a full square basis is only a rotation of the raw mean difference). None: all coordinates (v0)."""
+    dims_rule: Literal["variance", "difference"] = "variance"
+    """How the `dims` coordinates are chosen: the author's S-normalised `variance` rule, or the largest |mean
+    difference| (keeps the most of the direction's norm; an ablation of the truncation)."""
 
 
 @dataclass

@@ -102,6 +102,13 @@ def reference_pass(model: nn.Module, batches: Iterable[PairBatch], point: Captur
     return states, tails, seen
 
 
+def difference_dims(states: Tensor, k: int) -> Tensor:
+    """The k coordinates with the largest |mean difference| pos - neg over projected states [N, 2, n, r]: the
+    truncation that keeps the most of the mean difference's norm."""
+    diff = (states[:, 0] - states[:, 1]).reshape(-1, states.shape[-1]).mean(0)
+    return diff.abs().topk(k).indices
+
+
 def direction_dims(states: Tensor, k: int, s: Tensor | None) -> Tensor:
     """The author's `adapter_dims` for the loss direction: from projected states [N, 2, n, r] (pos, neg), the
     k coordinates with the largest variance of coordinate / S over the positive prompts (k // 2) and then over
@@ -115,10 +122,12 @@ def direction_dims(states: Tensor, k: int, s: Tensor | None) -> Tensor:
 
 def build_reference(model: nn.Module, train_batches: Iterable[PairBatch], val_batches: Iterable[PairBatch],
                     n_pairs: int, depth: float, module: str, where: str, basis_side: str,
-                    basis_rank: int | None, method: str, n_tokens: int, dims: int | None = None) -> Reference:
+                    basis_rank: int | None, method: str, n_tokens: int, dims: int | None = None,
+                    dims_rule: str = "variance") -> Reference:
     """Reference pass over training and validation pairs; the direction comes from training pairs only.
 
-    `dims`: keep only that many basis coordinates (`direction_dims`), zero elsewhere; None keeps all.
+    `dims`: keep only that many basis coordinates, zero elsewhere (`dims_rule`: `variance`, the author's
+    `direction_dims`, or `difference`, the largest |mean difference|); None keeps all.
     """
     point = default_loss_point(model, depth, module, where)
     basis = svd_basis(model, point.module, basis_side, basis_rank)
@@ -129,7 +138,9 @@ def build_reference(model: nn.Module, train_batches: Iterable[PairBatch], val_ba
     if dims is not None and dims < states.shape[-1]:
         sv = None if basis is None else basis_singular_values(model, point.module, basis_rank)
         keep = torch.zeros(states.shape[-1])
-        keep[direction_dims(states[train_idx], dims, sv)] = 1.0
+        chosen = (difference_dims(states[train_idx], dims) if dims_rule == "difference"
+                  else direction_dims(states[train_idx], dims, sv))
+        keep[chosen] = 1.0
     direction = direction_from_diffs((states[train_idx, 0] - states[train_idx, 1]) * keep, method)
     if method == "per_sample":  # validation pairs get their own per-pair direction too
         full = torch.zeros(n_pairs, direction.shape[-1])

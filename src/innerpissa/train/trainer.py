@@ -194,7 +194,7 @@ class Trainer:
         vb = _batches(self.ds, self.val_idx, cfg.batch_size, self.collate)
         self.ref = build_reference(self.model, [b.to(self.device) for b in tb], [b.to(self.device) for b in vb],
                                    len(self.ds), d.depth, d.module, d.where, d.basis, d.basis_rank, d.method,
-                                   d.n_tokens, dims=d.dims)
+                                   d.n_tokens, dims=d.dims, dims_rule=d.dims_rule)
         sep0 = self.ref.sep0[self.train_idx]
         self.scale = float(sep0.abs().mean().clamp(min=1e-6))
 

@@ -8,7 +8,13 @@ Three kinds:
     `faithful` adds all four (same v0 budget, so method and budget effects stay apart).
   * One-knob changes of whatever config they get (usually the preset's): `preset` (unchanged), `r32`,
     `r128`, `depth0.5`, `depth0.8`, `s-none`, `s-add`, `no-vrot`, `logsigmoid`, `raw`, `shift`, `layers4`,
-    `layers12` (adapted blocks), `wcoh10`, `wcoh0` (coherence weight), `lr2x`, `epochs2x` (budget).
+    `layers12` (adapted blocks), `wcoh10`, `wcoh0` (coherence weight), `lr2x`, `lr4x`, `epochs2x` (budget);
+    what produces the inner loss's effect: `wproj0` (no projection term), `coh-both` (coherence on both rows),
+    `wmono20` (w_mono below w_coh, as METHOD asks), `dims-all` / `dims-diff` (the direction unmasked, or
+    truncated to its largest |mean difference| coordinates).
+  * Objectives on the model's own outputs (`train/outputs.py`): `pref`, `pref-nll` (with the chosen
+    completion's NLL), `dpo`, `sft`; and the same `pref` objective for the other kinds: `lora-pref`,
+    `vector-pref` (so one objective shows what the parametrisation adds).
 Model, output folder, device, seed and data source are never touched, so every variant of an ablation trains
 on the same pairs.
 """
@@ -107,7 +113,21 @@ VARIANTS: dict[str, Variant] = {
     "layers12": _set(adapter__n_layers=12),
     "wcoh10": _set(loss__w_coh=10.0),
     "wcoh0": _set(loss__w_coh=0.0),
+    # what produces the inner loss's effect (issue 17 part B)
+    "wproj0": _set(loss__w_proj=0.0),
+    "coh-both": _set(loss__coh_rows="both"),
+    "wmono20": _set(loss__w_mono=20.0),
+    "dims-all": _set(direction__dims=None),
+    "dims-diff": _set(direction__dims_rule="difference"),
+    # objectives on the model's own outputs (train/outputs.py), for each trainable kind
+    "pref": _set(objective="pref"),
+    "pref-nll": _set(objective="pref", outputs__w_nll=1.0),
+    "dpo": _set(objective="dpo", outputs__beta=10.0),
+    "sft": _set(objective="sft"),
+    "lora-pref": _set(method="lora", objective="pref"),
+    "vector-pref": _set(method="vector", objective="pref"),
     "lr2x": lambda cfg: _set(lr=cfg.lr * 2)(cfg),
+    "lr4x": lambda cfg: _set(lr=cfg.lr * 4)(cfg),
     "epochs2x": lambda cfg: _set(epochs=cfg.epochs * 2)(cfg),
 }
 
