@@ -4,6 +4,7 @@ down, resume = uninterrupted, seeds repeat, NaN stops cleanly, calibration fixes
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -197,3 +198,15 @@ def test_variants_set_typed_fields_only():
         set_fields(preset("tiny"), {"loss.w_coh": "1"})
     with pytest.raises(TypeError, match="Literal"):
         set_fields(preset("tiny"), {"loss_target": "bogus"})
+
+
+def test_summary_reports_the_validation_gate_and_warns_when_it_fails(tmp_path):
+    cfg = _cfg(tmp_path, epochs=1)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        result = train(cfg)
+    val = result.summary["final_validation"]
+    want = bool(val["val_sep-1"] < val["val_sep0"] < val["val_sep+1"])
+    assert result.summary["val_separation_ordered"] is want
+    gate_warnings = [w for w in rec if "validation gate is not met" in str(w.message)]
+    assert bool(gate_warnings) is (not want)

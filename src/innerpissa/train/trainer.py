@@ -373,7 +373,10 @@ class Trainer:
                                "written. Lower --lr or --adapter.max-angle and rerun with --overwrite or another --out.")
 
     def _inner_summary(self, final_val: dict) -> dict:
-        return {"ref_separation_mean": float(self.ref.sep0[self.train_idx].mean()),
+        """Beside the reference: the gate of what the loss asks, validation separations s(-1) < s0 < s(+1)."""
+        s = [final_val.get(f"val_sep{c}") for c in ("-1", "0", "+1")]
+        return {"val_separation_ordered": None if None in s else bool(s[0] < s[1] < s[2]),
+                "ref_separation_mean": float(self.ref.sep0[self.train_idx].mean()),
                 "ref_separation_std": float(self.ref.sep0[self.train_idx].std()),
                 "val_ordered_pct": (None if final_val.get("val_ordered_fwd") is None
                                     else round(100 * float(final_val["val_ordered_fwd"]), 2)),
@@ -416,6 +419,13 @@ class Trainer:
             "final_validation": final_val, "calibration": calibration, "fingerprint": self.fingerprint,
             **(self._inner_summary(final_val) if self.outputs is None else self._output_summary(final_val)),
         }
+        gate = summary.get("val_separation_ordered", summary.get("val_margins_ordered"))
+        if gate is False:
+            import warnings
+
+            what = ("separations s(-1) < s0 < s(+1)" if self.outputs is None else "margins m(-1) < m(0) < m(+1)")
+            warnings.warn(f"{self.out}: the objective's validation gate is not met (the validation {what} are not "
+                          "ordered): the loss did not move what it asks for on held-out pairs", stacklevel=2)
         adapter_path = self.out / "adapter"
         if self.acc.is_main_process:  # either kind (InnerPiSSA or LoRA(c)) through the one save path
             save_adapter(self.model, adapter_path, extra={"training": summary, "config": cfg.to_dict()},
