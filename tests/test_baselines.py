@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from innerpissa.anatomy import CapturePoint, HiddenCapture
+from innerpissa.anatomy import CapturePoint, HiddenCapture, block_name, default_layers
 from innerpissa.baselines import (
     BASELINE_NAMES,
     PersonaPrompting,
@@ -22,7 +22,7 @@ from innerpissa.baselines import (
     train_sspace,
     train_vectors,
 )
-from innerpissa.baselines.common import block_name, default_layers, edited_outputs
+from innerpissa.baselines.common import edited_outputs
 from innerpissa.baselines.sspace import fit_edit
 from innerpissa.baselines.vectors import vectors_from_diffs
 from innerpissa.data.pairs import pairs_from_sources

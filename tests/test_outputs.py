@@ -216,3 +216,40 @@ def test_pairs_without_a_suffix_are_refused_for_output_objectives(tmp_path):
     cfg.data.pairs_file = pairs
     with pytest.raises((ValueError, InnerPissaError), match="personas x suffixes"):
         train(cfg)
+
+
+def test_distill_teacher_is_the_mean_difference_baseline(tiny):
+    from innerpissa.baselines.vectors import train_vectors
+    from innerpissa.data.batching import PairCollator, PairDataset
+    from innerpissa.data.config import make_pairs
+    from innerpissa.train.config import preset
+    from innerpissa.train.outputs import mean_difference
+
+    model, tok = tiny
+    cfg = preset("tiny")
+    pairs, _ = make_pairs(cfg.data, 0, tok)
+    ds = PairDataset(pairs, tok)
+    batches = [PairCollator(tok.pad_token_id)([ds[i] for i in range(k, min(k + 4, len(ds)))])
+               for k in range(0, len(ds), 4)]
+    ours = mean_difference(model, batches, 2)
+    theirs = train_vectors(model, tok, pairs, "mean_diff", n_tokens=2)
+    assert len(ours) == len(theirs.vectors)
+    for layer, v in theirs.vectors.items():
+        name = next(n for n in ours if n.endswith(f".{layer}"))
+        torch.testing.assert_close(ours[name], v.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_distill_run_carries_part_of_the_vectors_effect(tmp_path):
+    from innerpissa.train.trainer import Trainer
+
+    cfg = _run_cfg(tmp_path, "distill", objective="distill", epochs=4)
+    t = Trainer(cfg)
+    t._setup_reference()
+    batch = t.outputs.batches(t.outputs.train_idx[:4])[0]
+    with torch.no_grad():
+        before = float(t.outputs.losses(batch)[0])
+    t.fit()
+    with torch.no_grad():
+        after = float(t.outputs.losses(batch)[0])
+    assert before == pytest.approx(1.0, abs=0.05)  # an untrained adapter carries none of the vector's effect
+    assert after < 0.9 * before

@@ -40,6 +40,21 @@ def decoder_blocks(model: nn.Module) -> tuple[str, int]:
                      "Gemma, Mistral and SmolLM)")
 
 
+def block_name(model: nn.Module, layer: int) -> str:
+    """Full name of decoder block `layer` (negative counts from the end)."""
+    prefix, n = decoder_blocks(model)
+    if not -n <= layer < n:
+        raise ValueError(f"layer {layer} out of range for a model with {n} decoder blocks")
+    return f"{prefix}.{layer % n}"
+
+
+def default_layers(model: nn.Module, start: float = 0.4, stop: float = 0.8) -> list[int]:
+    """Middle-to-late blocks [round(start L), round(stop L)) (METHOD section 8), at least one block."""
+    _, n = decoder_blocks(model)
+    lo = min(n - 1, max(0, round(start * n)))
+    return list(range(lo, max(lo + 1, min(n, round(stop * n)))))
+
+
 def context_length(model: nn.Module) -> int | None:
     """How many positions the model was trained for (`max_position_embeddings` or its aliases, times a RoPE
     scaling factor when the config does not already count it); None when the config does not say."""

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from innerpissa.anatomy import CapturePoint, decoder_blocks
+from innerpissa.anatomy import CapturePoint, block_name, decoder_blocks, default_layers
 from innerpissa.data.pairs import ContrastivePair, PairCollator, PairDataset
 from innerpissa.steering import Steerer
 from innerpissa.train.directions import capture_pairs
@@ -115,21 +115,6 @@ def module_place(model: nn.Module, name: str) -> tuple[torch.device, torch.dtype
     if p is None:
         p = next(model.parameters())
     return p.device, p.dtype
-
-
-def block_name(model: nn.Module, layer: int) -> str:
-    """Full name of decoder block `layer` (negative counts from the end)."""
-    prefix, n = decoder_blocks(model)
-    if not -n <= layer < n:
-        raise ValueError(f"layer {layer} out of range for a model with {n} decoder blocks")
-    return f"{prefix}.{layer % n}"
-
-
-def default_layers(model: nn.Module, start: float = 0.4, stop: float = 0.8) -> list[int]:
-    """Middle-to-late blocks [round(start L), round(stop L)) (METHOD section 8), at least one block."""
-    _, n = decoder_blocks(model)
-    lo = min(n - 1, max(0, round(start * n)))
-    return list(range(lo, max(lo + 1, min(n, round(stop * n)))))
 
 
 def resolve_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:

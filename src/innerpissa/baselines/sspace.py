@@ -25,10 +25,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from innerpissa.anatomy import CapturePoint
+from innerpissa.anatomy import CapturePoint, block_name
 from innerpissa.baselines.common import (
     SignedSteerer,
-    block_name,
     capture_pair_activations,
     edited_outputs,
     load_tensors,

@@ -56,7 +56,8 @@ class TrainConfig:
     """What training optimises: `inner`, the seed's loss on hidden states of the persona pairs (METHOD section 5,
     settings in `loss.*`, `loss_target`, `direction.*`); or an objective on the model's own completions from a
     persona-free input (METHOD section 12, settings in `outputs.*`): `pref` (reference-free preference: y+ at
-    c = +1, y- at c = -1), `dpo` (the same against the base model), `sft` (imitate the chosen completion)."""
+    c = +1, y- at c = -1), `dpo` (the same against the base model), `sft` (imitate the chosen completion),
+    `distill` (a capacity check: carry the mean-difference vector's effect on the same persona-free rows)."""
     outputs: OutputConfig = field(default_factory=OutputConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -16,7 +16,14 @@ normalised, so long and short completions weigh alike) and s = sign(c):
 - `sft`: -l_c(chosen): imitate the persona's completion from the persona-free input (context distillation of
   the persona, both ways in one adapter);
 plus `w_nll` * -l_c(chosen) beside `pref`/`dpo` (an anchor that keeps the chosen completion likely, as CPO and
-ORPO do). Validation reports the margin m(c) = l_c(y+) - l_c(y-) at c = -1, 0, +1 and the fraction of pairs
+ORPO do);
+- `distill` (a capacity check, not a method): on the same persona-free rows, the adapter at c moves the block
+  outputs of the mean-difference vector's layers (`anatomy.default_layers`) where that vector at strength c
+  moves them (the vector: the mean over training pairs of the block outputs' pos - neg difference on the
+  last shared tokens, the `mean_diff` baseline's). The loss per layer is the squared error over real tokens
+  divided by the squared size of the vector's own effect there (1: the adapter does nothing, 0: it carries
+  the vector exactly). It asks whether the parametrisation can carry a vector's effect at all, apart from any
+  objective's geometry. Validation reports the margin m(c) = l_c(y+) - l_c(y-) at c = -1, 0, +1 and the fraction of pairs
 ordered m(-1) < m(0) < m(+1), the analogue of the inner loss's separation gate.
 """
 
@@ -30,17 +37,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from innerpissa.anatomy import CapturePoint, HiddenCapture, block_name, default_layers
 from innerpissa.data.batching import PairBatch, position_ids_from_mask
 from innerpissa.data.chat import chat_ids
 from innerpissa.eval.generation import generate_ids
+from innerpissa.train.directions import capture_pairs
 from innerpissa.train.forward import TrainForward
 
-OUTPUT_KINDS = ("pref", "dpo", "sft")
+OUTPUT_KINDS = ("pref", "dpo", "sft", "distill")
 NEUTRAL_USER = "Make statements about the world."
 
 
 OBJECTIVES = ("inner", *OUTPUT_KINDS)
-Objective = Literal["inner", "pref", "dpo", "sft"]
+Objective = Literal["inner", "pref", "dpo", "sft", "distill"]
 
 
 @dataclass
@@ -157,7 +166,8 @@ class OutputObjective:
     completion log-probs, and the loss and validation the trainer calls (`train/trainer.py`)."""
 
     def __init__(self, kind: str, cfg: OutputConfig, model, tok, pairs: Sequence, n_train: int, system: str | None,
-                 batch_size: int, device, shared_prefix: bool = True, frozen_prefix: bool = True):
+                 batch_size: int, device, shared_prefix: bool = True, frozen_prefix: bool = True,
+                 pair_batches: Sequence[PairBatch] = (), n_tokens: int = 4):
         if kind not in OUTPUT_KINDS:
             raise ValueError(f"unknown output objective {kind!r}; use one of {OUTPUT_KINDS}")
         self.kind, self.cfg, self.model, self.tok, self.pairs = kind, cfg, model, tok, list(pairs)
@@ -166,6 +176,8 @@ class OutputObjective:
         self.completions: dict[str, list[list[int]]] | None = None
         self.items: list[OutputItem | None] = []
         self.l0: Tensor | None = None  # [N, 2]: base model's l(y+), l(y-) per item
+        self.pair_batches, self.n_tokens = list(pair_batches), n_tokens
+        self.teacher: dict[str, Tensor] = {}  # distill: block name -> mean-difference vector
 
     # ---------------------------------------------------------------- data and reference
 
@@ -178,6 +190,8 @@ class OutputObjective:
             ids = [self.tok(getattr(p, attr), add_special_tokens=False)["input_ids"] for p in self.pairs]
             for k in range(0, len(ids), 16):
                 out[side] += generate_ids(self.model, self.tok, ids[k:k + 16], self.cfg.n_new_tokens)
+        if self.kind == "distill":
+            self.teacher = mean_difference(self.model, self.pair_batches, self.n_tokens)
         self._build(out, None)
 
     def _build(self, completions: dict[str, list[list[int]]], l0: Tensor | None) -> None:
@@ -196,9 +210,10 @@ class OutputObjective:
         self.l0 = l0
 
     def state_dict(self) -> dict:
-        return {"objective": self.kind, "completions": self.completions, "l0": self.l0}
+        return {"objective": self.kind, "completions": self.completions, "l0": self.l0, "teacher": self.teacher}
 
     def load_state_dict(self, sd: dict) -> None:
+        self.teacher = dict(sd.get("teacher") or {})
         self._build({k: [list(map(int, y)) for y in v] for k, v in sd["completions"].items()}, sd["l0"])
 
     def readable(self) -> list[dict]:
@@ -232,7 +247,35 @@ class OutputObjective:
 
     def losses(self, batch: PairBatch, batched: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss and named terms of one micro-batch at c = +1 and c = -1."""
+        if self.kind == "distill":
+            return self._distill(batch)
         return output_loss(self.kind, self.cfg, self._l(batch, (1.0, -1.0), batched), self._l0(batch))
+
+    def _distill(self, batch: PairBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        cs = (1.0, -1.0)
+        points = [CapturePoint(name) for name in self.teacher]
+        rows = batch.input_ids.shape[0]
+        per_row = torch.tensor(cs, device=batch.input_ids.device).repeat_interleave(rows)
+        inputs = {k: v.repeat(len(cs), 1) for k, v in batch.model_inputs().items()}
+        with torch.no_grad():
+            with HiddenCapture(self.model, points) as cap:
+                self.model(**inputs, use_cache=False)
+                base = {p.key: cap.hidden[p.key] for p in points}
+            with _added(self.model, self.teacher, per_row), HiddenCapture(self.model, points) as cap:
+                self.model(**inputs, use_cache=False)
+                target = {p.key: cap.hidden[p.key] for p in points}
+        with HiddenCapture(self.model, points) as cap:
+            fwd = TrainForward(self.model, batch, shared_prefix=False, frozen=self.frozen_prefix)
+            fwd.run(cs)
+            got = {p.key: cap.hidden[p.key] for p in points}
+        real = inputs["attention_mask"].bool()
+        loss = torch.zeros((), device=real.device)
+        for p in points:
+            err = (got[p.key] - target[p.key])[real].float().pow(2).sum()
+            effect = (target[p.key] - base[p.key])[real].float().pow(2).sum().clamp(min=1e-12)
+            loss = loss + err / effect
+        loss = loss / len(points)
+        return loss, {"distill": loss.detach(), "total": loss.detach()}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -244,7 +287,8 @@ class OutputObjective:
         for batch in self.batches(self.val_idx):
             batch = batch.to(self.device)
             l_c = self._l(batch, (1.0, -1.0))
-            _, terms = output_loss(self.kind, self.cfg, l_c, self._l0(batch))
+            terms = (self._distill(batch)[1] if self.kind == "distill"
+                     else output_loss(self.kind, self.cfg, l_c, self._l0(batch))[1])
             k = batch.n_pairs
             for key, v in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(v) * k
@@ -256,3 +300,35 @@ class OutputObjective:
             m = margins({c: torch.cat(v) for c, v in ls.items()})
             out.update({"val_ordered": m["ordered"], "val_margin+0": m["margin+0"]})
         return out
+
+
+@torch.no_grad()
+def mean_difference(model, pair_batches: Sequence[PairBatch], n_tokens: int) -> dict[str, Tensor]:
+    """The mean-difference (CAA) vector at each of `anatomy.default_layers`' block outputs: the mean over pairs
+    of pos - neg on the last `n_tokens` shared tokens (the `mean_diff` baseline's vector)."""
+    names = [block_name(model, layer) for layer in default_layers(model)]
+    captured, _ = capture_pairs(model, pair_batches, [CapturePoint(n) for n in names], n_tokens)
+    return {n: (captured[CapturePoint(n).key][0] - captured[CapturePoint(n).key][1]).mean((0, 1)) for n in names}
+
+
+class _added:
+    """Context: block `name`'s output gets c_row * v[name] (c per batch row), through forward hooks that the
+    caller's later hooks (a capture) see."""
+
+    def __init__(self, model, vectors: dict[str, Tensor], c: Tensor):
+        self.model, self.vectors, self.c = model, vectors, c
+        self.handles: list = []
+
+    def __enter__(self):
+        for name, v in self.vectors.items():
+            def hook(_m, _a, out, v=v):
+                h = out[0] if isinstance(out, tuple) else out
+                h = h + self.c.to(h.dtype).view(-1, 1, 1) * v.to(h.device, h.dtype)
+                return (h, *out[1:]) if isinstance(out, tuple) else h
+            self.handles.append(self.model.get_submodule(name).register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()

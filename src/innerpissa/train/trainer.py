@@ -123,9 +123,11 @@ class Trainer:
         #: the output objective (train/outputs.py) when cfg.objective is one; None: the inner loss below
         self.outputs: OutputObjective | None = None
         if cfg.objective != "inner":
-            self.outputs = OutputObjective(cfg.objective, cfg.outputs, self.model, tokenizer, train_pairs + val_pairs,
-                                           len(train_pairs), cfg.data.system, cfg.batch_size, self.device,
-                                           cfg.shared_prefix, cfg.frozen_prefix)
+            self.outputs = OutputObjective(
+                cfg.objective, cfg.outputs, self.model, tokenizer, train_pairs + val_pairs, len(train_pairs),
+                cfg.data.system, cfg.batch_size, self.device, cfg.shared_prefix, cfg.frozen_prefix,
+                pair_batches=[b.to(self.device) for b in _batches(self.ds, self.train_idx, cfg.batch_size, self.collate)],
+                n_tokens=cfg.direction.n_tokens)
 
     # ---------------------------------------------------------------- the maths of one micro-batch
 

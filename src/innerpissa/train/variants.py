@@ -13,7 +13,7 @@ Three kinds:
     `wmono20` (w_mono below w_coh, as METHOD asks), `dims-all` / `dims-diff` (the direction unmasked, or
     truncated to its largest |mean difference| coordinates).
   * Objectives on the model's own outputs (`train/outputs.py`): `pref`, `pref-nll` (with the chosen
-    completion's NLL), `dpo`, `sft`; and the same `pref` objective for the other kinds: `lora-pref`,
+    completion's NLL), `dpo`, `sft`, `distill` (the capacity check: carry the mean-difference vector's effect); and the same `pref` objective for the other kinds: `lora-pref`,
     `vector-pref` (so one objective shows what the parametrisation adds).
 Model, output folder, device, seed and data source are never touched, so every variant of an ablation trains
 on the same pairs.
@@ -124,6 +124,7 @@ VARIANTS: dict[str, Variant] = {
     "pref-nll": _set(objective="pref", outputs__w_nll=1.0),
     "dpo": _set(objective="dpo", outputs__beta=10.0),
     "sft": _set(objective="sft"),
+    "distill": _set(objective="distill"),
     "lora-pref": _set(method="lora", objective="pref"),
     "vector-pref": _set(method="vector", objective="pref"),
     "lr2x": lambda cfg: _set(lr=cfg.lr * 2)(cfg),
