@@ -253,3 +253,30 @@ def test_distill_run_carries_part_of_the_vectors_effect(tmp_path):
         after = float(t.outputs.losses(batch)[0])
     assert before == pytest.approx(1.0, abs=0.05)  # an untrained adapter carries none of the vector's effect
     assert after < 0.9 * before
+
+
+def test_persona_words_are_what_the_two_prompts_differ_in():
+    from innerpissa.train.outputs import persona_words
+
+    assert persona_words("Pretend you're a cheerful person. The sky", "Pretend you're a gloomy person. The sky") == \
+        ("cheerful", "gloomy")
+    assert persona_words("You're an optimistic one", "You're a pessimistic one") == ("an optimistic", "a pessimistic")
+
+
+def test_filters_drop_looping_and_persona_naming_completions(tiny):
+    from innerpissa.data.pairs import ContrastivePair
+    from innerpissa.train.outputs import make_items
+
+    _, tok = tiny
+    pairs = [ContrastivePair(f"Pretend you're a hopeful person.{s}", f"Pretend you're a hopeless person.{s}", s)
+             for s in (" A", " B", " C")]
+    enc = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    texts = [("The bright morning sun rose over calm fields.", "Grey rain fell on the quiet empty street."),
+             ("The bright morning sun rose over calm fields.", "no no no no no no no no no no no no no no"),
+             ("I am a hopeful person and it shows today.", "Grey rain fell on the quiet empty street.")]
+    comp = {"pos": [enc(a) for a, _ in texts], "neg": [enc(b) for _, b in texts]}
+    keep = lambda **kw: [it is not None for it in make_items(tok, pairs, comp, None, "Hi.", **kw)]  # noqa: E731
+    assert keep() == [True, True, True]
+    assert keep(drop_loops=True) == [True, False, True]
+    assert keep(drop_persona=True) == [True, True, False]
+    assert keep(drop_loops=True, drop_persona=True) == [True, False, False]

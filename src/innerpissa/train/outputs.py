@@ -29,6 +29,7 @@ ordered m(-1) < m(0) < m(+1), the analogue of the inner loss's separation gate.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -66,6 +67,13 @@ class OutputConfig:
     """Length of the base model's greedy completions of each persona prompt."""
     user: str = NEUTRAL_USER
     """The persona-free user turn that precedes each pair's suffix in what the adapter is trained on."""
+    drop_loops: bool = False
+    """Leave out pairs with a completion the evaluation would call invalid (`eval.gen_metrics`: under 4 words,
+    distinct-2 < 0.5 or repeated 3-grams > 0.2): the model's own persona completions are often loops, which
+    an output objective would otherwise teach. Text quality only, no concept label."""
+    drop_persona: bool = False
+    """Leave out pairs with a completion that names either persona word of its pair ("I'm a hopeful person"):
+    the adapter is to express the concept, not to restate a persona it never saw."""
 
 
 @dataclass(frozen=True)
@@ -147,9 +155,38 @@ def margins(l_by_c: dict[float, Tensor]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------ the objective
 
 
+def persona_words(positive: str, negative: str) -> tuple[str, str]:
+    """The words in which a pair's two prompts differ (what is left after their common prefix and suffix,
+    widened to whole words), e.g. ("cheerful", "gloomy")."""
+    i = 0
+    while i < min(len(positive), len(negative)) and positive[i] == negative[i]:
+        i += 1
+    j = 0
+    while j < min(len(positive), len(negative)) - i and positive[-1 - j] == negative[-1 - j]:
+        j += 1
+    while i > 0 and positive[i - 1].isalnum():
+        i -= 1
+    while j > 0 and positive[len(positive) - j].isalnum():
+        j -= 1
+    return positive[i:len(positive) - j].strip(), negative[i:len(negative) - j].strip()
+
+
+def _keep(texts: tuple[str, str], persona: tuple[str, str] | None, drop_loops: bool) -> bool:
+    from innerpissa.eval.gen_metrics import DEFAULT_MAX_REP3, is_valid, repeated_ngram_fraction
+
+    if drop_loops and not all(is_valid(t) and not repeated_ngram_fraction(t, 3) > DEFAULT_MAX_REP3 for t in texts):
+        return False
+    if persona is not None:
+        names = [w.lower() for p in persona for w in re.findall(r"\w+", p) if len(w) > 3]
+        if any(re.search(rf"\b{re.escape(w)}\b", t.lower()) for t in texts for w in names):
+            return False
+    return True
+
+
 def make_items(tok, pairs: Sequence, completions: dict[str, list[list[int]]], system: str | None,
-               user: str) -> list[OutputItem | None]:
-    """One item per pair (None where a completion is empty: the model ended at once, nothing to prefer)."""
+               user: str, drop_loops: bool = False, drop_persona: bool = False) -> list[OutputItem | None]:
+    """One item per pair; None where a completion is empty (the model ended at once, nothing to prefer) or
+    where `drop_loops` / `drop_persona` leave the pair out (`OutputConfig`)."""
     items: list[OutputItem | None] = []
     for i, (pair, yp, yn) in enumerate(zip(pairs, completions["pos"], completions["neg"], strict=True)):
         if pair.group is None:
@@ -157,7 +194,11 @@ def make_items(tok, pairs: Sequence, completions: dict[str, list[list[int]]], sy
                              "is its suffix, which follows the persona-free user turn); a pairs file has no "
                              "suffix per pair: use --data.personas-file with --data.suffixes-file, or a built-in set")
         x = chat_ids(tok, user, system, prefill=pair.group)
-        items.append(OutputItem(i, x, list(yp), list(yn)) if yp and yn else None)
+        ok = bool(yp and yn)
+        if ok and (drop_loops or drop_persona):
+            texts = (tok.decode(yp, skip_special_tokens=True), tok.decode(yn, skip_special_tokens=True))
+            ok = _keep(texts, persona_words(pair.positive, pair.negative) if drop_persona else None, drop_loops)
+        items.append(OutputItem(i, x, list(yp), list(yn)) if ok else None)
     return items
 
 
@@ -196,12 +237,14 @@ class OutputObjective:
 
     def _build(self, completions: dict[str, list[list[int]]], l0: Tensor | None) -> None:
         self.completions = completions
-        self.items = make_items(self.tok, self.pairs, completions, self.system, self.cfg.user)
+        self.items = make_items(self.tok, self.pairs, completions, self.system, self.cfg.user, self.cfg.drop_loops,
+                                self.cfg.drop_persona)
         self.train_idx = [i for i in range(self.n_train) if self.items[i] is not None]
         self.val_idx = [i for i in range(self.n_train, len(self.items)) if self.items[i] is not None]
         if not self.train_idx:
-            raise ValueError("every training pair's completion is empty (the model ends at once); raise "
-                             "--outputs.n-new-tokens or check the persona prompts")
+            raise ValueError("no training pair is left: every one has an empty completion (the model ends at once) "
+                             "or was dropped by --outputs.drop-loops / --outputs.drop-persona; raise "
+                             "--outputs.n-new-tokens, turn the filters off or check the persona prompts")
         if l0 is None:
             l0 = torch.full((len(self.items), 2), float("nan"))
             for batch in self.batches(self.train_idx + self.val_idx):

@@ -13,7 +13,7 @@ Three kinds:
     `wmono20` (w_mono below w_coh, as METHOD asks), `dims-all` / `dims-diff` (the direction unmasked, or
     truncated to its largest |mean difference| coordinates).
   * Objectives on the model's own outputs (`train/outputs.py`): `pref`, `pref-nll` (with the chosen
-    completion's NLL), `dpo`, `sft`, `distill` (the capacity check: carry the mean-difference vector's effect); and the same `pref` objective for the other kinds: `lora-pref`,
+    completion's NLL), `pref-clean` (without looping or persona-naming completions), `dpo`, `sft`, `distill` (the capacity check: carry the mean-difference vector's effect); and the same `pref` objective for the other kinds: `lora-pref`,
     `vector-pref` (so one objective shows what the parametrisation adds).
 Model, output folder, device, seed and data source are never touched, so every variant of an ablation trains
 on the same pairs.
@@ -122,6 +122,7 @@ VARIANTS: dict[str, Variant] = {
     # objectives on the model's own outputs (train/outputs.py), for each trainable kind
     "pref": _set(objective="pref"),
     "pref-nll": _set(objective="pref", outputs__w_nll=1.0),
+    "pref-clean": _set(objective="pref", outputs__drop_loops=True, outputs__drop_persona=True),
     "dpo": _set(objective="dpo", outputs__beta=10.0),
     "sft": _set(objective="sft"),
     "distill": _set(objective="distill"),
