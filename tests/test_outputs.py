@@ -280,3 +280,21 @@ def test_filters_drop_looping_and_persona_naming_completions(tiny):
     assert keep(drop_loops=True) == [True, False, True]
     assert keep(drop_persona=True) == [True, True, False]
     assert keep(drop_loops=True, drop_persona=True) == [True, False, False]
+
+
+def test_guided_completions_reduce_to_greedy_and_follow_the_contrast(tiny):
+    from innerpissa.eval.generation import generate_ids
+    from innerpissa.train.outputs import guided_ids
+
+    model, tok = tiny
+    own = [tok("the sky is", add_special_tokens=False)["input_ids"], tok("a long story about", add_special_tokens=False)["input_ids"]]
+    other = [tok("the sea was", add_special_tokens=False)["input_ids"], tok("no", add_special_tokens=False)["input_ids"]]
+    greedy = generate_ids(model, tok, own, 6)
+    assert guided_ids(model, tok, own, other, 6, 0.0) == greedy  # no guidance: plain greedy
+    assert guided_ids(model, tok, own, own, 6, 3.0) == greedy  # against itself the contrast is zero
+    # the first guided token is the argmax of the contrast, computed by hand
+    with torch.no_grad():
+        lp_own = F.log_softmax(model(input_ids=torch.tensor([own[0]])).logits[0, -1].float(), -1)
+        lp_oth = F.log_softmax(model(input_ids=torch.tensor([other[0]])).logits[0, -1].float(), -1)
+    first = guided_ids(model, tok, own[:1], other[:1], 1, 2.0)[0]
+    assert first[:1] == [int((lp_own + 2.0 * (lp_own - lp_oth)).argmax())][:len(first)]

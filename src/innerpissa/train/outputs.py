@@ -41,7 +41,7 @@ from torch import Tensor
 from innerpissa.anatomy import CapturePoint, HiddenCapture, block_name, default_layers
 from innerpissa.data.batching import PairBatch, position_ids_from_mask
 from innerpissa.data.chat import chat_ids
-from innerpissa.eval.generation import generate_ids
+from innerpissa.eval.generation import eos_ids, generate_ids
 from innerpissa.train.directions import capture_pairs
 from innerpissa.train.forward import TrainForward
 
@@ -67,6 +67,11 @@ class OutputConfig:
     """Length of the base model's greedy completions of each persona prompt."""
     user: str = NEUTRAL_USER
     """The persona-free user turn that precedes each pair's suffix in what the adapter is trained on."""
+    guidance: float = 0.0
+    """Contrastive guidance of the completions (0: plain greedy): each next token is the argmax of
+    log p(.|own persona) + guidance * (log p(.|own persona) - log p(.|other persona)), the same token appended
+    to both prompts (classifier-free guidance between the pair's two prompts). It amplifies what the personas
+    change, with no label beyond the pair itself."""
     drop_loops: bool = False
     """Leave out pairs with a completion the evaluation would call invalid (`eval.gen_metrics`: under 4 words,
     distinct-2 < 0.5 or repeated 3-grams > 0.2): the model's own persona completions are often loops, which
@@ -227,10 +232,16 @@ class OutputObjective:
         """Greedy completions of every pair's two persona prompts by the model as it is (c = 0: the base
         model), the persona-free items, and their c = 0 log-probs."""
         out: dict[str, list[list[int]]] = {"pos": [], "neg": []}
-        for side, attr in (("pos", "positive"), ("neg", "negative")):
-            ids = [self.tok(getattr(p, attr), add_special_tokens=False)["input_ids"] for p in self.pairs]
+        enc = {attr: [self.tok(getattr(p, attr), add_special_tokens=False)["input_ids"] for p in self.pairs]
+               for attr in ("positive", "negative")}
+        for side, attr, other in (("pos", "positive", "negative"), ("neg", "negative", "positive")):
+            ids = enc[attr]
             for k in range(0, len(ids), 16):
-                out[side] += generate_ids(self.model, self.tok, ids[k:k + 16], self.cfg.n_new_tokens)
+                if self.cfg.guidance:
+                    out[side] += guided_ids(self.model, self.tok, ids[k:k + 16], enc[other][k:k + 16],
+                                            self.cfg.n_new_tokens, self.cfg.guidance)
+                else:
+                    out[side] += generate_ids(self.model, self.tok, ids[k:k + 16], self.cfg.n_new_tokens)
         if self.kind == "distill":
             self.teacher = mean_difference(self.model, self.pair_batches, self.n_tokens)
         self._build(out, None)
@@ -375,3 +386,42 @@ class _added:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+
+
+@torch.no_grad()
+def guided_ids(model, tok, own: Sequence[Sequence[int]], other: Sequence[Sequence[int]], max_new_tokens: int,
+               guidance: float) -> list[list[int]]:
+    """Greedy completions of the `own` prompts under contrastive guidance against the `other` prompts (row i
+    against row i; `OutputConfig.guidance`), with one KV cache for both halves; cut before end of sequence."""
+    from transformers import DynamicCache
+
+    seqs = [list(x) for x in own] + [list(x) for x in other]
+    n, dev = len(own), next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    width = max(len(q) for q in seqs)
+    ids = torch.full((len(seqs), width), int(pad), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, q in enumerate(seqs):
+        ids[i, width - len(q):] = torch.tensor(q)
+        mask[i, width - len(q):] = 1
+    ids, mask = ids.to(dev), mask.to(dev)
+    pos = position_ids_from_mask(mask)
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                   use_cache=True).logits[:, -1].float()
+    stop, out, done = eos_ids(model, tok), [[] for _ in range(n)], [False] * n
+    for _ in range(max_new_tokens):
+        lp = logits.log_softmax(-1)
+        nxt = (lp[:n] + guidance * (lp[:n] - lp[n:])).argmax(-1)
+        for i, t in enumerate(nxt.tolist()):
+            if not done[i]:
+                done[i] = t in stop
+                if not done[i]:
+                    out[i].append(t)
+        if all(done):
+            break
+        mask = torch.cat([mask, torch.ones(len(seqs), 1, dtype=mask.dtype, device=dev)], 1)
+        pos = pos[:, -1:] + 1
+        logits = model(input_ids=torch.cat([nxt, nxt])[:, None], attention_mask=mask, position_ids=pos,
+                       past_key_values=cache, use_cache=True).logits[:, -1].float()
+    return out
