@@ -42,3 +42,9 @@ def last_tokens_mask(attention_mask, n):
     from_end = am.flip(-1).long().cumsum(-1).flip(-1)  # 1 at the last real token, 2 before it, ...
     n_t = torch.as_tensor(n, device=am.device).reshape(-1, 1) if isinstance(n, torch.Tensor) else n
     return am & (from_end <= n_t)
+def usage_error(excinfo, capsys) -> str:
+    """The message of a command-line usage error (tyro exits 2 and prints a box to stderr), whitespace and
+    box lines collapsed so a wrapped message still matches."""
+    assert excinfo.value.code == 2, f"exit code {excinfo.value.code!r}, not a usage error"
+    err = capsys.readouterr().err
+    return " ".join(w for w in err.split() if set(w) - set("-─│╭╮╰╯|"))

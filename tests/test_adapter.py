@@ -56,12 +56,25 @@ def test_rotation_identity_orthogonal_and_reversible(blocks):
         torch.testing.assert_close(rb[i], rotation(theta, c, 0.3), atol=1e-12, rtol=0)
 
 
-def test_max_angle_bounds_generator():
-    theta = torch.full((1, 4, 4), 100.0).triu(1)
-    a = 0.3 * torch.tanh((theta - theta.transpose(-1, -2)) / 0.3)
-    assert a.abs().max() <= 0.3
-    # a huge generator still yields a bounded rotation angle: ||R - I|| stays far from its maximum of 2
-    assert (rotation(theta, 1.0, 0.3) - torch.eye(4)).abs().max() < 0.6
+@pytest.mark.parametrize(("t01", "c"), [(100.0, 1.0), (0.1, -0.5), (-3.0, 1.0), (0.02, 1.0)])
+def test_max_angle_bounds_generator(t01, c):
+    """A 2 x 2 block by hand: the skew entry a = t01 - t10 is soft-clamped to m tanh(a / m), and the Cayley
+    rotation of c times it turns by phi = 2 atan(c a' / 2): at most 2 atan(m / 2) at |c| = 1, however large a."""
+    import math
+
+    m = 0.3
+    theta = torch.tensor([[[0.0, t01], [0.0, 0.0]]], dtype=torch.float64)
+    a = m * math.tanh(t01 / m)
+    phi = 2 * math.atan(c * a / 2)
+    want = torch.tensor([[math.cos(phi), math.sin(phi)], [-math.sin(phi), math.cos(phi)]], dtype=torch.float64)
+    torch.testing.assert_close(rotation(theta, c, m), want, atol=1e-12, rtol=0)
+    assert abs(phi) <= 2 * math.atan(m / 2) + 1e-12
+    if abs(t01) < 0.05:  # a small generator is barely clamped
+        assert a == pytest.approx(t01, rel=1e-2)
+    # a huge generator in a 4 x 4 block: the rotation stays orthogonal and moves little
+    big = rotation(torch.full((1, 4, 4), 100.0, dtype=torch.float64).triu(1), 1.0, m)
+    torch.testing.assert_close(big @ big.T, torch.eye(4, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert (big - torch.eye(4, dtype=torch.float64)).abs().max() < 0.6
 
 
 @pytest.mark.parametrize("mode", ["add", "add_tanh", "mult", "none"])

@@ -320,23 +320,71 @@ def test_default_layers_are_middle_to_late(setup):
         block_name(model, 2)
 
 
-def test_external_status_reports_each_package():
+def test_external_status_reports_each_package(monkeypatch, tmp_path):
+    """Each line says what is true here, and each branch (missing, import failing, pinned, other version, repeng's
+    own Python set or not) gives its own line, checked by planting the package state."""
+    import importlib.metadata as md
+
+    from innerpissa.baselines import external as ext
+
+    def truth(dist: str) -> str | None:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+
     status = external_status()
-    assert {"steering-vectors", "repeng", "environment"} <= set(status)
-    assert "transformers" in status["environment"]
-    for key in ("steering-vectors", "repeng"):
-        assert status[key].startswith(("ok", "not installed", "installed"))
-    assert status["repeng_external"].startswith(("ok", "unavailable: repeng"))
+    assert status["environment"].split(", ")[0] == f"transformers {md.version('transformers')}"
+    assert f"torch {md.version('torch')}" in status["environment"]
+    for dist, (_module, _pin, how) in ext.EXTERNAL_PACKAGES.items():
+        version = truth(dist)
+        if version is None:
+            assert status[dist] == f"not installed ({how})"
+        else:
+            assert status[dist].startswith((f"ok {version}", f"installed {version} but import fails")), status[dist]
+
+    # planted states of one package
+    real_import, real_version = ext.importlib.import_module, md.version
+    monkeypatch.setattr(ext.md, "version", lambda dist: "0.4.0" if dist == "repeng" else real_version(dist))
+
+    def broken(name, *a, **k):
+        if name == "repeng":
+            raise AttributeError("`np.float_` was removed in the NumPy 2.0 release")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(ext.importlib, "import_module", broken)
+    assert external_status()["repeng"] == ("installed 0.4.0 but import fails: AttributeError: `np.float_` was "
+                                           "removed in the NumPy 2.0 release")
+    monkeypatch.setattr(ext.importlib, "import_module", lambda name, *a, **k: None)
+    assert external_status()["repeng"] == "ok 0.4.0"
+    monkeypatch.setattr(ext.md, "version", lambda dist: "0.5.1")
+    assert external_status()["steering-vectors"] == "ok 0.5.1 (tested with 0.12.2)"
+    monkeypatch.undo()
+
+    monkeypatch.delenv(ext.REPENG_PYTHON_ENV, raising=False)
+    line = external_status()["repeng_external"]
+    assert line.startswith("unavailable: repeng_external needs a Python with repeng 0.4.0") and ext.REPENG_PYTHON_ENV in line
+    python = tmp_path / "python"
+    python.write_text("")
+    monkeypatch.setenv(ext.REPENG_PYTHON_ENV, str(python))
+    assert external_status()["repeng_external"] == f"ok {python}"
+
+
+def test_steering_vectors_missing_says_how_to_install(setup):
+    from innerpissa.baselines import SteeringVectorsSteerer
+
+    if "steering_vectors" in available_baselines():
+        pytest.skip("steering-vectors is installed here: its missing-package message cannot be shown")
+    model, tok, pairs, _ = setup
+    with pytest.raises(ImportError, match="steering-vectors is unavailable: not installed .*pip install --no-deps"):
+        SteeringVectorsSteerer(model, tok, pairs)
 
 
 def test_steering_vectors_wrapper(setup):
     model, tok, pairs, ids = setup
     if "steering_vectors" not in available_baselines():
-        from innerpissa.baselines import SteeringVectorsSteerer
-
-        with pytest.raises(ImportError, match="steering-vectors is unavailable"):
-            SteeringVectorsSteerer(model, tok, pairs)
-        return
+        pytest.skip("steering-vectors is not installed (pip install --no-deps steering-vectors==0.12.2 "
+                    "'scikit-learn>=1.4'): the comparison with the package is not run")
     ours = train_vectors(model, tok, pairs, "mean_diff", layers=[1], n_tokens=1)
     theirs = build_baseline("steering_vectors", model, tok, pairs, layers=[1])
     # the package's CAA at the last token equals our mean difference on one token (left padding handled)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import usage_error
 
 from innerpissa.cli import main
 
@@ -33,6 +34,9 @@ def test_train_eval_export_generate(tmp_path, shared_data, capsys):
     assert "c=-1.00:" in out and "c=+1.00:" in out
 
 
-def test_train_rejects_unknown_flag(tmp_path):
-    with pytest.raises(SystemExit):
-        main(["train", "--preset", "tiny", "--out", str(tmp_path), "--no-such-flag", "1"])
+def test_train_rejects_unknown_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "--no-such-flag", "1"])
+    msg = usage_error(e, capsys)
+    assert "Unrecognized options: --no-such-flag" in msg and "innerpissa train --help" in msg, msg
+    assert not (tmp_path / "run").exists()  # refused before anything was written

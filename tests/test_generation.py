@@ -204,6 +204,106 @@ def test_continuation_nll_matches_an_unbatched_forward(tiny):
         assert got[j] == pytest.approx(float(want), abs=1e-4)
 
 
+class _Letters:
+    """A scorer that is not a model: letters / 10 (so the score column can be checked by hand)."""
+
+    name = "letters"
+
+    def __call__(self, texts):
+        return np.array([sum(ch.isalpha() for ch in t) / 10 for t in texts], dtype=float)
+
+
+@torch.no_grad()
+def _hand_nll(model, tok, system: str, prompt: str, cont: list[int]) -> float:
+    """Mean NLL of `cont` after the chat prompt, from the model's logits of the whole row (written out here)."""
+    text = tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+                                   add_generation_prompt=True, tokenize=False)
+    ctx = tok(str(text), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ctx + cont])
+    lp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    return -sum(float(lp[len(ctx) - 1 + k, t]) for k, t in enumerate(cont)) / len(cont)
+
+
+def test_evaluate_generation_columns_against_a_hand_computation(tiny):
+    """Every column of `evaluate_generation`: the NLL is the continuation's under the UNSTEERED model (checked
+    on the bare base model after detaching the adapter, and shown to differ from the steered NLL), the score is
+    the scorer's, the text metrics are gen_metrics' of the decoded continuation."""
+    from innerpissa.adapter import detach_adapter, steer
+    from innerpissa.eval.generation import evaluate_generation
+    from innerpissa.steering import AdapterSteerer
+
+    model, tok = tiny
+    _random_adapter(model)
+    system = "You are a terse assistant."
+    coeffs = [-1.0, 0.0, 1.0]
+    df = evaluate_generation(model, tok, PROMPTS, AdapterSteerer(model), coeffs, _Letters(), max_new_tokens=6,
+                             system=system, nll_batch=2)
+    assert len(df) == len(PROMPTS) * len(coeffs)
+    assert sorted(zip(df["c"], df["prompt_idx"], strict=True)) == sorted((c, i) for c in coeffs for i in range(3))
+    assert df["n_new"].tolist() == [len(x) for x in df["ids"]] and (df["n_new"] > 0).sum() >= 6
+    by_c = {c: df[df.c == c]["ids"].tolist() for c in coeffs}
+    assert by_c[1.0] != by_c[0.0] or by_c[-1.0] != by_c[0.0], "the adapter steered nothing"
+    steered = {}
+    for _, row in df[df.n_new > 0].iterrows():
+        with steer(model, float(row["c"])):
+            steered[row.name] = _hand_nll(model, tok, system, PROMPTS[row["prompt_idx"]], list(row["ids"]))
+    detach_adapter(model)  # the bare base model from here on
+    moved = 0.0
+    for _, row in df.iterrows():
+        assert row["prompt"] == PROMPTS[row["prompt_idx"]]
+        text = tok.decode(row["ids"], skip_special_tokens=True).strip()
+        assert row["continuation"] == text
+        assert row["score"] == pytest.approx(sum(ch.isalpha() for ch in text) / 10)
+        d2, r3 = gm.distinct_n(text, 2), gm.repeated_ngram_fraction(text, 3)
+        assert (row["distinct2"] == pytest.approx(d2)) if d2 == d2 else math.isnan(row["distinct2"])
+        assert (row["rep3"] == pytest.approx(r3)) if r3 == r3 else math.isnan(row["rep3"])
+        assert row["valid"] == gm.is_valid(text)
+        if row["n_new"] == 0:
+            assert math.isnan(row["nll"])
+            continue
+        want = _hand_nll(model, tok, system, PROMPTS[row["prompt_idx"]], list(row["ids"]))
+        assert row["nll"] == pytest.approx(want, abs=1e-4), (row["c"], row["prompt_idx"])
+        moved = max(moved, abs(steered[row.name] - want))
+    assert moved > 1e-2, "steered and unsteered NLL agree: the check would not see a steered NLL"
+
+
+def test_preallocated_cache_grows_past_its_room(tiny):
+    """`split.preallocate` gives each cache layer room for `extra` tokens; writing more grows the buffer
+    (`_Growing.update`) and the model's logits and the cached keys/values stay those of a plain cache."""
+    import inspect
+
+    from transformers import DynamicCache
+
+    from innerpissa.split import _Growing, cache_layers, preallocate
+
+    model, tok = tiny
+    # transformers 5.25 renamed the forward's `past_key_values` to `cache`
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    ids = torch.tensor([tok("The weather today is fine and the sea is calm, said the old sailor")["input_ids"]])
+    n, p = ids.shape[1], 4
+    assert n >= p + 1 + 3 + 2
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        grown, plain = DynamicCache(config=model.config), DynamicCache(config=model.config)
+        for cache in (grown, plain):
+            model(input_ids=ids[:, :p], use_cache=True, **{key: cache})
+        preallocate(grown, 1)  # room for one more token only
+        layer = cache_layers(grown)[0]
+        assert isinstance(layer, _Growing) and layer._kb.shape[-2] == p + 1
+        pos, outs, sizes = p, [], []
+        for k in (1, 3, n - p - 4):  # fills the room, then overflows twice
+            chunk = ids[:, pos:pos + k]
+            outs.append(model(input_ids=chunk, use_cache=True, **{key: grown}).logits)
+            model(input_ids=chunk, use_cache=True, **{key: plain})
+            pos += k
+            sizes.append(layer._kb.shape[-2])
+    assert sizes[0] == p + 1 and sizes[1] > p + 1 and sizes[2] >= n  # the buffer grew
+    torch.testing.assert_close(torch.cat(outs, 1), full[:, p:], atol=1e-5, rtol=1e-5)
+    for g, q in zip(cache_layers(grown), cache_layers(plain), strict=True):
+        assert g.keys.shape[-2] == n
+        assert torch.equal(g.keys, q.keys) and torch.equal(g.values, q.values)
+
+
 # ------------------------------------------------------------------------------------------------ data
 
 

@@ -134,7 +134,12 @@ def test_sweep_cache_and_system_prompt_steering(tiny, rows, tmp_path, monkeypatc
     model, tok = tiny
     w0 = model.get_output_embeddings().weight.detach().clone()
     task = T.DilemmaTask(model, tok, rows, AXES, EvalSettings(), tmp_path)
+    scored = []  # the task scores through harness.evaluate: record it, so the patch below is shown live
+    real_evaluate = T.evaluate
+    monkeypatch.setattr(T, "evaluate", lambda *a, **k: (scored.append(1), real_evaluate(*a, **k))[1])
     res = task.score(ScaleHead(model), [-1.0, 0.0, 1.0], seed=7)
+    assert scored, "DilemmaTask.score no longer calls task.evaluate: patch what it calls"
+    monkeypatch.undo()
     assert torch.equal(model.get_output_embeddings().weight, w0)  # the steerer's state was undone
     assert sorted(res["coeff"].unique()) == [-1.0, 0.0, 1.0] and (res["seed"] == 7).all()
     assert {"label:Virtue/Truthfulness", "label:MFT/Care", "logodds_todo", "valid"} <= set(res.columns)

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import loss_and_grads
+from helpers import loss_and_grads, usage_error
 from safetensors.torch import load_file
 
 import innerpissa as ip
@@ -137,33 +137,50 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
 
 
 def test_calibration_flips_when_plus_one_is_less_honest(tiny, monkeypatch):
+    """Mode `always` (v0) through the probe the code really calls (`probe_items_fn`, via `concept_probe`): a
+    probe that reads the current coefficient and scores +1 below -1 must flip the sign."""
     from innerpissa.eval import calibration as cal
 
     model, tok = tiny
     ip.attach(model, ip.AdapterConfig(r=4))
     before = [p.detach().clone() for p in ip.adapter_parameters(model)]
     layers = list(ip.adapter_layers(model).values())
-    # a probe that reads the current coefficient: +1 scores lower than -1, so the sign must flip
-    monkeypatch.setattr(cal, "probe_items_fn", lambda *a, **k: (lambda system: -float(layers[0].coeff)))
+    calls: list[float] = []
+
+    def probe(slope: float):
+        def make(*a, **k):
+            def score(system: str) -> torch.Tensor:  # per-item scores of the model as it is now
+                calls.append(float(layers[0].coeff))
+                return slope * float(layers[0].coeff) + torch.linspace(-0.1, 0.1, 8)
+            return score
+        return make
+
+    monkeypatch.setattr(cal, "probe_items_fn", probe(-1.0))
     result = cal.calibrate(model, tok, mode="always")
-    assert result["flipped"] and result["probe_effect"] > 0
+    assert sorted(calls) == [-1.0, 0.0, 1.0], "calibrate did not score through the patched probe"
+    assert result["flipped"] and result["probe_effect"] == pytest.approx(2.0)
+    assert result["probe_score"]["+1"] == pytest.approx(1.0) and result["probe_score"]["-1"] == pytest.approx(-1.0)
     assert all(torch.equal(p, -b) for p, b in zip(ip.adapter_parameters(model), before, strict=True))
-    monkeypatch.setattr(cal, "probe_items_fn", lambda *a, **k: (lambda system: float(layers[0].coeff)))
-    assert not cal.calibrate(model, tok, mode="always")["flipped"]
-    assert all(torch.equal(p, -b) for p, b in zip(ip.adapter_parameters(model), before, strict=True))  # kept
+    calls.clear()
+    monkeypatch.setattr(cal, "probe_items_fn", probe(1.0))
+    kept = cal.calibrate(model, tok, mode="always")
+    assert len(calls) == 3 and not kept["flipped"] and kept["probe_effect"] == pytest.approx(2.0)
+    assert all(torch.equal(p, -b) for p, b in zip(ip.adapter_parameters(model), before, strict=True))
 
 
-def test_train_cli_errors_for_unknown_preset():
+def test_train_cli_errors_for_unknown_preset(capsys):
     from innerpissa.train.cli import read_start
 
     start, rest = read_start(["--lr", "1", "--preset", "tiny", "--help"])
     assert start.preset == "tiny" and rest == ["--lr", "1", "--help"]
     assert read_start(["--preset=qwen3-4b-gpu"])[0].config() == preset("qwen3-4b-gpu")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         read_start(["--preset=huge"])
+    msg = usage_error(e, capsys)
+    assert "invalid choice 'huge' for argument '--preset'" in msg and "'smollm2-cpu'" in msg, msg
 
 
-def test_compare_and_ablate_take_typed_training_options_on_the_preset():
+def test_compare_and_ablate_take_typed_training_options_on_the_preset(capsys):
     from innerpissa.cli import parse_command
     from innerpissa.methods import train_changes, train_config
 
@@ -176,8 +193,10 @@ def test_compare_and_ablate_take_typed_training_options_on_the_preset():
     assert (cfg.loss.w_coh, cfg.seed, cfg.adapter.seed, cfg.method, cfg.model) == (10.0, 2, 2, "lora", "tiny-random")
     ab = parse_command(["ablate", "--train.adapter.r", "32"])
     assert ab.train.adapter.r == 32 and ab.train.loss.w_coh == preset("smollm2-cpu").loss.w_coh
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         parse_command(["compare", "--train.loss.no-such-field", "1"])
+    msg = usage_error(e, capsys)
+    assert "Unrecognized options: --train.loss.no-such-field" in msg, msg
 
 
 def test_variants_set_typed_fields_only():
