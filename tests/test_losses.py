@@ -14,8 +14,11 @@ from innerpissa.train.losses import (
     masked_row_mean,
     monotonic_hinge,
     ordered_fraction,
+    ordering_violations,
+    playing_pos_rows,
     preference_gap,
     projection_loss,
+    ref_scale,
     symlog,
 )
 
@@ -243,3 +246,173 @@ def test_forward_hinge_is_zero_iff_ordered_with_margin():
     assert monotonic_hinge(torch.tensor([0.5]), torch.tensor([-0.5]), m, 1.0, "forward") > 0
     assert monotonic_hinge(torch.tensor([0.5]), torch.tensor([-0.5]), m, 1.0, "batch") == 0
     assert LossConfig().mono_ordering == "forward"
+
+
+# ------------------------------------------------------------------------------------ pinned details
+# Found by mutation testing (`make mutate`, docs/RESULTS.md): defaults, boundaries, dtypes and messages that no
+# test above could tell apart from a wrong one.
+
+
+def test_defaults_are_the_method_values():
+    """Called with its defaults, each term is the METHOD value computed by hand: logsigmoid, beta 0.1, margin
+    1, c = +1, unscaled, mean; barrier tau 0.5 nats, weight 40; hinge margin 0.05, weight 1, batch ordering."""
+    s_c, s_0 = torch.tensor([3.0, -2.0, 0.5]), torch.tensor([1.0, 0.5, -0.25])
+    by_hand = sum(math.log1p(math.exp(-0.1 * (a - b - 1.0))) for a, b in zip(s_c.tolist(), s_0.tolist(), strict=True)) / 3
+    assert projection_loss(s_c, s_0).item() == pytest.approx(by_hand, rel=1e-6)
+    logp_ref, mask = torch.zeros(1, 3), torch.ones(1, 3)
+    logp_c = torch.tensor([[-2.0, -0.7, -0.2]])  # drops 2, 0.7, 0.2: past tau by 1.5, 0.2, 0
+    want = 40.0 * (math.log1p(1.5) + math.log1p(0.2)) / 3
+    assert coherence_barrier(logp_c, logp_ref, mask).item() == pytest.approx(want, rel=1e-6)
+    g_neg, g_pos = torch.tensor([0.3, 0.02]), torch.tensor([-0.3, 0.5])
+    fwd, rev = ordering_violations(g_neg, g_pos)
+    assert fwd.tolist() == pytest.approx([0.35 + 0.35, 0.07 + 0.0])
+    assert rev.tolist() == pytest.approx([0.0 + 0.0, 0.55 + 0.03])
+    # batch: forward mean 0.385 > reverse mean 0.29, so the reverse violations, weight 1
+    assert monotonic_hinge(g_neg, g_pos).item() == pytest.approx(0.29)
+
+
+def test_loss_dtypes_follow_the_input():
+    """The projection loss is in s_c's dtype whatever the reference's and the coefficient's; masks of another
+    dtype do not promote the masked mean or the barrier."""
+    s_c, s_0 = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 0.25], dtype=torch.float64)
+    c = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    for kind in ("logsigmoid", "raw"):
+        assert projection_loss(s_c, s_0, c=c, kind=kind).dtype == torch.float32
+        assert projection_loss(s_c, s_0, c=c, kind=kind, reduction="none").dtype == torch.float32
+    x, mask64 = torch.tensor([[1.0, 2.0, 4.0]]), torch.tensor([[0.0, 1.0, 1.0]], dtype=torch.float64)
+    assert masked_row_mean(x, mask64).dtype == torch.float32 and masked_row_mean(x, mask64).item() == 3.0
+    assert coherence_barrier(-x, torch.zeros(1, 3), mask64, 0.5, 1.0).dtype == torch.float32
+
+
+def test_scale_is_applied_in_the_inputs_precision():
+    """A number given as `scale_to_ref` divides in float64 for float64 separations (no float32 rounding)."""
+    s_c = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    s_0 = torch.tensor([0.1, -0.2], dtype=torch.float64)
+    got = projection_loss(s_c, s_0, kind="raw", scale_to_ref=0.1, reduction="none")
+    want = [-(math.log1p(a / 0.1) - math.log1p(abs(b) / 0.1)) for a, b in zip(s_c.tolist(), s_0.tolist(), strict=True)]
+    assert got.tolist() == pytest.approx(want, rel=1e-13, abs=0)
+
+
+def test_ref_scale_is_the_mean_size_ignoring_nan_with_a_floor():
+    assert ref_scale(torch.tensor([0.01, -0.03, float("nan")])).item() == pytest.approx(0.02)
+    assert ref_scale(torch.zeros(3)).item() == pytest.approx(1e-6)
+    s = torch.tensor([2.0, -4.0], requires_grad=True)
+    assert not ref_scale(s).requires_grad
+
+
+def test_masked_mean_of_single_and_empty_rows():
+    x = torch.tensor([[5.0, 7.0], [3.0, 9.0], [1.0, 2.0]])
+    mask = torch.tensor([[0, 1], [0, 0], [1, 1]])
+    assert masked_row_mean(x, mask).tolist() == [7.0, 0.0, 1.5]  # one token; none (0, not NaN); two
+    assert coherence_barrier(torch.tensor([[-3.0, 0.0]]), torch.zeros(1, 2), torch.tensor([[1, 0]]), 0.5,
+                             2.0).item() == pytest.approx(2.0 * math.log1p(2.5))  # one masked token
+    assert coherence_barrier(-torch.ones(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), 0.5, 2.0).item() == 0.0
+
+
+def test_ordered_fraction_boundaries():
+    """Strict inequalities around 0: a gap of exactly 0 is not ordered, and 0.5 is not negative."""
+    g_neg = torch.tensor([0.0, -1.0, 0.5, -1.0, -0.5])
+    g_pos = torch.tensor([1.0, 0.0, 1.0, 0.5, 2.0])
+    fwd, rev = ordered_fraction(g_neg, g_pos)
+    assert fwd.item() == pytest.approx(2 / 5)  # pairs 4 and 5
+    fwd, rev = ordered_fraction(g_pos, g_neg)  # the mirror: now the reverse ordering
+    assert rev.item() == pytest.approx(2 / 5) and fwd.item() == 0.0
+
+
+def test_batch_ordering_takes_forward_at_a_tie():
+    """Equal mean violations: the forward ordering is taken (the gradient shows which one)."""
+    g_neg = torch.tensor([-0.3, 0.3], requires_grad=True)
+    g_pos = torch.tensor([0.3, -0.3], requires_grad=True)
+    loss = monotonic_hinge(g_neg, g_pos, 0.05, 1.0, "batch")
+    fwd, rev = ordering_violations(g_neg.detach(), g_pos.detach(), 0.05)
+    assert fwd.mean() == rev.mean() and loss.item() == pytest.approx(fwd.mean().item())
+    loss.backward()
+    assert g_neg.grad.tolist() == [0.0, 0.5] and g_pos.grad.tolist() == [0.0, -0.5]  # pair 2 violates forward
+
+
+def test_playing_pos_rows_values_and_dtype():
+    mask = torch.tensor([[True, False], [True, True], [False, True], [True, True]])
+    plus, minus = playing_pos_rows(mask, 1.0), playing_pos_rows(mask, -1.0)
+    assert plus.dtype == minus.dtype == torch.bool
+    assert plus.tolist() == [[True, False], [False, False], [False, True], [False, False]]
+    assert minus.tolist() == [[False, False], [True, True], [False, False], [True, True]]
+    ints = playing_pos_rows(torch.ones(4, 3, dtype=torch.long), -0.5)
+    assert ints.dtype == torch.long and ints.tolist() == [[0] * 3, [1] * 3, [0] * 3, [1] * 3]
+
+
+def test_error_messages_name_the_value_and_the_choices():
+    cases = [
+        (lambda: LossConfig(kind="hinge"), "unknown projection loss 'hinge'; use one of ('logsigmoid', 'raw')"),
+        (lambda: LossConfig(mono_ordering="both"),
+         "unknown mono_ordering 'both'; use one of ('batch', 'sample', 'forward', 'reverse')"),
+        (lambda: LossConfig(coh_rows="neg"), "unknown coh_rows 'neg'; use one of ('pos', 'both')"),
+        (lambda: projection_loss(torch.ones(1), torch.ones(1), kind="x"),
+         "unknown projection loss 'x'; use one of ('logsigmoid', 'raw')"),
+        (lambda: projection_loss(torch.ones(2), torch.ones(2), c=torch.tensor([1.0, 0.0])),
+         "the projection loss is defined for c != 0 (c = 0 is the frozen reference)"),
+        (lambda: monotonic_hinge(torch.ones(1), torch.ones(1), ordering="up"),
+         "unknown ordering 'up'; use one of ('batch', 'sample', 'forward', 'reverse')"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ValueError) as e:
+            make()
+        assert str(e.value) == message
+
+
+def _hand_total(cfg: LossConfig, s, s0, logp, logp_ref, mask, scale):
+    """The total loss assembled term by term from the building blocks, for `combine` to equal."""
+    k = scale if cfg.scale_to_ref and scale is not None else cfg.scale_to_ref
+    terms = {}
+    for c, sc in s.items():
+        terms[f"proj{c:+g}"] = projection_loss(sc, s0, c=c, kind=cfg.kind, beta=cfg.beta, margin=cfg.margin,
+                                               scale_to_ref=k)
+    for c, lp in logp.items():
+        m = playing_pos_rows(mask, c) if cfg.coh_rows == "pos" else mask
+        terms[f"coh{c:+g}"] = coherence_barrier(lp, logp_ref, m, cfg.tau, cfg.w_coh)
+    total = cfg.w_proj * sum(v for n, v in terms.items() if n.startswith("proj")) + sum(
+        v for n, v in terms.items() if n.startswith("coh"))
+    if -1.0 in logp and 1.0 in logp and cfg.w_mono > 0:
+        gap0 = preference_gap(logp_ref, mask)
+        terms["mono"] = monotonic_hinge(preference_gap(logp[-1.0], mask) - gap0,
+                                        preference_gap(logp[1.0], mask) - gap0,
+                                        cfg.mono_margin, cfg.w_mono, cfg.mono_ordering)
+        total = total + terms["mono"]
+    return total, terms
+
+
+@pytest.mark.parametrize("scale_to_ref", [False, True])
+@pytest.mark.parametrize("kind", ["logsigmoid", "raw"])
+def test_combine_passes_every_setting_through(kind, scale_to_ref):
+    """Every field of a non-default LossConfig reaches its term: combine equals the hand assembly, term by
+    term; a scale given without scale_to_ref is ignored; each diagnostic is the value it names."""
+    cfg = LossConfig(kind=kind, beta=0.7, margin=0.3, scale_to_ref=scale_to_ref, w_proj=0.6, tau=0.2, w_coh=3.0,
+                     mono_margin=0.1, w_mono=0.5, mono_ordering="reverse", coh_rows="pos")
+    s, s0, logp, logp_ref, mask = _toy_inputs(requires_grad=False)
+    s = {c: v.abs() * c + 0.1 for c, v in s.items()}  # raw needs sign(c) s_c > 0
+    total, terms = combine(cfg, s, s0, logp, logp_ref, mask, scale=2.5)
+    want_total, want = _hand_total(cfg, s, s0, logp, logp_ref, mask, 2.5)
+    assert total.item() == pytest.approx(want_total.item(), rel=1e-6)
+    for name, v in want.items():
+        assert terms[name].item() == pytest.approx(v.item(), rel=1e-6), name
+    assert terms["total"].item() == pytest.approx(total.item())
+    assert terms["sep+1"].item() == pytest.approx(s[1.0].mean().item())
+    assert terms["sep-1"].item() == pytest.approx(s[-1.0].mean().item())
+    assert terms["sep0"].item() == pytest.approx(s0.mean().item())
+    gap0 = preference_gap(logp_ref, mask)
+    g = {c: preference_gap(logp[c], mask) - gap0 for c in (1.0, -1.0)}
+    assert terms["gap+1"].item() == pytest.approx(g[1.0].mean().item())
+    assert terms["gap-1"].item() == pytest.approx(g[-1.0].mean().item())
+    fwd, rev = ordered_fraction(g[-1.0], g[1.0])
+    assert (terms["ordered_fwd"].item(), terms["ordered_rev"].item()) == (fwd.item(), rev.item())
+    assert set(terms) == {"proj+1", "proj-1", "coh+1", "coh-1", "mono", "total", "sep+1", "sep-1", "sep0", "gap+1",
+                          "gap-1", "ordered_fwd", "ordered_rev"}
+
+
+def test_combine_with_one_coefficient_has_no_ordering_terms():
+    cfg = LossConfig(w_mono=5.0, coh_rows="both")
+    s, s0, logp, logp_ref, mask = _toy_inputs(requires_grad=False)
+    total, terms = combine(cfg, {1.0: s[1.0]}, s0, {1.0: logp[1.0]}, logp_ref, mask)
+    want = projection_loss(s[1.0], s0, c=1.0, kind=cfg.kind, beta=cfg.beta, margin=cfg.margin) + coherence_barrier(
+        logp[1.0], logp_ref, mask, cfg.tau, cfg.w_coh)
+    assert total.item() == pytest.approx(want.item(), rel=1e-6)
+    assert set(terms) == {"proj+1", "coh+1", "sep+1", "sep0", "total"}
