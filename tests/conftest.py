@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import SHARED_DATA
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")

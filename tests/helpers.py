@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 import innerpissa as ip
+
+SHARED_DATA = Path(os.environ.get("INNERPISSA_TEST_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+"""The shared data folder beside the repository (../shared/data); `$INNERPISSA_TEST_SHARED_DATA` points the
+tests elsewhere (`make mutate` runs them from a copy of the repository in mutants/)."""
 
 
 def randomize(params, std: float = 0.3, seed: int = 1) -> None:

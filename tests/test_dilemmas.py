@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import ast
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import SHARED_DATA
 
 from innerpissa.data import dilemmas as D
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 DD = SHARED / "daily_dilemmas"
 EXAMPLE = SHARED / "innerpissa" / "example_data" / "dilemma-1687-values-ag.json"
 needs_data = pytest.mark.skipif(not (DD / D.ACTIONS_FILE).is_file(),

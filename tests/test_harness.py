@@ -4,12 +4,12 @@ read-out against the model's own logits, batched = unbatched, sweeps over steere
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import SHARED_DATA
 
 from innerpissa.data.dilemmas import load_dilemmas, sample_dilemmas
 from innerpissa.eval import harness as H
@@ -17,7 +17,7 @@ from innerpissa.eval.choices import choice_ids
 from innerpissa.models import load_model, tiny_random_tokenizer
 from innerpissa.steering import NoSteering, Steerer
 
-DD = Path(__file__).resolve().parents[2] / "shared" / "data" / "daily_dilemmas"
+DD = SHARED_DATA / "daily_dilemmas"
 needs_data = pytest.mark.skipif(not DD.is_dir(), reason=f"DailyDilemmas data not found at {DD}")
 AXES = ["Virtue/Truthfulness", "MFT/Care"]
 

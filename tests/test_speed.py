@@ -3,12 +3,10 @@ training forward's shared prefix and frozen blocks, and steering in the model's 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from helpers import loss_and_grads
+from helpers import SHARED_DATA, loss_and_grads
 
 from innerpissa.adapter import AdapterConfig, attach, steer
 from innerpissa.data.dilemmas import load_dilemmas, sample_dilemmas
@@ -22,7 +20,7 @@ from innerpissa.train.config import preset
 from innerpissa.train.forward import TrainForward
 from innerpissa.train.trainer import Trainer
 
-DD = Path(__file__).resolve().parents[2] / "shared" / "data" / "daily_dilemmas"
+DD = SHARED_DATA / "daily_dilemmas"
 pytestmark = pytest.mark.usefixtures("one_thread")
 SCORES = ("logp_yes", "logp_no", "nll")
 
