@@ -9,7 +9,7 @@ STAMP := $(VENV)/.innerpissa-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-browser demo lint bench clean
+.PHONY: setup test test-browser demo lint bench mutate mutate-report clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,26 @@ demo: setup
 	$(PY) -m innerpissa.cli demo
 
 lint: setup
-	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff check src tests bench tools
+
+# Mutation testing (not part of `make test`; docs/RESULTS.md, "Mutation testing"): mutmut mutates train/ and
+# eval/ in a copy under mutants/ and runs each mutant against the tests that reach its function (the list in
+# pyproject's [tool.mutmut]), at the lowest CPU priority. MUTATE picks mutants by module glob (default: the three
+# files whose survival is recorded); MUTATE='innerpissa.train.* innerpissa.eval.*' for all of train/ and eval/.
+# A rerun only retests what changed; `rm -rf mutants` for a fresh run. Survival per file: `make mutate-report`.
+MUTATE ?= innerpissa.train.losses.* innerpissa.train.forward.* innerpissa.eval.gen_metrics.*
+MUTATE_CHILDREN ?= 2
+mutate: setup
+	$(VENV)/bin/mutmut --version 2>/dev/null | grep -q 3.8.1 || $(PY) -m pip install -q -e ".[mutate]"
+	OMP_NUM_THREADS=1 INNERPISSA_TEST_SHARED_DATA="$(abspath ../shared/data)" \
+		nice -n 19 $(VENV)/bin/mutmut run --max-children $(MUTATE_CHILDREN) $(foreach m,$(MUTATE),"$(m)")
+	$(PY) tools/mutation_report.py
+
+mutate-report:
+	$(PY) tools/mutation_report.py
 
 bench: setup
 	$(PY) bench/overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache mutants
