@@ -225,3 +225,69 @@ def test_train_forward_run_equals_the_models_logprobs_at_any_coefficients(case, 
                 cols = tail_columns(batch, width, i)
                 torch.testing.assert_close(out[k * rows + i, cols.start:].double(), want[c][0][i][-len(cols):],
                                            atol=ATOL, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ the prefix edge
+
+
+@torch.no_grad()
+def _row_logprobs(model, batch, c: float) -> list[torch.Tensor]:
+    """log p(token_t | tokens_<t) for t >= 1 of each row alone, unpadded, at coefficient c (float64)."""
+    out = []
+    for i in range(batch.input_ids.shape[0]):
+        tokens = batch.input_ids[i][batch.attention_mask[i].bool()]
+        with ip.steer(model, c):
+            lp = torch.log_softmax(model(input_ids=tokens[None]).logits[0].double(), -1)
+        out.append(lp[:-1].gather(-1, tokens[1:, None])[:, 0])
+    return out
+
+
+def test_shared_prefix_stops_before_every_rows_tail(tiny):
+    """Hand-made rows whose common prefix (5 6 7) reaches the token before one row's tail: the prefix is cut to
+    2 tokens (exactly MIN_PREFIX, so still shared), every row keeps the token before its tail, and the tail
+    log-probs at +1, -1 and 0 are the model's own, with an adapter on every block (so the prefix's keys depend
+    on c)."""
+    from innerpissa.data.batching import TokenizedPair, collate_pairs
+    from innerpissa.train.forward import MIN_PREFIX
+
+    model, _ = tiny
+    ip.attach(model, ip.AdapterConfig(r=4))
+    randomize(ip.adapter_parameters(model), std=0.3, seed=5)
+    pairs = [TokenizedPair(0, [5, 6, 7, 9, 10, 11], [5, 6, 7, 10, 11], 2),  # neg: tail 10 11 right after 5 6 7
+             TokenizedPair(1, [5, 6, 7, 8, 12, 13, 14], [5, 6, 7, 20, 12, 13, 14], 3)]
+    batch = collate_pairs(pairs, 0)
+    width = 3
+    want = {c: _row_logprobs(model, batch, c) for c in (1.0, -1.0, 0.0)}
+    assert max((a - b).abs().max() for a, b in zip(want[1.0], want[-1.0], strict=True)) > 0.05
+    for shared, frozen in ((True, True), (True, False), (False, True), (False, False)):
+        fwd = TrainForward(model, batch, shared, frozen)
+        assert fwd.prefix_len == (MIN_PREFIX if shared else 0)
+        with torch.no_grad():
+            out = fwd.run((1.0, -1.0, 0.0))
+        for k, c in enumerate((1.0, -1.0, 0.0)):
+            for i in range(4):
+                cols = tail_columns(batch, width, i)
+                torch.testing.assert_close(out[k * 4 + i, cols.start:].double(), want[c][i][-len(cols):],
+                                           atol=ATOL, rtol=0, msg=lambda m, c=c, i=i, s=shared, f=frozen:
+                                           f"shared={s} frozen={f} c={c:+g} row {i}: {m}")
+
+
+def test_train_forward_layout_follows_its_switches(case):
+    """Each switch turns its part off and nothing else: no shared prefix -> prefix_len 0; no frozen blocks ->
+    the split at block 0; neither -> no split; both -> the longest common prefix that leaves every row the
+    token before its tail, and the split at the first adapted block."""
+    from innerpissa.split import common_prefix_len, first_adapted_block
+
+    setup, t, batch, _ = case
+    am = batch.attention_mask.bool()
+    seqs = [batch.input_ids[i][am[i]].tolist() for i in range(len(am))]
+    longest = min([common_prefix_len(seqs)] + [len(s) - int(n) - 1 for s, n in zip(seqs, batch.tail_len.tolist(),
+                                                                                     strict=True)])
+    both = TrainForward(t.model, batch)
+    assert both.prefix_len == longest and both.split.k <= first_adapted_block(t.model)
+    no_prefix = TrainForward(t.model, batch, shared_prefix=False)
+    assert no_prefix.prefix_len == 0 and no_prefix.split.k == both.split.k
+    no_frozen = TrainForward(t.model, batch, frozen=False)
+    assert no_frozen.prefix_len == longest and no_frozen.split.k == 0
+    neither = TrainForward(t.model, batch, shared_prefix=False, frozen=False)
+    assert neither.split is None and neither.prefix_len == 0
