@@ -21,6 +21,7 @@ import torch
 from helpers import randomize
 
 import innerpissa as ip
+from innerpissa.split import common_prefix_len, first_adapted_block
 from innerpissa.train import trainer as trainer_module
 from innerpissa.train.config import preset
 from innerpissa.train.forward import TrainForward
@@ -37,7 +38,7 @@ class Setup:
     """A trainer configuration whose loss inputs are checked (the id names what it exercises)."""
 
     name: str
-    layers: tuple[int, ...] | None  # adapted blocks (None: all); [-1] leaves block 0 frozen
+    layers: tuple[int, ...]  # adapted blocks of the 2-block model; (-1,) leaves block 0 frozen
     depth: float  # loss point depth: 0.8 -> block 1 (adapted), 0.0 -> block 0 (below the adapter)
     module: str  # loss point module ('' = the block's output)
     basis: str
@@ -47,7 +48,7 @@ class Setup:
 SETUPS = [
     Setup("up_proj-input-V-block1", (-1,), 0.8, "mlp.up_proj", "V", "separation"),
     Setup("point-below-adapter", (-1,), 0.0, "mlp.up_proj", "V", "shift"),
-    Setup("block-output-raw-all-blocks", None, 0.8, "", "raw", "shift_moved"),
+    Setup("block-output-raw-all-blocks", (0, 1), 0.8, "", "raw", "shift_moved"),
 ]
 
 
@@ -142,6 +143,7 @@ def expected_stat(target: str, proj: torch.Tensor, proj0: torch.Tensor) -> torch
 def case(request, tmp_path_factory):
     """A trainer, a batch, and the independent values at c = +1, -1, 0 (computed once per setup)."""
     t = _trainer(tmp_path_factory.mktemp("reads"), request.param)
+    assert first_adapted_block(t.model) == (0 if 0 in request.param.layers else 1)
     batch = _spread_batch(t)
     want = {c: independent(t, batch, c) for c in COEFFS}
     # the adapter moves the numbers far beyond the tolerance, so agreement below is not trivial
@@ -251,7 +253,8 @@ def test_shared_prefix_stops_before_every_rows_tail(tiny):
     from innerpissa.train.forward import MIN_PREFIX
 
     model, _ = tiny
-    ip.attach(model, ip.AdapterConfig(r=4))
+    ip.attach(model, ip.AdapterConfig(r=4, layers=(0, 1)))
+    assert first_adapted_block(model) == 0
     randomize(ip.adapter_parameters(model), std=0.3, seed=5)
     pairs = [TokenizedPair(0, [5, 6, 7, 9, 10, 11], [5, 6, 7, 10, 11], 2),  # neg: tail 10 11 right after 5 6 7
              TokenizedPair(1, [5, 6, 7, 8, 12, 13, 14], [5, 6, 7, 20, 12, 13, 14], 3)]
@@ -276,8 +279,6 @@ def test_train_forward_layout_follows_its_switches(case):
     """Each switch turns its part off and nothing else: no shared prefix -> prefix_len 0; no frozen blocks ->
     the split at block 0; neither -> no split; both -> the longest common prefix that leaves every row the
     token before its tail, and the split at the first adapted block."""
-    from innerpissa.split import common_prefix_len, first_adapted_block
-
     setup, t, batch, _ = case
     am = batch.attention_mask.bool()
     seqs = [batch.input_ids[i][am[i]].tolist() for i in range(len(am))]
