@@ -181,3 +181,80 @@ def test_method_summary_columns_order_and_seed_aggregates():
     assert math.isnan(low["range_sd"]) and low["seeds"] == 1 and low["c_plus"] == "1"
     two = gm.method_summary(_ranges("two", [(0.2, 1.0, -1.0, True, True), (0.4, 1.0, -1.0, False, False)]))
     assert two["range_sd"][0] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+
+
+def test_function_scorer_values_identity_and_messages(tmp_path, monkeypatch):
+    import hashlib
+    import inspect
+
+    (tmp_path / "own_scorer.py").write_text("def letters(text):\n    return sum(ch.isalpha() for ch in text) / 10\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scorer = gm.make_scorer("own_scorer:letters")
+    assert scorer([" ab c!", "", "word"]).tolist() == pytest.approx([0.3, 0.0, 0.4])  # each text, as given
+    assert scorer([]).shape == (0,)
+    import own_scorer
+
+    source = inspect.getsource(own_scorer.letters)
+    assert scorer.identity == f"own_scorer:letters#{hashlib.sha256(source.encode()).hexdigest()[:12]}"
+    builtin = gm.make_scorer("builtins:len")  # no Python source: the identity hashes the empty string
+    assert builtin.identity == f"builtins:len#{hashlib.sha256(b'').hexdigest()[:12]}"
+    assert builtin(["abc", ""]).tolist() == [3.0, 0.0]
+    # the module is everything before the first colon, the function everything after it
+    with pytest.raises(ValueError) as e:
+        gm.make_scorer("math:pi:x")
+    msg = str(e.value)
+    assert msg.startswith("--gen.scorer math:pi:x: cannot import 'pi:x' from module 'math' (") and msg.endswith(
+        "); the module must be importable (e.g. run from its folder with PYTHONPATH=.)"), msg
+    long = "x" * 60
+    (tmp_path / "bad_scorer.py").write_text("def echo(text):\n    return text\n")
+    with pytest.raises(ValueError) as e:
+        gm.make_scorer("bad_scorer:echo")([long])
+    assert str(e.value) == (f"--gen.scorer bad_scorer:echo returned {long!r} for {long[:40]!r}; it must return a "
+                            "number")
+
+
+def test_summaries_default_arguments():
+    """coeff_summary and matched_range with their defaults equal the documented values given explicitly
+    (1000 resamples, seed 0; NLL budget 0.25 nats, distinct-2 at least 0.9 of c = 0's)."""
+    rng = np.random.default_rng(1)
+    scores = {c: list(rng.normal(c, 0.5, 12)) for c in (-1.0, 0.0, 1.0, 2.0)}
+    df = _rows(scores, nll={-1.0: 1.25, 1.0: 1.2, 2.0: 1.3}, d2={-1.0: 0.9, 1.0: 0.95, 2.0: 1.0})
+    tab = gm.coeff_summary(df)
+    pd.testing.assert_frame_equal(tab, gm.coeff_summary(df, n_boot=1000, seed=0))
+    assert not tab.equals(gm.coeff_summary(df, n_boot=1000, seed=1))
+    assert not tab.equals(gm.coeff_summary(df, n_boot=999, seed=0))
+    r = gm.matched_range(df, tab)
+    pd.testing.assert_frame_equal(r, gm.matched_range(df, tab, 0.25, 0.9, 1000, 0))
+    assert (r["c_plus"][0], r["c_minus"][0]) == (1.0, -1.0)  # +2 over the NLL budget; -1 and +1 just inside
+    for other in (dict(n_boot=999), dict(seed=1)):
+        assert not r.equals(gm.matched_range(df, tab, 0.25, 0.9, **{"n_boot": 1000, "seed": 0, **other}))
+
+
+def test_pick_sides_distinct_budget_is_relative_to_c0():
+    tab = pd.DataFrame({"c": [-1.0, 0.0, 1.0], "nll": [1.0, 1.0, 1.0], "distinct2": [0.45, 0.5, 0.44],
+                        "score": [0.0] * 3})
+    assert gm.pick_sides(tab, 0.1, 0.9) == (None, -1.0)  # 0.9 * 0.5 = 0.45: -1 is in, +1 (0.44) is out
+
+
+def test_matched_range_per_method_and_seed_in_order():
+    """Two methods on the same seed and one on two seeds: each row reads only its own method's and seed's
+    scores; rows come out sorted by (method, seed) whatever the order of `tab`; score0 is c = 0's mean; the
+    shift CIs are the seeded paired bootstrap (12 prompts, so the seed matters)."""
+    rng = np.random.default_rng(2)
+    frames, want = [], {}
+    for method, seed, shift in (("zeta", 0, 1.0), ("alpha", 0, -0.5), ("alpha", 1, 0.25)):
+        base = rng.normal(0.0, 0.3, 12)
+        up = base + shift + rng.normal(0.0, 0.3, 12)
+        frames.append(_rows({0.0: list(base), 1.0: list(up)}, method, seed))
+        want[(method, seed)] = (base, up)
+    df = pd.concat(frames, ignore_index=True)
+    tab = gm.coeff_summary(df, n_boot=200)
+    out = gm.matched_range(df, tab.iloc[::-1], 10.0, 0.0, n_boot=200, seed=4)
+    assert list(zip(out["method"], out["seed"], strict=True)) == [("alpha", 0), ("alpha", 1), ("zeta", 0)]
+    for _, row in out.iterrows():
+        base, up = want[(row["method"], row["seed"])]
+        assert row["score0"] == pytest.approx(base.mean())
+        assert row["d_plus"] == pytest.approx((up - base).mean())
+        assert (row["d_plus_lo"], row["d_plus_hi"]) == bootstrap_mean_ci(up - base, 200, 4)
+        assert (row["d_plus_lo"], row["d_plus_hi"]) != bootstrap_mean_ci(up - base, 200, 0)
+        assert (row["range_lo"], row["range_hi"]) == bootstrap_mean_ci(up - base, 200, 4)  # c- is c = 0 here

@@ -416,3 +416,22 @@ def test_combine_with_one_coefficient_has_no_ordering_terms():
         logp[1.0], logp_ref, mask, cfg.tau, cfg.w_coh)
     assert total.item() == pytest.approx(want.item(), rel=1e-6)
     assert set(terms) == {"proj+1", "coh+1", "sep+1", "sep0", "total"}
+
+
+def test_hinge_margin_by_hand_and_the_configured_ordering_reaches_it():
+    """A margin other than the default changes the violations as written; combine's hinge uses the configured
+    ordering even where the batch rule would pick the other one (values by hand, not via monotonic_hinge)."""
+    g_neg, g_pos = torch.tensor([-0.1, 0.3]), torch.tensor([0.25, -0.05])
+    fwd, rev = ordering_violations(g_neg, g_pos, 0.2)
+    assert fwd.tolist() == pytest.approx([0.1 + 0.0, 0.5 + 0.25])
+    assert rev.tolist() == pytest.approx([0.45 + 0.3, 0.15 + 0.0])
+    assert monotonic_hinge(g_neg, g_pos, 0.2, 2.0, "forward").item() == pytest.approx(2.0 * 0.425)
+    assert monotonic_hinge(g_neg, g_pos, 0.2, 2.0, "reverse").item() == pytest.approx(2.0 * 0.45)
+    # combine: rows whose shared-tail gaps are g_neg at -1 and g_pos at +1 (reference gap 0)
+    logp_ref = torch.zeros(4, 1)
+    logp = {1.0: torch.tensor([[0.25], [0.0], [-0.05], [0.0]]), -1.0: torch.tensor([[-0.1], [0.0], [0.3], [0.0]])}
+    s = {c: torch.ones(2) * c for c in (1.0, -1.0)}
+    for ordering, want in (("reverse", 0.45), ("forward", 0.425)):  # batch would take forward (0.425 < 0.45)
+        cfg = LossConfig(w_mono=2.0, mono_margin=0.2, mono_ordering=ordering, w_coh=0.0, w_proj=0.0)
+        _, terms = combine(cfg, s, torch.zeros(2), logp, logp_ref, torch.ones(4, 1))
+        assert terms["mono"].item() == pytest.approx(2.0 * want), ordering
