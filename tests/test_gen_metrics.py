@@ -65,10 +65,10 @@ def test_scorer_messages(tmp_path, monkeypatch):
     with pytest.raises(ValueError) as e:
         gm.make_scorer("builtin", "telepathy")
     assert str(e.value) == ("no built-in generation scorer for concept 'telepathy' (built-in: ['sentiment']); give "
-                            "--gen.scorer NAME (vader) or module:function")
+                            "--gen.scorer NAME (vader, textblob) or module:function")
     with pytest.raises(ValueError) as e:
         gm.make_scorer("bogus")
-    assert str(e.value) == "unknown --gen.scorer 'bogus'; use builtin, one of ['vader'] or module:function"
+    assert str(e.value) == "unknown --gen.scorer 'bogus'; use builtin, one of ['textblob', 'vader'] or module:function"
     (tmp_path / "my_scorers.py").write_text("NOT_A_FUNCTION = 3\n\ndef words(text):\n    return 'many'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ValueError) as e:
@@ -81,13 +81,14 @@ def test_scorer_messages(tmp_path, monkeypatch):
     assert gm.make_scorer().name == "vader_compound"  # the default: the sentiment concept's built-in scorer
 
 
-def _rows(scores: dict[float, list[float]], method="m", seed=0, nll=None, d2=None) -> pd.DataFrame:
+def _rows(scores: dict[float, list[float]], method="m", seed=0, nll=None, d2=None, invalid=(1,)) -> pd.DataFrame:
+    """One row per (c, prompt); the prompts in `invalid` are invalid continuations (left out of score means)."""
     rows = []
     for c, ss in scores.items():
         for i, s in enumerate(ss):
             rows.append({"method": method, "seed": seed, "c": c, "prompt_idx": i, "score": s,
                          "nll": (nll or {}).get(c, 1.0), "distinct2": (d2 or {}).get(c, 1.0), "rep3": 0.1 * i,
-                         "valid": i != 1})
+                         "valid": i not in invalid})
     return pd.DataFrame(rows)
 
 
@@ -100,11 +101,12 @@ def test_coeff_summary_sorted_columns_and_seeded_ci():
     assert list(tab.columns) == ["method", "seed", "c", "n", "score", "score_lo", "score_hi", "nll", "distinct2",
                                  "rep3", "valid"]
     row = tab.iloc[3]
-    assert row["n"] == 3 and row["score"] == pytest.approx(17 / 30) and row["valid"] == pytest.approx(2 / 3)
+    # the score is the mean over the valid rows (prompt 1 is invalid: 0.5 left out); valid is over all rows
+    assert row["n"] == 3 and row["score"] == pytest.approx(0.6) and row["valid"] == pytest.approx(2 / 3)
     assert row["rep3"] == pytest.approx(0.1)
     # the CI is the bootstrap of the group's scores with the seed given
     s = np.random.default_rng(0).normal(size=12)
-    one = gm.coeff_summary(_rows({0.0: list(s)}), n_boot=200, seed=3).iloc[0]
+    one = gm.coeff_summary(_rows({0.0: list(s)}, invalid=()), n_boot=200, seed=3).iloc[0]
     assert (one["score_lo"], one["score_hi"]) == bootstrap_mean_ci(s, 200, 3) != bootstrap_mean_ci(s, 200, 0)
 
 
@@ -122,20 +124,20 @@ def test_matched_range_zero_and_small_shifts_do_not_exclude_zero():
     """A side whose paired shift is exactly 0 (CI [0, 0]), or whose CI reaches above 0, does not exclude 0;
     every output column is there, with the seeded bootstrap."""
     scores = {-1.0: [0.1, 0.2, 0.3], 0.0: [0.1, 0.2, 0.3], 1.0: [0.1, 0.2, 0.3]}
-    df = _rows(scores)
+    df = _rows(scores, invalid=())
     tab = gm.coeff_summary(df, n_boot=100)
     r = gm.matched_range(df, tab, 0.25, 0.9, n_boot=100, seed=5).iloc[0]
     assert (r["d_plus_lo"], r["d_plus_hi"], r["d_minus_lo"], r["d_minus_hi"]) == (0.0, 0.0, 0.0, 0.0)
     assert not r["plus_excludes0"] and not r["minus_excludes0"]
     assert r["range"] == 0.0 and (r["range_lo"], r["range_hi"]) == (0.0, 0.0)
     down = {**scores, -1.0: [-0.4, 0.0, 0.4]}  # a mean shift of -0.2 whose CI reaches above 0
-    df2 = _rows(down)
+    df2 = _rows(down, invalid=())
     r2 = gm.matched_range(df2, gm.coeff_summary(df2, n_boot=100), 0.25, 0.9, n_boot=100, seed=5).iloc[0]
     assert r2["d_minus"] == pytest.approx(-0.2) and 0 < r2["d_minus_hi"] < 1 and not r2["minus_excludes0"]
     d = np.array([-0.4, 0.0, 0.4]) - np.array([0.1, 0.2, 0.3])
-    assert (r2["d_minus_lo"], r2["d_minus_hi"]) == bootstrap_mean_ci(d, 100, 5)
+    assert (r2["d_minus_lo"], r2["d_minus_hi"]) == pytest.approx(bootstrap_mean_ci(d, 100, 5))
     r_ = np.array([0.1, 0.2, 0.3]) - np.array([-0.4, 0.0, 0.4])
-    assert (r2["range_lo"], r2["range_hi"]) == bootstrap_mean_ci(r_, 100, 5)
+    assert (r2["range_lo"], r2["range_hi"]) == pytest.approx(bootstrap_mean_ci(r_, 100, 5))
     assert set(r.index) == {"method", "seed", "c_plus", "c_minus", "score0", "spearman", "d_plus", "d_plus_lo",
                             "d_plus_hi", "valid_plus", "d_minus", "d_minus_lo", "d_minus_hi", "valid_minus", "range",
                             "range_lo", "range_hi", "plus_excludes0", "minus_excludes0"}
@@ -147,7 +149,8 @@ def test_matched_range_without_a_side_has_nan_shifts():
     r = gm.matched_range(df, gm.coeff_summary(df, n_boot=50), 0.25, 0.9, n_boot=50).iloc[0]
     assert r["c_plus"] == 1.0 and r["c_minus"] is None
     assert all(math.isnan(r[k]) for k in ("d_minus", "d_minus_lo", "d_minus_hi", "valid_minus"))
-    assert r["range"] == pytest.approx(np.mean([0.6, 0.8, 0.9]) - np.mean([0.3, 0.4, 0.5]))  # c+ against c = 0
+    # c+ against c = 0, each over its valid rows (prompt 1 is invalid on both sides and left out)
+    assert r["range"] == pytest.approx(np.mean([0.6, 0.9]) - np.mean([0.3, 0.5]))
     assert r["valid_plus"] == pytest.approx(2 / 3) and not r["minus_excludes0"]
 
 
@@ -245,7 +248,7 @@ def test_matched_range_per_method_and_seed_in_order():
     for method, seed, shift in (("zeta", 0, 1.0), ("alpha", 0, -0.5), ("alpha", 1, 0.25)):
         base = rng.normal(0.0, 0.3, 12)
         up = base + shift + rng.normal(0.0, 0.3, 12)
-        frames.append(_rows({0.0: list(base), 1.0: list(up)}, method, seed))
+        frames.append(_rows({0.0: list(base), 1.0: list(up)}, method, seed, invalid=()))
         want[(method, seed)] = (base, up)
     df = pd.concat(frames, ignore_index=True)
     tab = gm.coeff_summary(df, n_boot=200)
@@ -255,6 +258,6 @@ def test_matched_range_per_method_and_seed_in_order():
         base, up = want[(row["method"], row["seed"])]
         assert row["score0"] == pytest.approx(base.mean())
         assert row["d_plus"] == pytest.approx((up - base).mean())
-        assert (row["d_plus_lo"], row["d_plus_hi"]) == bootstrap_mean_ci(up - base, 200, 4)
+        assert (row["d_plus_lo"], row["d_plus_hi"]) == pytest.approx(bootstrap_mean_ci(up - base, 200, 4))
         assert (row["d_plus_lo"], row["d_plus_hi"]) != bootstrap_mean_ci(up - base, 200, 0)
-        assert (row["range_lo"], row["range_hi"]) == bootstrap_mean_ci(up - base, 200, 4)  # c- is c = 0 here
+        assert (row["range_lo"], row["range_hi"]) == pytest.approx(bootstrap_mean_ci(up - base, 200, 4))  # c- is c = 0 here

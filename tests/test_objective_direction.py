@@ -16,7 +16,15 @@ Adding an objective (e.g. `--train.objective NAME`): append one `Objective` to `
     hidden-state one of the separation family;
   - `plant_inverted(monkeypatch)`: flip the sign the objective's loss uses (patch the function the trainer
     calls), so the plant test shows the check catches it.
+  - `before_fit(trainer, monkeypatch)` (optional): what the run needs between building and fitting.
 Both parametrised tests then cover it; if its quantity should fall with c, negate it in `quantity`.
+
+The output objectives (`pref`, `pref` with the NLL anchor, `dpo`, `sft`; train/outputs.py) ask c = +1 to prefer
+the positive persona's completion and c = -1 the negative one: their quantity is the validation margin
+m(c) = l_c(y+) - l_c(y-) (length-normalised log-probs, `completion_margin`), with completions that carry the
+persona (`persona_writer`). Planting sign(c) inverted inside `output_loss` (edited in the source, 2026-12-04)
+fails all four, as does the plant below. `distill` has no entry: it is a capacity check with no direction
+of its own (its target is the mean-difference vector's effect, tested in test_outputs.py).
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import innerpissa as ip
 from innerpissa.train import losses as losses_module
+from innerpissa.train import outputs as outputs_module
 from innerpissa.train import trainer as trainer_module
 from innerpissa.train.config import TrainConfig, preset
 from innerpissa.train.trainer import Trainer
@@ -70,6 +80,25 @@ def direction_projections(t: Trainer, c: float) -> torch.Tensor:
     return out
 
 
+@torch.no_grad()
+def completion_margin(t: Trainer, c: float) -> torch.Tensor:
+    """m(c) per validation item of an output objective: l_c(y+) - l_c(y-), with l_c(y) = log p_c(y | x) / |y|
+    the length-normalised log-prob of a completion after the persona-free input, each row alone and unpadded
+    through the model at coefficient c, log_softmax of its logits gathered by hand (no library log-prob path)."""
+    out = t.outputs
+    margins = []
+    with ip.steer(t.model, c):
+        for i in out.val_idx:
+            item = out.items[i]
+            ls = []
+            for y in (item.y_pos, item.y_neg):
+                logits = t.model(input_ids=torch.tensor([item.x + y])).logits[0].double()
+                lp = F.log_softmax(logits, -1)
+                ls.append(sum(float(lp[len(item.x) - 1 + k, tok]) for k, tok in enumerate(y)) / len(y))
+            margins.append(ls[0] - ls[1])
+    return torch.tensor(margins, dtype=torch.float64)
+
+
 def separation(t: Trainer, c: float) -> torch.Tensor:
     """s(c) per validation pair: pos minus neg along the direction (the default `separation` target)."""
     p = direction_projections(t, c)
@@ -108,6 +137,14 @@ def _invert_projection_sign(monkeypatch) -> None:
     monkeypatch.setattr(losses_module, "_sign", lambda c, like: -real(c, like))
 
 
+def _invert_output_coefficients(monkeypatch) -> None:
+    """The output loss sees each coefficient's log-probs under the opposite coefficient: c = +1 is trained to
+    prefer the negative completion (what a flipped sign(c) in `output_loss` would do)."""
+    real = outputs_module.output_loss
+    monkeypatch.setattr(outputs_module, "output_loss",
+                        lambda kind, cfg, l_c, l_0: real(kind, cfg, {-c: v for c, v in l_c.items()}, l_0))
+
+
 def _budget(cfg: TrainConfig) -> None:
     """A tiny run long enough that the separation moves clearly (6 seeds checked: all ordered, 2026-12-03)."""
     cfg.data.n_pairs, cfg.epochs, cfg.lr = 48, 6, 3e-2
@@ -122,27 +159,69 @@ def _target(name: str, kind: str | None = None) -> Callable[[TrainConfig], None]
     return configure
 
 
+def _output(kind: str, w_nll: float = 0.0) -> Callable[[TrainConfig], None]:
+    """`--train.objective KIND` on 6-token completions (48 pairs: 12 validation items; 4 seeds checked with each
+    output objective: all ordered, and all inverted plants fail, 2026-12-04)."""
+    def configure(cfg: TrainConfig) -> None:
+        cfg.data.n_pairs, cfg.epochs, cfg.lr = 48, 3, 3e-2
+        cfg.objective = kind
+        cfg.outputs.n_new_tokens, cfg.outputs.w_nll = 6, w_nll
+    return configure
+
+
+POS_TOKENS, NEG_TOKENS = range(100, 160), range(300, 360)
+
+
+def persona_writer(t: Trainer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base model's completions, as the output objectives make them, replaced by a writer whose completions
+    carry the persona: a positive persona prompt gets tokens from POS_TOKENS, a negative one from NEG_TOKENS
+    (drawn per prompt, so every pair's two completions differ). The tiny random model's own greedy completions
+    carry nothing of the persona (their pos and neg differ at random, often not at all), so what a short run
+    learns on the training pairs cannot carry to the held-out ones; with a writer like a real model's it can, and
+    the direction is checked on validation pairs. Everything after the completions is the library's."""
+    tok = t.tok
+    positive = {tuple(tok(p.positive, add_special_tokens=False)["input_ids"]) for p in t.outputs.pairs}
+
+    def write(_model, _tok, prompt_ids, max_new_tokens):
+        out = []
+        for ids in prompt_ids:
+            pool = POS_TOKENS if tuple(ids) in positive else NEG_TOKENS
+            g = torch.Generator().manual_seed(hash(tuple(ids)) % 2**31)
+            out.append([pool[int(k)] for k in torch.randint(len(pool), (max_new_tokens,), generator=g)])
+        return out
+
+    monkeypatch.setattr(outputs_module, "generate_ids", write)
+
+
 @dataclass(frozen=True)
 class Objective:
     name: str
     configure: Callable[[TrainConfig], None]
     quantity: Callable[[Trainer, float], torch.Tensor]
     plant_inverted: Callable[[pytest.MonkeyPatch], None]
+    before_fit: Callable[[Trainer, pytest.MonkeyPatch], None] | None = None
+    """What the test sets up between building the trainer and fitting it (e.g. `persona_writer`)."""
 
 
 OBJECTIVES = [
     Objective("separation", _target("separation"), separation, _invert_target_stat),
     Objective("shift", _target("shift"), shift, _invert_projection_sign),
     Objective("shift_moved-raw", _target("shift_moved", "raw"), shift, _invert_target_stat),
+    # output objectives (train/outputs.py): at c = +1 prefer the positive persona's completion, at -1 the negative
+    *(Objective(name, _output(kind, w_nll), completion_margin, _invert_output_coefficients, persona_writer)
+      for name, kind, w_nll in (("pref", "pref", 0.0), ("pref-nll", "pref", 1.0), ("dpo", "dpo", 0.0),
+                                ("sft", "sft", 0.0))),
 ]
 
 
-def trained(tmp_path, objective: Objective, seed: int = 0) -> Trainer:
+def trained(tmp_path, objective: Objective, monkeypatch: pytest.MonkeyPatch, seed: int = 0) -> Trainer:
     cfg = preset("tiny")
     cfg.out, cfg.calibrate, cfg.seed = tmp_path / objective.name, False, seed
     objective.configure(cfg)
     torch.manual_seed(cfg.seed)  # as train() does
     t = Trainer(cfg)
+    if objective.before_fit is not None:
+        objective.before_fit(t, monkeypatch)
     t.fit()
     return t
 
@@ -152,20 +231,23 @@ def quantities(t: Trainer, objective: Objective) -> dict[float, torch.Tensor]:
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: o.name)
-def test_short_run_moves_what_the_objective_asks_for_on_validation(tmp_path, objective):
-    t = trained(tmp_path, objective)
-    assert len(t.val_idx) >= 6
+def test_short_run_moves_what_the_objective_asks_for_on_validation(tmp_path, objective, monkeypatch):
+    t = trained(tmp_path, objective, monkeypatch)
+    assert len(t.outputs.val_idx if t.outputs is not None else t.val_idx) >= 6
     q = quantities(t, objective)
     # c = 0 is the base model: its quantity is the one before training (the cached reference says the same)
     if objective.quantity is separation:
         torch.testing.assert_close(q[0.0], t.ref.sep0[t.val_idx].double(), atol=1e-4, rtol=1e-4)
+    if objective.quantity is completion_margin:
+        l0 = t.outputs.l0[t.outputs.val_idx].double()
+        torch.testing.assert_close(q[0.0], l0[:, 0] - l0[:, 1], atol=1e-4, rtol=1e-4)
     check_direction(q)
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: o.name)
 def test_inverted_objective_fails_the_direction_check(tmp_path, objective, monkeypatch):
     objective.plant_inverted(monkeypatch)
-    t = trained(tmp_path, objective)
+    t = trained(tmp_path, objective, monkeypatch)
     monkeypatch.undo()
     with pytest.raises(AssertionError, match="not q\\(\\+1\\) > q\\(0\\) > q\\(-1\\)"):
         check_direction(quantities(t, objective))
