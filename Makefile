@@ -46,7 +46,7 @@ lint: setup
 # files whose survival is recorded); MUTATE='innerpissa.train.* innerpissa.eval.*' for all of train/ and eval/.
 # A rerun only retests what changed; `rm -rf mutants` for a fresh run. Survival per file: `make mutate-report`.
 MUTATE ?= innerpissa.train.losses.* innerpissa.train.forward.* innerpissa.eval.gen_metrics.*
-MUTATE_CHILDREN ?= 2
+MUTATE_CHILDREN ?= 1
 mutate: setup
 	$(VENV)/bin/mutmut --version 2>/dev/null | grep -q 3.8.1 || $(PY) -m pip install -q -e ".[mutate]"
 	OMP_NUM_THREADS=1 INNERPISSA_TEST_SHARED_DATA="$(abspath ../shared/data)" \
