@@ -44,7 +44,9 @@ lint: setup
 # eval/ in a copy under mutants/ and runs each mutant against the tests that reach its function (the list in
 # pyproject's [tool.mutmut]), at the lowest CPU priority. MUTATE picks mutants by module glob (default: the three
 # files whose survival is recorded); MUTATE='innerpissa.train.* innerpissa.eval.*' for all of train/ and eval/.
-# A rerun only retests what changed; `rm -rf mutants` for a fresh run. Survival per file: `make mutate-report`.
+# A rerun only retests what changed; `rm -rf mutants` for a fresh run, and after a rebase or pull: mutmut copies
+# src/'s non-Python files (the built-in data sets) once and never refreshes them. Survival per file:
+# `make mutate-report`.
 MUTATE ?= innerpissa.train.losses.* innerpissa.train.forward.* innerpissa.eval.gen_metrics.*
 MUTATE_CHILDREN ?= 1
 mutate: setup
