@@ -261,3 +261,46 @@ def test_matched_range_per_method_and_seed_in_order():
         assert (row["d_plus_lo"], row["d_plus_hi"]) == pytest.approx(bootstrap_mean_ci(up - base, 200, 4))
         assert (row["d_plus_lo"], row["d_plus_hi"]) != bootstrap_mean_ci(up - base, 200, 0)
         assert (row["range_lo"], row["range_hi"]) == pytest.approx(bootstrap_mean_ci(up - base, 200, 4))  # c- is c = 0 here
+
+
+def test_scorer_specs_defaults_are_the_sentiment_builtins():
+    """With no argument: the built-in scorers of the sentiment concept, headline (VADER) first."""
+    assert gm.scorer_specs() == ["vader", "textblob"] == list(gm.CONCEPT_SCORERS["sentiment"])
+    assert gm.scorer_specs(scorers=("textblob",)) == ["textblob"]  # `scorer` left at its default: no clash
+
+
+def test_gate_validity_edges():
+    """The repetition gate is inclusive; a missing rep3 (NaN, or None from a JSON null) fails it unless the gate
+    is off (max_rep3 = 1); a missing continuation is invalid; an empty frame gets an empty boolean column."""
+    ok = "The sun rose over the quiet town and the market opened early."
+    df = pd.DataFrame({"continuation": [ok, ok, ok, None], "rep3": [0.25, float("nan"), 0.0, 0.0]})
+    assert gm.gate_validity(df, 0.25)["valid"].tolist() == [True, False, True, False]
+    assert gm.gate_validity(df, 0.2)["valid"].tolist() == [False, False, True, False]
+    assert gm.gate_validity(df, 1.0)["valid"].tolist() == [True, True, True, False]  # gate off
+    nulls = pd.DataFrame({"continuation": [ok, ok], "rep3": [None, 0.1]}, dtype=object)
+    assert gm.gate_validity(nulls, 0.2)["valid"].tolist() == [False, True]
+    empty = gm.gate_validity(pd.DataFrame({"continuation": [], "rep3": []}), 0.2)
+    assert empty["valid"].dtype == bool and len(empty) == 0
+
+
+def test_textblob_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "textblob", None)  # the import fails
+    with pytest.raises(ImportError) as e:
+        gm.TextBlobScorer()
+    assert str(e.value) == "the textblob scorer needs textblob: pip install textblob"
+
+
+def test_scorer_specs_resolve_builtin_deduplicate_and_refuse():
+    # `builtin` inside --gen.scorers is the concept's headline, once
+    assert gm.scorer_specs("builtin", ("builtin", "textblob", "vader"), "sentiment") == ["vader", "textblob"]
+    assert gm.scorer_specs("builtin", ("textblob", "builtin"), "sentiment") == ["textblob", "vader"]
+    # a concept without built-in scorers: the make_scorer message naming the choices, for either way of asking
+    for scorers in (None, ("builtin",)):
+        with pytest.raises(gm.InputError) as e:
+            gm.scorer_specs("builtin", scorers, "telepathy")
+        assert str(e.value).startswith("no built-in generation scorer for concept 'telepathy' (built-in: "
+                                       "['sentiment'])")
+    with pytest.raises(gm.InputError) as e:
+        gm.scorer_specs("vader", ("textblob", "vader"), "sentiment")
+    assert str(e.value) == ("--gen.scorer vader and --gen.scorers textblob vader disagree on the headline scorer; "
+                            "give only --gen.scorers (its first is the headline)")
