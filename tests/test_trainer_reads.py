@@ -292,3 +292,24 @@ def test_train_forward_layout_follows_its_switches(case):
     assert no_frozen.prefix_len == longest and no_frozen.split.k == 0
     neither = TrainForward(t.model, batch, shared_prefix=False, frozen=False)
     assert neither.split is None and neither.prefix_len == 0
+
+
+def test_a_single_padding_token_with_a_shared_prefix(tiny):
+    """A batch whose only padding is one token (rows one token apart) still gets its shared-prefix layout, and
+    its tail log-probs equal each row's own forward (the pad id is read from that one padded position)."""
+    from innerpissa.train.outputs import OutputItem, collate_outputs
+
+    model, _ = tiny
+    ip.attach(model, ip.AdapterConfig(r=4, layers=(0, 1)))
+    randomize(ip.adapter_parameters(model), std=0.3)
+    batch = collate_outputs([OutputItem(0, [5, 6, 7, 8], [11, 12], [13])], pad_token_id=0)
+    assert int((batch.attention_mask == 0).sum()) == 1
+    fwd = TrainForward(model, batch, True, True)
+    assert fwd.prefix_len == 3
+    with torch.no_grad():
+        got = fwd.run((1.0, -1.0))
+    for k, c in enumerate((1.0, -1.0)):
+        want = _row_logprobs(model, batch, c)
+        for i in range(2):
+            n = int(batch.tail_len[i])
+            torch.testing.assert_close(got[k * 2 + i, -n:].double(), want[i][-n:], atol=ATOL, rtol=0)
