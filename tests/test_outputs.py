@@ -298,3 +298,11 @@ def test_guided_completions_reduce_to_greedy_and_follow_the_contrast(tiny):
         lp_oth = F.log_softmax(model(input_ids=torch.tensor([other[0]])).logits[0, -1].float(), -1)
     first = guided_ids(model, tok, own[:1], other[:1], 1, 2.0)[0]
     assert first[:1] == [int((lp_own + 2.0 * (lp_own - lp_oth)).argmax())][:len(first)]
+
+
+def test_distill_leaves_out_each_rows_attention_sink():
+    from innerpissa.train.outputs import past_sink
+
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
+    assert past_sink(mask).int().tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 1, 1], [0, 0, 0, 0, 0]]
+    assert mask.tolist()[0] == [0, 0, 1, 1, 1]  # the caller's mask is not changed

@@ -21,7 +21,7 @@ ORPO do);
   outputs of the mean-difference vector's layers (`anatomy.default_layers`) where that vector at strength c
   moves them (the vector: the mean over training pairs of the block outputs' pos - neg difference on the
   last shared tokens, the `mean_diff` baseline's). The loss per layer is the squared error over real tokens
-  divided by the squared size of the vector's own effect there (1: the adapter does nothing, 0: it carries
+  (each row's first, the attention sink, left out: `past_sink`) divided by the squared size of the vector's own effect there (1: the adapter does nothing, 0: it carries
   the vector exactly). It asks whether the parametrisation can carry a vector's effect at all, apart from any
   objective's geometry. Validation reports the margin m(c) = l_c(y+) - l_c(y-) at c = -1, 0, +1 and the fraction of pairs
 ordered m(-1) < m(0) < m(+1), the analogue of the inner loss's separation gate.
@@ -322,7 +322,7 @@ class OutputObjective:
             fwd = TrainForward(self.model, batch, shared_prefix=False, frozen=self.frozen_prefix)
             fwd.run(cs)
             got = {p.key: cap.hidden[p.key] for p in points}
-        real = inputs["attention_mask"].bool()
+        real = past_sink(inputs["attention_mask"])
         loss = torch.zeros((), device=real.device)
         for p in points:
             err = (got[p.key] - target[p.key])[real].float().pow(2).sum()
@@ -363,6 +363,16 @@ def mean_difference(model, pair_batches: Sequence[PairBatch], n_tokens: int) -> 
     names = [block_name(model, layer) for layer in default_layers(model)]
     captured, _ = capture_pairs(model, pair_batches, [CapturePoint(n) for n in names], n_tokens)
     return {n: (captured[CapturePoint(n).key][0] - captured[CapturePoint(n).key][1]).mean((0, 1)) for n in names}
+
+
+def past_sink(attention_mask: Tensor) -> Tensor:
+    """The real tokens of left-padded rows, each row's first left out: that token is the attention sink, whose
+    hidden state is ~100x any other's on real models (SmolLM2: norm ~25,000), so an untrained adapter's tiny
+    change there outweighed a vector's whole effect (distill loss 76 at initialisation instead of ~1) and the
+    fit chased the sink."""
+    real = attention_mask.bool().clone()
+    real[torch.arange(real.shape[0], device=real.device), real.int().argmax(1)] = False
+    return real
 
 
 class _added:
