@@ -13,8 +13,11 @@ Three kinds:
     `wmono20` (w_mono below w_coh, as METHOD asks), `dims-all` / `dims-diff` (the direction unmasked, or
     truncated to its largest |mean difference| coordinates).
   * Objectives on the model's own outputs (`train/outputs.py`): `pref`, `pref-nll` (with the chosen
-    completion's NLL), `pref-clean` (without looping or persona-naming completions), `dpo`, `sft`, `distill` (the capacity check: carry the mean-difference vector's effect); and the same `pref` objective for the other kinds: `lora-pref`,
-    `vector-pref` (so one objective shows what the parametrisation adds).
+    completion's NLL), `pref-clean` (without looping or persona-naming completions), `dpo`, `sft`, `distill` (the
+    capacity check: carry the mean-difference vector's effect); the adapter's capacity under `pref-nll`:
+    `pref-nll-top` (top-r directions), `pref-nll-all` (every block of the depth range), `pref-nll-l12`,
+    `pref-nll-rotu` (U rotated too), `pref-nll-lr2x`; and the same objectives for the other kinds: `lora-pref`,
+    `vector-pref`, `lora-pref-nll`, `vector-pref-nll` (so one objective shows what the parametrisation adds).
 Model, output folder, device, seed and data source are never touched, so every variant of an ablation trains
 on the same pairs.
 """
@@ -129,11 +132,18 @@ VARIANTS: dict[str, Variant] = {
     "pref-nll-cfg-clean": _set(objective="pref", outputs__w_nll=1.0, outputs__guidance=2.0,
                                outputs__drop_loops=True, outputs__drop_persona=True),
     "pref-nll-l12": _set(objective="pref", outputs__w_nll=1.0, adapter__n_layers=12),
+    # capacity under pref-nll (issue 17: what limits the adapter when the objective is right?)
+    "pref-nll-top": _set(objective="pref", outputs__w_nll=1.0, adapter__select="top"),
+    "pref-nll-all": _set(objective="pref", outputs__w_nll=1.0, adapter__n_layers=0),
+    "pref-nll-rotu": _set(objective="pref", outputs__w_nll=1.0, adapter__rotate_u=True),
+    "pref-nll-lr2x": lambda cfg: _set(objective="pref", outputs__w_nll=1.0, lr=cfg.lr * 2)(cfg),
     "dpo": _set(objective="dpo", outputs__beta=10.0),
     "sft": _set(objective="sft"),
     "distill": _set(objective="distill"),
     "lora-pref": _set(method="lora", objective="pref"),
     "vector-pref": _set(method="vector", objective="pref"),
+    "lora-pref-nll": _set(method="lora", objective="pref", outputs__w_nll=1.0),
+    "vector-pref-nll": _set(method="vector", objective="pref", outputs__w_nll=1.0),
     "lr2x": lambda cfg: _set(lr=cfg.lr * 2)(cfg),
     "lr4x": lambda cfg: _set(lr=cfg.lr * 4)(cfg),
     "epochs2x": lambda cfg: _set(epochs=cfg.epochs * 2)(cfg),
