@@ -16,7 +16,7 @@ Three kinds:
     completion's NLL), `pref-clean` (without looping or persona-naming completions), `dpo`, `sft`, `distill` (the
     capacity check: carry the mean-difference vector's effect); the adapter's capacity under `pref-nll`:
     `pref-nll-top` (top-r directions), `pref-nll-all` (every block of the depth range), `pref-nll-l12`,
-    `pref-nll-rotu` (U rotated too), `pref-nll-lr2x`; and the same objectives for the other kinds: `lora-pref`,
+    `pref-nll-rotu` (U rotated too), `pref-nll-lr2x`, and `pref-nll-top-*` (top-r with one more change); and the same objectives for the other kinds: `lora-pref`,
     `vector-pref`, `lora-pref-nll`, `vector-pref-nll` (so one objective shows what the parametrisation adds).
 Model, output folder, device, seed and data source are never touched, so every variant of an ablation trains
 on the same pairs.
@@ -137,6 +137,13 @@ VARIANTS: dict[str, Variant] = {
     "pref-nll-all": _set(objective="pref", outputs__w_nll=1.0, adapter__n_layers=0),
     "pref-nll-rotu": _set(objective="pref", outputs__w_nll=1.0, adapter__rotate_u=True),
     "pref-nll-lr2x": lambda cfg: _set(objective="pref", outputs__w_nll=1.0, lr=cfg.lr * 2)(cfg),
+    # top-r directions with one more change each
+    "pref-nll-top-clean": _set(objective="pref", outputs__w_nll=1.0, adapter__select="top", outputs__drop_loops=True),
+    "pref-nll-top-cfg": _set(objective="pref", outputs__w_nll=1.0, adapter__select="top", outputs__guidance=2.0),
+    "pref-nll-top-r128": _set(objective="pref", outputs__w_nll=1.0, adapter__select="top", adapter__r=128),
+    "pref-nll-top-lr2x": lambda cfg: _set(objective="pref", outputs__w_nll=1.0, adapter__select="top",
+                                          lr=cfg.lr * 2)(cfg),
+    "pref-nll-top-mult": _set(objective="pref", outputs__w_nll=1.0, adapter__select="top", adapter__s_mode="mult"),
     "dpo": _set(objective="dpo", outputs__beta=10.0),
     "sft": _set(objective="sft"),
     "distill": _set(objective="distill"),
