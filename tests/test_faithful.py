@@ -357,6 +357,18 @@ def test_ablate_generation_task_on_tiny(tmp_path):
     assert '"builtin": "sentiment"' in cfg_json and '"loss_target": "shift"' in cfg_json
 
 
+def test_ablate_starts_the_generation_sweep_from_compares_grid():
+    """A variant's side stopped by validity keeps its last point in, so the starting grid sets the resolution:
+    ablate's generation task starts from compare's fine grid (the same rule chooses variants and reports them);
+    the dilemma task keeps its five coefficients; an explicit --coeffs wins on both."""
+    from innerpissa.ablate import DILEMMA_COEFFS, Ablate
+    from innerpissa.eval.settings import FINE_GRID
+
+    assert Ablate(task="generation").grid() == FINE_GRID and 0.75 in FINE_GRID and -0.125 in FINE_GRID
+    assert Ablate(task="dilemmas").grid() == DILEMMA_COEFFS == (-1.0, -0.5, 0.0, 0.5, 1.0)
+    assert Ablate(task="generation", coeffs=(-1.0, 1.0)).grid() == (-1.0, 1.0)
+
+
 def test_shift_moved_target_measures_the_move_from_c0(tmp_path):
     """`shift_moved` feeds the loss the shift minus its c = 0 value: 0 for an adapter that does nothing, while
     the plain `shift` still carries the states' offset; with a moving adapter it is shift(c) - shift(0)."""

@@ -26,9 +26,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from innerpissa.eval.settings import GenSettings
+from innerpissa.eval.settings import FINE_GRID, GenSettings
 from innerpissa.eval.task import Task
 from innerpissa.methods import Runs, open_task, score_with_base, train_changes, train_config, train_or_load
+
+#: the dilemma task's default coefficients (the generation task starts from compare's grid)
+DILEMMA_COEFFS = (-1.0, -0.5, 0.0, 0.5, 1.0)
 
 
 @dataclass
@@ -44,11 +47,18 @@ class Ablate(Runs):
     task: the `dev` or `test` prompts)."""
     split_seed: int = 12345
     """Seed of the fixed half/half split of dilemma ids."""
-    coeffs: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
-    """Coefficients every variant is scored at (c = 0 is the base model, scored once); on the generation task
-    the starting grid, extended automatically."""
+    coeffs: tuple[float, ...] | None = None
+    """Coefficients every variant is scored at (c = 0 is the base model, scored once; default -1 -0.5 0 0.5 1);
+    on the generation task the starting grid, extended automatically (default: compare's fine grid for trained
+    methods, so a side stopped by validity is not read off a coarse grid)."""
     gen: GenSettings = field(default_factory=lambda: GenSettings(max_new_tokens=32))
     """Generation task settings."""
+
+    def grid(self) -> tuple[float, ...]:
+        """The coefficients (dilemmas) or the starting grid (generation) every variant is scored at."""
+        if self.coeffs is not None:
+            return tuple(self.coeffs)
+        return FINE_GRID if self.task == "generation" else DILEMMA_COEFFS
 
     def run(self) -> None:
         paths = run_ablate(self)
@@ -139,7 +149,7 @@ def run_ablate(ab: Ablate) -> dict[str, Path]:
 
         g = ab.gen
         matcher = Matcher(task, task, g.budgets, g.distinct_frac, g.min_valid, g.extend, g.refine)
-    frames, facts = run_variants(task, configs, ab.coeffs, matcher.dev_base if matcher else task.base(), matcher)
+    frames, facts = run_variants(task, configs, ab.grid(), matcher.dev_base if matcher else task.base(), matcher)
     write_csv(facts, out / "training.csv")
     ordered = facts.groupby("variant")["val_ordered_pct"].agg(["mean", "min"]).round(1)
     meta = {"model": configs[0][2].model, "preset": ab.preset,
