@@ -257,6 +257,14 @@ def test_presets_and_compare_pair_count():
     assert "smollm2-cpu-v0" in PRESETS
     assert train_config(Compare(preset="qwen3-4b-gpu"), 0).data.n_pairs == 800
     assert train_config(Compare(preset="qwen3-4b-gpu", n_pairs=50), 0).data.n_pairs == 50
+    # the output-objective preset is exactly the dev-chosen variant at the budget it was measured at
+    from innerpissa.train.variants import apply_variant
+
+    measured = apply_variant("pref-nll-top-cfg", preset("smollm2-cpu"))
+    measured.adapter.r, measured.grad_accum, measured.patience, measured.data.n_pairs, measured.epochs = 64, 1, 0, 96, 2
+    pref = preset("smollm2-cpu-pref")
+    assert pref.to_dict() == measured.to_dict() and "smollm2-cpu-pref" in PRESETS
+    assert (pref.objective, pref.outputs.w_nll, pref.outputs.guidance, pref.adapter.select) == ("pref", 1.0, 2.0, "top")
 
 
 def test_variants_change_what_they_name():
