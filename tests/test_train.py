@@ -229,3 +229,63 @@ def test_summary_reports_the_validation_gate_and_warns_when_it_fails(tmp_path):
     assert result.summary["val_separation_ordered"] is want
     gate_warnings = [w for w in rec if "validation gate is not met" in str(w.message)]
     assert bool(gate_warnings) is (not want)
+
+
+def test_inner_loss_on_persona_free_rows(tmp_path, monkeypatch):
+    """`--loss-inputs neutral` (issue 17 C3): the inner loss reads each pair's persona-free version (the neutral
+    user turn and the pair's suffix, the same ids on both rows, its tail the part shared with both persona
+    prompts) while the direction still comes from the persona pairs; a separation of two equal rows is refused."""
+    from innerpissa.data.chat import chat_ids
+    from innerpissa.errors import InputError
+    from innerpissa.train.trainer import Trainer
+
+    cfg = _cfg(tmp_path, loss_inputs="neutral", loss_target="shift_moved", epochs=1)
+    cfg.loss.w_mono = 0.0
+    t = Trainer(cfg)
+    pairs = [t.ds[i] for i in range(len(t.ds))]
+    assert len(t.loss_ds) == len(pairs) and t.loss_ds is not t.ds
+    texts = []
+    for row, persona in zip(t.loss_ds, pairs, strict=True):
+        assert row.positive == row.negative and row.positive != persona.positive
+        tail = row.positive[len(row.positive) - row.tail_len:]
+        assert tail == persona.positive[len(persona.positive) - row.tail_len:]  # shared with both persona prompts
+        assert tail == persona.negative[len(persona.negative) - row.tail_len:]
+        assert row.tail_len >= cfg.direction.n_tokens
+        texts.append(t.tok.decode(row.positive))
+    assert all(cfg.outputs.user in x for x in texts)
+    assert row.positive == chat_ids(t.tok, cfg.outputs.user, cfg.data.system, prefill=_group_of(t, row.index))
+    # training reads those rows and only those (both rows of every pair equal), the direction from the personas
+    seen = []
+    original = Trainer.losses
+
+    def spy(self, batch):
+        seen.append(batch.input_ids.clone())
+        return original(self, batch)
+
+    t._setup_reference()
+    assert float(t.ref.direction.norm()) > 0 and t.scale > 1e-6  # made from the persona pairs, not the equal rows
+    # an adapter that does nothing moves nothing: the c = 0 reference is read on the same persona-free rows
+    # (the persona rows' cached reference would leave their offset here)
+    saved = [p.detach().clone() for p in t.params]
+    with torch.no_grad():
+        for p in t.params:
+            p.zero_()
+        batch = t.collate([t.loss_ds[i] for i in t.train_idx[:4]])
+        _, terms = t.losses(batch)
+        for p, v in zip(t.params, saved, strict=True):
+            p.copy_(v)
+    assert abs(float(terms["sep+1"])) < 1e-5 and abs(float(terms["sep-1"])) < 1e-5
+    monkeypatch.setattr(Trainer, "losses", spy)
+    result = t.fit()
+    assert seen and all(torch.equal(ids[0::2], ids[1::2]) for ids in seen)
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.summary["final_validation"].values()
+               if isinstance(v, float))
+    with pytest.raises(InputError, match="--loss-target shift-moved"):
+        Trainer(_cfg(tmp_path, name="sep", loss_inputs="neutral"))
+
+
+def _group_of(t, index):
+    from innerpissa.data.config import make_pairs
+
+    train_pairs, val_pairs = make_pairs(t.cfg.data, t.cfg.seed, t.tok)
+    return (train_pairs + val_pairs)[index].group

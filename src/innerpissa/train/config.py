@@ -70,6 +70,12 @@ class TrainConfig:
     `shift` of both prompts' states (c = +1 moves the dishonest prompt toward honest, c = -1 the reverse), or
     `shift_moved`: that shift minus its c = 0 value, so the loss sees how far c moved the states from where
     they were (the `raw` loss then starts with its full gradient, not one damped by the states' offset)."""
+    loss_inputs: Literal["persona", "neutral"] = "persona"
+    """Which rows the inner loss reads: each pair's two persona prompts (METHOD section 5), or `neutral`: the
+    pair's persona-free version, the neutral user turn `outputs.user` and the pair's suffix, as the same text on
+    both rows (issue 17 C3: the loss acts on the kind of input the adapter is judged on). The direction and the
+    loss's unit still come from the persona pairs. `neutral` needs `loss_target` shift or shift_moved (the
+    separation of two equal rows is always 0)."""
     epochs: int = 3
     """Passes over the training pairs."""
     batch_size: int = 8

@@ -39,8 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from innerpissa.anatomy import CapturePoint, HiddenCapture, block_name, default_layers
-from innerpissa.data.batching import PairBatch, position_ids_from_mask
+from innerpissa.data.batching import PairBatch, TokenizedPair, _common_tail, position_ids_from_mask
 from innerpissa.data.chat import chat_ids
+from innerpissa.errors import InputError
 from innerpissa.eval.generation import eos_ids, generate_ids
 from innerpissa.train.directions import capture_pairs
 from innerpissa.train.forward import TrainForward
@@ -205,6 +206,22 @@ def make_items(tok, pairs: Sequence, completions: dict[str, list[list[int]]], sy
             ok = _keep(texts, persona_words(pair.positive, pair.negative) if drop_persona else None, drop_loops)
         items.append(OutputItem(i, x, list(yp), list(yn)) if ok else None)
     return items
+
+
+def neutral_rows(tok, pairs: Sequence, persona: Sequence, system: str | None, user: str) -> list[TokenizedPair]:
+    """The persona-free version of each pair for the inner loss (`--loss-inputs neutral`, issue 17 C3): the chat
+    of `user` with the pair's suffix as the assistant's prefill, as the same token ids on both rows. Its tail is
+    what it shares with both persona prompts (`persona`: their `TokenizedPair`s), the part the loss reads."""
+    rows = []
+    for i, (pair, tp) in enumerate(zip(pairs, persona, strict=True)):
+        if pair.group is None:
+            raise InputError("--loss-inputs neutral needs pairs built from personas x suffixes (the suffix follows "
+                             "the persona-free user turn); a pairs file has none: use --data.personas-file with "
+                             "--data.suffixes-file, or a built-in set")
+        ids = chat_ids(tok, user, system, prefill=pair.group)
+        tail = min(_common_tail(ids, tp.positive), _common_tail(ids, tp.negative), tp.tail_len, len(ids) - 1)
+        rows.append(TokenizedPair(i, list(ids), list(ids), max(tail, 0)))
+    return rows
 
 
 class OutputObjective:

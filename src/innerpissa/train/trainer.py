@@ -32,7 +32,7 @@ from innerpissa.train.config import TrainConfig
 from innerpissa.train.fingerprint import fingerprint_diff, run_fingerprint
 from innerpissa.train.forward import TrainForward
 from innerpissa.train.losses import combine
-from innerpissa.train.outputs import OutputObjective
+from innerpissa.train.outputs import OutputObjective, neutral_rows
 from innerpissa.train.reference import Reference, build_reference, projections, tail_width
 from innerpissa.train.runfolder import (
     check_out,
@@ -108,6 +108,17 @@ class Trainer:
                              f"final tokens between positive and negative (e.g. {pair.positive[-40:]!r} vs "
                              f"{pair.negative[-40:]!r}); every pair must end in the same text (a shared suffix), "
                              "or lower --direction.n-tokens")
+        #: the rows the inner loss reads: the persona pairs, or their persona-free versions (--loss-inputs neutral);
+        #: the direction and its reference always come from the persona pairs (self.ds)
+        self.loss_ds = self.ds
+        if cfg.loss_inputs == "neutral" and cfg.objective == "inner":
+            self.loss_ds = neutral_rows(tokenizer, train_pairs + val_pairs, self.ds.items, cfg.data.system,
+                                        cfg.outputs.user)
+            short = [r.index for r in self.loss_ds if r.tail_len < cfg.direction.n_tokens]
+            if short:
+                raise InputError(f"{len(short)} persona-free row(s) share fewer than --direction.n-tokens="
+                                 f"{cfg.direction.n_tokens} final tokens with their persona prompts; lower "
+                                 "--direction.n-tokens")
         self.fingerprint = run_identity(cfg, self.model, train_pairs, val_pairs)
 
         attach_kind(self.model, cfg.method, cfg.adapter)  # innerpissa, lora or vector: same modules, same loss
@@ -147,7 +158,7 @@ class Trainer:
         cfg = self.cfg
         with HiddenCapture(self.model, [self.ref.point]) as cap:
             fwd = TrainForward(self.model, batch, cfg.shared_prefix, cfg.frozen_prefix)
-            if cfg.cache_reference:
+            if cfg.cache_reference and self.loss_ds is self.ds:  # cached for the persona rows only
                 proj0, logp0 = self.ref.batch_values(batch, width)
             else:
                 with torch.no_grad():  # what the cache replaces: a third forward at c = 0
@@ -174,7 +185,7 @@ class Trainer:
             return self.outputs.validate()
         sums: dict[str, float] = {}
         n = 0
-        for batch in _batches(self.ds, self.val_idx, self.cfg.batch_size, self.collate):
+        for batch in _batches(self.loss_ds, self.val_idx, self.cfg.batch_size, self.collate):
             _, terms = self.losses(batch.to(self.device))
             k = batch.n_pairs
             for key, v in terms.items():
@@ -267,7 +278,7 @@ class Trainer:
         idx = self._step_idx()
         order = [idx[i] for i in epoch_order(len(idx), cfg.seed, epoch)]
         batches = (self.outputs.batches(order) if self.outputs is not None
-                   else _batches(self.ds, order, cfg.batch_size, self.collate))
+                   else _batches(self.loss_ds, order, cfg.batch_size, self.collate))
         batches = batches[self.acc.process_index::self.acc.num_processes]
         for b in range(state.batch_in_epoch, len(batches), cfg.grad_accum):
             group = batches[b:b + cfg.grad_accum]

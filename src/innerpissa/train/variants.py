@@ -11,7 +11,8 @@ Three kinds:
     `layers12` (adapted blocks), `wcoh10`, `wcoh0` (coherence weight), `lr2x`, `lr4x`, `epochs2x` (budget);
     what produces the inner loss's effect: `wproj0` (no projection term), `coh-both` (coherence on both rows),
     `wmono20` (w_mono below w_coh, as METHOD asks), `dims-all` / `dims-diff` (the direction unmasked, or
-    truncated to its largest |mean difference| coordinates).
+    truncated to its largest |mean difference| coordinates); `inner-neutral` (C3: the inner loss read on the pairs'
+    persona-free versions).
   * Objectives on the model's own outputs (`train/outputs.py`): `pref`, `pref-nll` (with the chosen
     completion's NLL), `pref-clean` (without looping or persona-naming completions), `dpo`, `sft`, `distill` (the
     capacity check: carry the mean-difference vector's effect); the adapter's capacity under `pref-nll`:
@@ -108,6 +109,8 @@ VARIANTS: dict[str, Variant] = {
     "raw": _set(loss__kind="raw"),
     "shift": _set(loss_target="shift"),
     "shift-moved": _set(loss_target="shift_moved", loss__w_mono=0.0),
+    # issue 17 C3: the inner loss on persona-free rows (the direction still from the pairs)
+    "inner-neutral": _set(loss_inputs="neutral", loss_target="shift_moved", loss__w_mono=0.0),
     # the loss read where steering vectors act: the block's output (residual stream), raw coordinates
     "resid-raw": _set(direction__module="", direction__where="output", direction__basis="raw", direction__dims=None),
     "resid-raw-shift": _set(direction__module="", direction__where="output", direction__basis="raw",
