@@ -280,7 +280,7 @@ def test_inner_loss_on_persona_free_rows(tmp_path, monkeypatch):
     assert seen and all(torch.equal(ids[0::2], ids[1::2]) for ids in seen)
     assert all(torch.isfinite(torch.tensor(v)) for v in result.summary["final_validation"].values()
                if isinstance(v, float))
-    with pytest.raises(InputError, match="--loss-target shift-moved"):
+    with pytest.raises(InputError, match="--loss-target shift_moved"):
         Trainer(_cfg(tmp_path, name="sep", loss_inputs="neutral"))
 
 

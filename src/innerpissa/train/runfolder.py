@@ -82,7 +82,7 @@ def check_train_numbers(cfg) -> None:
             raise InputError(f"{flag} {value} is out of range; see `innerpissa train --help` for what it takes")
     if cfg.loss_inputs == "neutral" and cfg.objective == "inner" and cfg.loss_target == "separation":
         raise InputError("--loss-inputs neutral puts one persona-free text on both rows of a pair, whose pos - neg "
-                         "separation is always 0: use --loss-target shift-moved (or shift)")
+                         "separation is always 0: use --loss-target shift_moved (or shift)")
 
 
 # ---------------------------------------------------------------- one process per run folder
