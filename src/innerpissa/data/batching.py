@@ -22,7 +22,8 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _common_tail(a: Sequence[int], b: Sequence[int]) -> int:
+def common_tail(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many final tokens `a` and `b` share."""
     n = 0
     for x, y in zip(reversed(a), reversed(b), strict=False):
         if x != y:
@@ -88,7 +89,7 @@ class PairDataset(Dataset):
             if ids[0] == ids[1]:
                 raise ValueError(f"pair {i} tokenizes to identical sequences (max_length={max_length} cut "
                                  "off the persona word?)")
-            tail = min(_common_tail(*ids), min(len(ids[0]), len(ids[1])) - 1)
+            tail = min(common_tail(*ids), min(len(ids[0]), len(ids[1])) - 1)
             self.items.append(TokenizedPair(i, ids[0], ids[1], max(tail, 0)))
 
     def __len__(self) -> int:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from innerpissa.anatomy import CapturePoint, HiddenCapture, block_name, default_layers
-from innerpissa.data.batching import PairBatch, TokenizedPair, _common_tail, position_ids_from_mask
+from innerpissa.data.batching import PairBatch, TokenizedPair, common_tail, position_ids_from_mask
 from innerpissa.data.chat import chat_ids
 from innerpissa.errors import InputError
 from innerpissa.eval.generation import eos_ids, generate_ids
@@ -219,7 +219,7 @@ def neutral_rows(tok, pairs: Sequence, persona: Sequence, system: str | None, us
                              "the persona-free user turn); a pairs file has none: use --data.personas-file with "
                              "--data.suffixes-file, or a built-in set")
         ids = chat_ids(tok, user, system, prefill=pair.group)
-        tail = min(_common_tail(ids, tp.positive), _common_tail(ids, tp.negative), tp.tail_len, len(ids) - 1)
+        tail = min(common_tail(ids, tp.positive), common_tail(ids, tp.negative), tp.tail_len, len(ids) - 1)
         rows.append(TokenizedPair(i, list(ids), list(ids), max(tail, 0)))
     return rows
 
