@@ -84,6 +84,15 @@ def _then(*fns: Variant) -> Variant:
     return apply
 
 
+def _pref_nll(**changes: object) -> Variant:
+    """The `pref-nll` objective (preference plus the chosen completion's NLL) with more fields set."""
+    return _set(objective="pref", outputs__w_nll=1.0, **changes)
+
+
+def _lr_times(k: float) -> Variant:
+    return lambda cfg: set_fields(cfg, {"lr": cfg.lr * k})
+
+
 _V0 = _then(v0_budget, v0_method)
 _MASK = _set(loss__mask_tokens=4, loss__coh_rows="pos")
 _SELECT = _set(adapter__select="data")
@@ -127,35 +136,32 @@ VARIANTS: dict[str, Variant] = {
     "dims-diff": _set(direction__dims_rule="difference"),
     # objectives on the model's own outputs (train/outputs.py), for each trainable kind
     "pref": _set(objective="pref"),
-    "pref-nll": _set(objective="pref", outputs__w_nll=1.0),
+    "pref-nll": _pref_nll(),
     "pref-clean": _set(objective="pref", outputs__drop_loops=True, outputs__drop_persona=True),
-    "pref-nll-clean": _set(objective="pref", outputs__w_nll=1.0, outputs__drop_loops=True,
-                           outputs__drop_persona=True),
-    "pref-nll-cfg": _set(objective="pref", outputs__w_nll=1.0, outputs__guidance=2.0),
-    "pref-nll-cfg-clean": _set(objective="pref", outputs__w_nll=1.0, outputs__guidance=2.0,
-                               outputs__drop_loops=True, outputs__drop_persona=True),
-    "pref-nll-l12": _set(objective="pref", outputs__w_nll=1.0, adapter__n_layers=12),
+    "pref-nll-clean": _pref_nll(outputs__drop_loops=True, outputs__drop_persona=True),
+    "pref-nll-cfg": _pref_nll(outputs__guidance=2.0),
+    "pref-nll-cfg-clean": _pref_nll(outputs__guidance=2.0, outputs__drop_loops=True, outputs__drop_persona=True),
+    "pref-nll-l12": _pref_nll(adapter__n_layers=12),
     # capacity under pref-nll (issue 17: what limits the adapter when the objective is right?)
-    "pref-nll-top": _set(objective="pref", outputs__w_nll=1.0, adapter__select="top"),
-    "pref-nll-all": _set(objective="pref", outputs__w_nll=1.0, adapter__n_layers=0),
-    "pref-nll-rotu": _set(objective="pref", outputs__w_nll=1.0, adapter__rotate_u=True),
-    "pref-nll-lr2x": lambda cfg: _set(objective="pref", outputs__w_nll=1.0, lr=cfg.lr * 2)(cfg),
+    "pref-nll-top": _pref_nll(adapter__select="top"),
+    "pref-nll-all": _pref_nll(adapter__n_layers=0),
+    "pref-nll-rotu": _pref_nll(adapter__rotate_u=True),
+    "pref-nll-lr2x": _then(_pref_nll(), _lr_times(2)),
     # top-r directions with one more change each
-    "pref-nll-top-clean": _set(objective="pref", outputs__w_nll=1.0, adapter__select="top", outputs__drop_loops=True),
-    "pref-nll-top-cfg": _set(objective="pref", outputs__w_nll=1.0, adapter__select="top", outputs__guidance=2.0),
-    "pref-nll-top-r128": _set(objective="pref", outputs__w_nll=1.0, adapter__select="top", adapter__r=128),
-    "pref-nll-top-lr2x": lambda cfg: _set(objective="pref", outputs__w_nll=1.0, adapter__select="top",
-                                          lr=cfg.lr * 2)(cfg),
-    "pref-nll-top-mult": _set(objective="pref", outputs__w_nll=1.0, adapter__select="top", adapter__s_mode="mult"),
+    "pref-nll-top-clean": _pref_nll(adapter__select="top", outputs__drop_loops=True),
+    "pref-nll-top-cfg": _pref_nll(adapter__select="top", outputs__guidance=2.0),
+    "pref-nll-top-r128": _pref_nll(adapter__select="top", adapter__r=128),
+    "pref-nll-top-lr2x": _then(_pref_nll(adapter__select="top"), _lr_times(2)),
+    "pref-nll-top-mult": _pref_nll(adapter__select="top", adapter__s_mode="mult"),
     "dpo": _set(objective="dpo", outputs__beta=10.0),
     "sft": _set(objective="sft"),
     "distill": _set(objective="distill"),
     "lora-pref": _set(method="lora", objective="pref"),
     "vector-pref": _set(method="vector", objective="pref"),
-    "lora-pref-nll": _set(method="lora", objective="pref", outputs__w_nll=1.0),
-    "vector-pref-nll": _set(method="vector", objective="pref", outputs__w_nll=1.0),
-    "lr2x": lambda cfg: _set(lr=cfg.lr * 2)(cfg),
-    "lr4x": lambda cfg: _set(lr=cfg.lr * 4)(cfg),
+    "lora-pref-nll": _pref_nll(method="lora"),
+    "vector-pref-nll": _pref_nll(method="vector"),
+    "lr2x": _lr_times(2),
+    "lr4x": _lr_times(4),
     "epochs2x": lambda cfg: _set(epochs=cfg.epochs * 2)(cfg),
 }
 
